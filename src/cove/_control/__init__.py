@@ -1,0 +1,1 @@
+"""Control plane: app versions, secrets, logs and the API the CLI talks to."""

@@ -1,0 +1,187 @@
+"""The control plane's HTTP API (JSON over a unix socket), used by the CLI and the client library."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from cove import exception
+from cove._control.apps import AppKind, AppRecord, AppRegistry, AppState, Source
+from cove._control.logs import LogHub
+from cove._control.secrets import SecretStore
+from cove._spec import app_spec_from_dict
+
+API_VERSION = "1"
+
+_STATUS = {
+    exception.NotFoundError: 404,
+    exception.AlreadyExistsError: 409,
+    exception.InvalidError: 400,
+    exception.AuthError: 401,
+    exception.ResourceExhaustedError: 429,
+}
+
+
+def error_response(exc: exception.Error) -> JSONResponse:
+    status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 400)
+    return JSONResponse({"error": type(exc).__name__, "message": str(exc)}, status_code=status)
+
+
+def app_json(record: AppRecord) -> dict[str, Any]:
+    version = record.current
+    return {
+        "name": record.name,
+        "kind": record.kind,
+        "state": "stopped" if record.state is AppState.STOPPED else record.kind,
+        "version": version.number if version else 0,
+        "containers": record.container_count(),
+        "created_at": record.created_at,
+        "updated_at": version.created_at if version else record.created_at,
+        "endpoints": [asdict(e) for e in version.endpoints] if version else [],
+    }
+
+
+def build_api(
+    registry: AppRegistry,
+    logs: LogHub,
+    secrets: SecretStore,
+    health: Callable[[], dict[str, Any]],
+    request_stop: Callable[[], None],
+) -> Starlette:
+    """The Starlette app of the control plane. Every handler maps Cove errors to JSON errors."""
+    background: set[asyncio.Task[Any]] = set()
+
+    def guarded(
+        handler: Callable[[Request], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def wrapper(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except exception.Error as exc:
+                return error_response(exc)
+            except (KeyError, ValueError, TypeError) as exc:
+                return JSONResponse(
+                    {"error": "InvalidError", "message": f"malformed request: {exc!r}"}, status_code=400
+                )
+
+        return wrapper
+
+    async def get_health(request: Request) -> Response:
+        return JSONResponse({"api_version": API_VERSION, "pid": os.getpid(), **health()})
+
+    async def list_apps(request: Request) -> Response:
+        return JSONResponse({"apps": [app_json(r) for r in registry.apps()]})
+
+    async def put_app(request: Request) -> Response:
+        kind: AppKind = "deployed" if request.path_params["kind"] == "deployed" else "ephemeral"
+        body = await request.json()
+        spec = app_spec_from_dict(body["spec"])
+        source = Source(module_file=body["source"]["module_file"], source_dir=body["source"]["source_dir"])
+        record = await registry.publish(
+            request.path_params["name"], spec, source, kind=kind, session=body.get("session")
+        )
+        return JSONResponse(app_json(record))
+
+    async def stop_app(request: Request) -> Response:
+        kind = request.query_params.get("kind") or None
+        record = await registry.stop(request.path_params["name"], kind)  # type: ignore[arg-type]
+        return JSONResponse(app_json(record))
+
+    async def get_app(request: Request) -> Response:
+        kind = request.query_params.get("kind") or None
+        return JSONResponse(app_json(registry.get(request.path_params["name"], kind)))  # type: ignore[arg-type]
+
+    async def attach(request: Request) -> Response:
+        """Stream an ephemeral app's logs to its `cove serve`; when that client goes, stop the app."""
+        name = request.path_params["name"]
+        session = request.query_params["session"]
+        record = registry.get(name, "ephemeral")
+        if record.session != session:
+            raise exception.InvalidError(f"session {session!r} does not own app {name!r}")
+
+        async def stream() -> AsyncIterator[bytes]:
+            follower = logs.follow(record.log_key)
+            changed = asyncio.ensure_future(record.session_changed.wait())
+            try:
+                while True:
+                    next_line = asyncio.ensure_future(anext(follower))
+                    done, _ = await asyncio.wait({next_line, changed}, return_when=asyncio.FIRST_COMPLETED)
+                    if next_line in done:
+                        try:
+                            item = next_line.result()
+                        except StopAsyncIteration:
+                            item = None
+                        if item is not None:
+                            yield (json.dumps({"log": asdict(item)}) + "\n").encode()
+                            continue
+                    else:
+                        next_line.cancel()
+                    # The session changed (another `cove serve` took over) or the app stopped.
+                    event = "stopped" if record.state is AppState.STOPPED else "taken_over"
+                    yield (json.dumps({"event": event}) + "\n").encode()
+                    return
+            finally:
+                changed.cancel()
+                await follower.aclose()
+                if record.session == session and record.state is AppState.RUNNING:
+                    task = asyncio.ensure_future(registry.stop(name, "ephemeral"))
+                    background.add(task)
+                    task.add_done_callback(background.discard)
+
+        return StreamingResponse(stream(), media_type="application/x-ndjson")
+
+    async def app_logs(request: Request) -> Response:
+        kind = request.query_params.get("kind") or None
+        name = registry.get(request.path_params["name"], kind).log_key  # type: ignore[arg-type]
+        tail = int(request.query_params.get("tail", "100"))
+        follow = request.query_params.get("follow") in ("1", "true")
+        if not follow:
+            lines = [json.dumps(asdict(r)) for r in logs.recent(name, tail)]
+            return Response("".join(line + "\n" for line in lines), media_type="application/x-ndjson")
+
+        async def stream() -> AsyncIterator[bytes]:
+            async for record in logs.follow(name, tail):
+                yield (json.dumps(asdict(record)) + "\n").encode()
+
+        return StreamingResponse(stream(), media_type="application/x-ndjson")
+
+    async def list_secrets(request: Request) -> Response:
+        return JSONResponse({"secrets": [asdict(s) for s in secrets.list()]})
+
+    async def create_secret(request: Request) -> Response:
+        body = await request.json()
+        values = {str(k): str(v) for k, v in body["values"].items()}
+        info = secrets.create(body["name"], values, force=bool(body.get("force")))
+        return JSONResponse(asdict(info))
+
+    async def delete_secret(request: Request) -> Response:
+        secrets.delete(request.path_params["name"])
+        return JSONResponse({"deleted": request.path_params["name"]})
+
+    async def stop_server(request: Request) -> Response:
+        request_stop()
+        return JSONResponse({"stopping": True})
+
+    routes = [
+        Route("/v1/health", guarded(get_health), methods=["GET"]),
+        Route("/v1/apps", guarded(list_apps), methods=["GET"]),
+        Route("/v1/apps/{name}", guarded(get_app), methods=["GET"]),
+        Route("/v1/apps/{kind}/{name}", guarded(put_app), methods=["PUT"]),
+        Route("/v1/apps/{name}/stop", guarded(stop_app), methods=["POST"]),
+        Route("/v1/apps/{name}/attach", guarded(attach), methods=["GET"]),
+        Route("/v1/apps/{name}/logs", guarded(app_logs), methods=["GET"]),
+        Route("/v1/secrets", guarded(list_secrets), methods=["GET"]),
+        Route("/v1/secrets", guarded(create_secret), methods=["POST"]),
+        Route("/v1/secrets/{name}", guarded(delete_secret), methods=["DELETE"]),
+        Route("/v1/server/stop", guarded(stop_server), methods=["POST"]),
+    ]
+    return Starlette(routes=routes)

@@ -1,0 +1,296 @@
+"""Apps and their versions: turning a manifest into pools, routes and URLs, and swapping them in."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cove._control.logs import LogHub
+from cove._control.secrets import SecretStore
+from cove._gateway.routing import Route, host_key
+from cove._labels import endpoint_host, endpoint_url
+from cove._runtime.backend import Backend, ContainerHandle, ContainerRequest, Stream
+from cove._runtime.pool import FunctionPool
+from cove._spec import AppSpec, FunctionSpec
+from cove.config import Settings
+from cove.exception import InvalidError, NotFoundError
+
+log = logging.getLogger("cove.apps")
+
+_APP_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+AppKind = Literal["ephemeral", "deployed"]
+#: How long a new version's first containers may take before traffic moves anyway.
+_WARM_TIMEOUT_S = 60.0
+
+
+class AppState(enum.Enum):
+    """RUNNING→STOPPED; a stopped app's hosts answer 404 until it runs again."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+def validate_app_name(name: str) -> str:
+    if not _APP_NAME_RE.match(name) or name.startswith("ap-"):
+        raise InvalidError(
+            f"Invalid app name {name!r}: use 1-64 letters, digits, '.', '_' or '-' "
+            "(not starting with 'ap-'), e.g. cove.App('my-app')."
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a version's code lives: the user's file and the directory put on `sys.path`."""
+
+    module_file: str
+    source_dir: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One web function of a running version, at its URL."""
+
+    tag: str
+    host: str
+    url: str
+    kind: str
+    custom_domains: tuple[str, ...] = ()
+    requires_proxy_auth: bool = False
+
+
+@dataclass(eq=False)
+class Version:
+    """One immutable version of an app with the pools serving it."""
+
+    number: int
+    spec: AppSpec
+    source: Source
+    endpoints: tuple[Endpoint, ...]
+    pools: dict[str, FunctionPool]
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass(eq=False)
+class AppRecord:
+    name: str
+    kind: AppKind
+    state: AppState = AppState.RUNNING
+    current: Version | None = None
+    versions: int = 0
+    session: str | None = None
+    created_at: float = field(default_factory=time.time)
+    session_changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def log_key(self) -> str:
+        """Logs of `cove serve` and of the deployed app of the same name are kept apart."""
+        return self.name if self.kind == "deployed" else f"{self.name}@serve"
+
+    def container_count(self) -> int:
+        if self.current is None or self.state is AppState.STOPPED:
+            return 0
+        return sum(p.container_count for p in self.current.pools.values())
+
+
+class AppRegistry:
+    """Owns every app's versions and pools, and keeps the gateway's routing table in step."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backend: Backend,
+        secrets: SecretStore,
+        logs: LogHub,
+        publish_routes: Callable[[dict[str, Route]], None],
+        gateway_port: Callable[[], int],
+    ) -> None:
+        self._settings = settings
+        self._backend = backend
+        self._secrets = secrets
+        self._logs = logs
+        self._publish = publish_routes
+        self._gateway_port = gateway_port
+        # Keyed by (kind, name): `cove serve shop.py` runs beside a deployed `shop`, as on Modal.
+        self._apps: dict[tuple[AppKind, str], AppRecord] = {}
+        self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def get(self, name: str, kind: AppKind | None = None) -> AppRecord:
+        """The app called `name`; without `kind`, the deployed one if there is one."""
+        kinds: tuple[AppKind, ...] = (kind,) if kind else ("deployed", "ephemeral")
+        for k in kinds:
+            record = self._apps.get((k, name))
+            if record is not None:
+                return record
+        raise NotFoundError(f"App {name!r} not found. See `cove app list`.")
+
+    def apps(self) -> list[AppRecord]:
+        return list(self._apps.values())
+
+    async def publish(
+        self, name: str, spec: AppSpec, source: Source, *, kind: AppKind, session: str | None = None
+    ) -> AppRecord:
+        """Create the next version of `name` and move traffic to it; the old version drains.
+
+        Everything that can fail (names, secrets, labels) is checked before anything changes, so
+        a bad manifest leaves the serving version untouched.
+        """
+        validate_app_name(name)
+        web_specs = [f for f in spec.functions if f.web is not None]
+        envs = {f.tag: self._secrets.resolve(f.secrets) for f in web_specs}
+        dev_suffix = self._settings.dev_suffix if kind == "ephemeral" else None
+        async with self._lock:
+            record = self._apps.get((kind, name))
+            if record is None:
+                record = self._apps[(kind, name)] = AppRecord(name=name, kind=kind)
+            endpoints = tuple(self._endpoint(name, f, dev_suffix) for f in web_specs)
+            self._check_conflicts(kind, name, endpoints)
+            pools = {
+                f.tag: FunctionPool(f, self._launcher(record.log_key, name, f, source, envs[f.tag]))
+                for f in web_specs
+            }
+            record.versions += 1
+            version = Version(record.versions, spec, source, endpoints, pools)
+            old = record.current if record.state is AppState.RUNNING else None
+            # Zero downtime: functions that have containers now get warm ones in the new version
+            # before traffic moves to it.
+            for tag, pool in pools.items():
+                was_busy = old is not None and tag in old.pools and old.pools[tag].container_count > 0
+                pool.start(warm=1 if was_busy else 0)
+            await asyncio.gather(*(p.wait_started(_WARM_TIMEOUT_S) for p in pools.values()))
+            old = record.current
+            record.current = version
+            record.state = AppState.RUNNING
+            if session != record.session:
+                record.session = session
+                record.session_changed.set()
+                record.session_changed = asyncio.Event()
+            self._publish(self.routes())
+            log.info("app=%s event=published version=%d kind=%s functions=%d", name, version.number, kind, len(pools))
+            if old is not None:
+                self._retire(old)
+        return record
+
+    async def stop(self, name: str, kind: AppKind | None = None) -> AppRecord:
+        async with self._lock:
+            record = self.get(name, kind)
+            if record.state is AppState.STOPPED:
+                return record
+            record.state = AppState.STOPPED
+            record.session = None
+            record.session_changed.set()
+            record.session_changed = asyncio.Event()
+            self._publish(self.routes())
+            current = record.current
+        if current is not None:
+            await asyncio.gather(*(p.close() for p in current.pools.values()))
+        self._logs.write(record.log_key, "-", "-", "system", f"app {name} stopped")
+        self._logs.end(record.log_key)
+        log.info("app=%s event=stopped", name)
+        return record
+
+    async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        pools = [p for r in self._apps.values() if r.current for p in r.current.pools.values()]
+        await asyncio.gather(*(p.close() for p in pools), return_exceptions=True)
+
+    def routes(self) -> dict[str, Route]:
+        table: dict[str, Route] = {}
+        for record in self._apps.values():
+            version = record.current
+            if version is None:
+                continue
+            running = record.state is AppState.RUNNING
+            for endpoint in version.endpoints:
+                spec = version.spec.function(endpoint.tag)
+                route = Route(
+                    app_name=record.name,
+                    function_tag=endpoint.tag,
+                    upstream=version.pools[endpoint.tag] if running else None,
+                    timeout_s=spec.timeout_s,
+                    requires_proxy_auth=endpoint.requires_proxy_auth,
+                )
+                for host in (endpoint.host, *endpoint.custom_domains):
+                    key = host_key(host)
+                    # A running app wins a host over a stopped one that used to have it.
+                    if running or key not in table:
+                        table[key] = route
+        return table
+
+    def _endpoint(self, app_name: str, fn: FunctionSpec, dev_suffix: str | None) -> Endpoint:
+        assert fn.web is not None
+        host = endpoint_host(
+            self._settings.workspace,
+            app_name,
+            fn.tag,
+            label=fn.web.label,
+            dev_suffix=dev_suffix,
+            base_domain=self._settings.base_domain,
+        )
+        return Endpoint(
+            tag=fn.tag,
+            host=host,
+            url=endpoint_url(host, self._gateway_port()),
+            kind=fn.web.kind,
+            custom_domains=fn.web.custom_domains,
+            requires_proxy_auth=fn.web.requires_proxy_auth,
+        )
+
+    def _check_conflicts(self, kind: AppKind, name: str, endpoints: tuple[Endpoint, ...]) -> None:
+        seen: dict[str, str] = {}
+        for endpoint in endpoints:
+            for host in (endpoint.host, *endpoint.custom_domains):
+                if host in seen:
+                    raise InvalidError(
+                        f"Functions {seen[host]!r} and {endpoint.tag!r} of app {name!r} both want the host "
+                        f"{host}. Give one of them a different label=..."
+                    )
+                seen[host] = endpoint.tag
+        for other in self._apps.values():
+            if other is self._apps.get((kind, name)) or other.state is AppState.STOPPED or other.current is None:
+                continue
+            for endpoint in other.current.endpoints:
+                for host in (endpoint.host, *endpoint.custom_domains):
+                    if host in seen:
+                        raise InvalidError(
+                            f"Host {host} is already served by app {other.name!r} ({endpoint.tag}). "
+                            "Stop that app or choose another label=..."
+                        )
+
+    def _launcher(
+        self, log_key: str, app_name: str, fn: FunctionSpec, source: Source, env: dict[str, str]
+    ) -> Callable[[], ContainerHandle]:
+        request = ContainerRequest(
+            app_name=app_name,
+            function=fn,
+            module_file=source.module_file,
+            source_dir=source.source_dir,
+            env=env,
+        )
+        logs = self._logs
+
+        def sink(container_id: str, stream: Stream, line: str) -> None:
+            logs.write(log_key, fn.tag, container_id, stream, line)
+
+        def launch() -> ContainerHandle:
+            handle = self._backend.launch(request, sink)
+            logs.write(log_key, fn.tag, handle.id, "system", f"starting container for {fn.tag}")
+            return handle
+
+        return launch
+
+    def _retire(self, version: Version) -> None:
+        async def drain() -> None:
+            await asyncio.gather(*(p.drain() for p in version.pools.values()), return_exceptions=True)
+
+        task = asyncio.ensure_future(drain())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)

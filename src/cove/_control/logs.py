@@ -1,0 +1,82 @@
+"""Container logs: kept per app in a bounded ring and a file, and fanned out to followers."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO
+
+_RING = 2000
+_FOLLOWER_QUEUE = 10000
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One line a container (or the platform, stream "system") wrote."""
+
+    ts: float
+    app: str
+    function: str
+    container: str
+    stream: str
+    line: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+
+class LogHub:
+    """Per-app rings of recent lines, an append-only file per app, and live followers."""
+
+    def __init__(self, directory: Path) -> None:
+        self._dir = directory
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._rings: dict[str, collections.deque[LogRecord]] = {}
+        self._files: dict[str, IO[str]] = {}
+        self._followers: dict[str, set[asyncio.Queue[LogRecord | None]]] = {}
+
+    def write(self, app: str, function: str, container: str, stream: str, line: str) -> None:
+        record = LogRecord(time.time(), app, function, container, stream, line)
+        self._rings.setdefault(app, collections.deque(maxlen=_RING)).append(record)
+        file = self._files.get(app)
+        if file is None:
+            file = self._files[app] = open(self._dir / f"{app}.log", "a", encoding="utf-8")  # noqa: SIM115
+        file.write(record.to_json() + "\n")
+        file.flush()
+        for queue in self._followers.get(app, ()):
+            if queue.qsize() < _FOLLOWER_QUEUE:
+                queue.put_nowait(record)
+
+    def recent(self, app: str, tail: int | None = None) -> list[LogRecord]:
+        ring = list(self._rings.get(app, ()))
+        return ring if tail is None else ring[-tail:] if tail > 0 else []
+
+    async def follow(self, app: str, tail: int = 0) -> AsyncIterator[LogRecord]:
+        """Recent lines, then every new line until `end(app)` or the consumer stops."""
+        queue: asyncio.Queue[LogRecord | None] = asyncio.Queue()
+        self._followers.setdefault(app, set()).add(queue)
+        try:
+            for record in self.recent(app, tail):
+                yield record
+            while (record := await queue.get()) is not None:
+                yield record
+        finally:
+            self._followers.get(app, set()).discard(queue)
+
+    def end(self, app: str) -> None:
+        """Tell followers of `app` that no more lines will come (the app stopped)."""
+        for queue in self._followers.get(app, ()):
+            queue.put_nowait(None)
+
+    def close(self) -> None:
+        for followers in self._followers.values():
+            for queue in followers:
+                queue.put_nowait(None)
+        for file in self._files.values():
+            file.close()
+        self._files.clear()

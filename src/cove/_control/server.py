@@ -1,0 +1,153 @@
+"""The server process: control plane API, gateway and runtime on one event loop, with a shutdown ladder."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from cove._control.api import build_api
+from cove._control.apps import AppRegistry
+from cove._control.logs import LogHub
+from cove._control.secrets import SecretStore
+from cove._gateway import Gateway
+from cove._labels import endpoint_url
+from cove._runtime.local import LocalBackend
+from cove.config import Settings
+from cove.exception import Error
+
+log = logging.getLogger("cove.server")
+
+
+class ServerAlreadyRunning(Error):
+    """Another Cove server owns this COVE_HOME."""
+
+
+def state_file(settings: Settings) -> Path:
+    return settings.home / "server.json"
+
+
+def control_socket_alive(path: Path) -> bool:
+    """True if a server answers on the control socket (a stale socket file refuses connections)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    # uvicorn's access log would print every control-API call.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+async def serve(settings: Settings, *, ready_fd: int | None = None) -> None:
+    """Run until SIGTERM/SIGINT or an API stop request; then stop in order."""
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sock_path = settings.control_socket
+    if control_socket_alive(sock_path):
+        raise ServerAlreadyRunning(
+            f"A Cove server is already running for {settings.home} (socket {sock_path}). "
+            "Stop it with `cove server stop`."
+        )
+    with contextlib.suppress(FileNotFoundError):
+        sock_path.unlink()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    logs = LogHub(settings.home / "logs")
+    secrets = SecretStore(settings.home / "secrets")
+    backend = LocalBackend(settings.home)
+    gateway = Gateway(host=settings.host, port=settings.port)
+    await gateway.start()
+    await backend.start()
+    registry = AppRegistry(
+        settings,
+        backend,
+        secrets,
+        logs,
+        publish_routes=gateway.set_routes,
+        gateway_port=lambda: gateway.port,
+    )
+
+    def health() -> dict[str, Any]:
+        return {
+            "gateway_port": gateway.port,
+            "gateway_host": settings.host,
+            "workspace": settings.workspace,
+            "base_domain": settings.base_domain,
+            "dashboard_url": endpoint_url(f"dashboard.{settings.base_domain}", gateway.port),
+        }
+
+    api = build_api(registry, logs, secrets, health, stop.set)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    # The socket's file mode is the local auth: only the server's user may talk to it.
+    os.chmod(sock_path, 0o600)
+    listener.listen(128)
+    config = uvicorn.Config(api, loop="none", lifespan="off", log_config=None, access_log=False)
+    control = uvicorn.Server(config)
+    control.install_signal_handlers = False  # type: ignore[attr-defined]
+    control_task = asyncio.ensure_future(_serve_control(control, listener))
+
+    state_file(settings).write_text(
+        json.dumps({"pid": os.getpid(), "gateway_port": gateway.port, "socket": str(sock_path)})
+    )
+    log.info("event=started pid=%d gateway=http://%s:%d control=%s", os.getpid(), settings.host, gateway.port, sock_path)
+    if ready_fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(ready_fd, json.dumps({"gateway_port": gateway.port}).encode() + b"\n")
+            os.close(ready_fd)
+
+    try:
+        await stop.wait()
+    finally:
+        log.info("event=stopping")
+        # 1. stop accepting control requests, 2. drain the gateway, 3. stop containers.
+        control.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(control_task, timeout=5)
+        await gateway.close(timeout_s=10)
+        await registry.close()
+        await backend.close()
+        logs.close()
+        for path in (sock_path, state_file(settings)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        log.info("event=stopped")
+
+
+async def _serve_control(server: uvicorn.Server, listener: socket.socket) -> None:
+    config = server.config
+    if not config.loaded:
+        config.load()
+    server.lifespan = config.lifespan_class(config)
+    await server.startup(sockets=[listener])
+    await server.main_loop()
+    await server.shutdown(sockets=[listener])
+
+
+def run(settings: Settings, *, ready_fd: int | None = None) -> None:
+    """Entry point for `cove server`: configure logging and run `serve` on uvloop."""
+    import uvloop
+
+    configure_logging(settings.log_level)
+    uvloop.run(serve(settings, ready_fd=ready_fd))

@@ -1,0 +1,756 @@
+"""The proxy: one request forwarded to a container and its response streamed back.
+
+An `Exchange` is one request/response cycle on a client connection. It is fed the request by the
+connection's parser (`server.py`), takes a `Lease` and a pooled connection, writes the request head
+and streams the body upstream, parses the response with httptools and streams it to the client.
+Everything after `acquire` and `connect` happens in transport callbacks; one task per request only
+awaits those two and the end of the exchange, and owns the lease (released in its `finally`).
+
+Flow control both ways: a full upstream write buffer pauses reading from the client, a full client
+write buffer pauses reading from the upstream, so bodies stream with bounded memory.
+
+A `101 Switching Protocols` answer would land in `on_headers_complete`; relaying WebSocket frames
+after it (a later issue) means forwarding `Upgrade` and switching both transports to raw relay there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from collections.abc import Coroutine, Sequence
+from typing import Any, Final, NamedTuple, Protocol
+
+import httptools
+
+from cove._gateway.connpool import ConnectionPool, UpstreamConnection
+from cove._gateway.routing import Refusal, Route, RouteTable
+from cove._gateway.upstream import Lease, Upstream, UpstreamError
+
+_log = logging.getLogger("cove.gateway")
+
+#: Why the client transport is paused; reading resumes when no reason is left.
+PAUSE_PIPELINE: Final = 1  # a pipelined request waits for the ones before it
+PAUSE_BUFFER: Final = 2  # request body buffered while no upstream connection is attached yet
+PAUSE_UPSTREAM: Final = 4  # the upstream connection's write buffer is full
+PAUSE_STOPPED: Final = 8  # nothing more will be parsed on this connection
+
+_BUFFER_HIGH = 256 * 1024  # request body held before an upstream connection is attached
+_REPLAY_MAX = 1024 * 1024  # request bytes kept to resend when a reused connection turns out dead
+_DRAIN_MAX = 1024 * 1024  # unread request body discarded (rather than closing) after an early answer
+
+_CRLF: Final = b"\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+_CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
+_CLOSE: Final = b"Connection: close\r\n"
+_KEEP_ALIVE: Final = b"Connection: keep-alive\r\n"
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_UPSTREAM_VERSION: Final = b" HTTP/1.1\r\n"
+
+# RFC 9110 §7.6.1; Proxy-Connection is the pre-standard spelling some clients still send.
+_HOP_BY_HOP: Final = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+)
+# The gateway states who the client is; whatever the client claims about it is dropped.
+_REQUEST_DROP: Final = _HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"forwarded", b"expect"}
+
+
+class RequestHead(NamedTuple):
+    """What the proxy needs from a request's headers, gathered in one pass."""
+
+    header_lines: bytes  # the headers to forward, each line ending in CRLF
+    host: bytes | None
+    host_count: int
+    content_length: int | None
+    transfer_encoding: bytes | None  # lowercased, several headers joined by ", "
+    expect: bytes | None  # lowercased
+
+
+class ResponseHead(NamedTuple):
+    """What the proxy needs from a response's headers."""
+
+    header_lines: bytes
+    has_content_length: bool
+    chunked: bool
+
+
+def _connection_tokens(values: list[bytes]) -> set[bytes]:
+    return {token.strip().lower() for value in values for token in value.split(b",")} - {b""}
+
+
+def _header_lines(headers: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes] | set[bytes]) -> bytes:
+    parts: list[bytes] = []
+    for name, value in headers:
+        if name.lower() not in drop:
+            parts += (name, b": ", value, _CRLF)
+    return b"".join(parts)
+
+
+def scan_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
+    """Split a client's headers into those to forward and the facts the proxy acts on.
+
+    Hop-by-hop headers, headers named in `Connection`, `Expect` (the gateway answers it) and the
+    client's own `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` are not forwarded.
+    """
+    parts: list[bytes] = []
+    host: bytes | None = None
+    host_count = 0
+    content_length: int | None = None
+    transfer_encoding: bytes | None = None
+    expect: bytes | None = None
+    connection: list[bytes] | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _REQUEST_DROP:
+            if lname == b"transfer-encoding":
+                value = value.strip().lower()
+                transfer_encoding = value if transfer_encoding is None else transfer_encoding + b", " + value
+            elif lname == b"connection":
+                connection = [value] if connection is None else [*connection, value]
+            elif lname == b"expect":
+                expect = value.strip().lower()
+            continue
+        if lname == b"host":
+            host = value.strip()
+            host_count += 1
+        elif lname == b"content-length":
+            content_length = int(value)  # llhttp accepted it: digits, and one value only
+        parts += (name, b": ", value, _CRLF)
+    lines = b"".join(parts)
+    if connection is not None:
+        named = _connection_tokens(connection) - _REQUEST_DROP
+        if named:  # rare: the client named extra hop-by-hop headers (RFC 9110 §7.6.1)
+            lines = _header_lines(headers, _REQUEST_DROP | named)
+    return RequestHead(lines, host, host_count, content_length, transfer_encoding, expect)
+
+
+def scan_response_headers(headers: Sequence[tuple[bytes, bytes]]) -> ResponseHead:
+    """The response headers to pass on (hop-by-hop ones removed) and how the body is framed."""
+    parts: list[bytes] = []
+    has_content_length = False
+    chunked = False
+    connection: list[bytes] | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _HOP_BY_HOP:
+            if lname == b"transfer-encoding":
+                chunked = value.strip().lower().endswith(b"chunked")
+            elif lname == b"connection":
+                connection = [value] if connection is None else [*connection, value]
+            continue
+        if lname == b"content-length":
+            has_content_length = True
+        parts += (name, b": ", value, _CRLF)
+    lines = b"".join(parts)
+    if connection is not None:
+        named = _connection_tokens(connection) - _HOP_BY_HOP
+        if named:
+            lines = _header_lines(headers, _HOP_BY_HOP | named)
+    return ResponseHead(lines, has_content_length, chunked)
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return http.HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
+
+
+def error_response(
+    status: int,
+    message: str,
+    headers: Sequence[tuple[str, str]] = (),
+    *,
+    keep_alive: bool = True,
+    http_10: bool = False,
+    head_only: bool = False,
+) -> bytes:
+    """A complete plain-text response the gateway answers itself; `message` starts with `cove: `."""
+    body = (message.rstrip("\n") + "\n").encode("utf-8")  # exactly one newline, however given
+    parts = [
+        b"HTTP/1.1 %d %b\r\n" % (status, _reason(status)),
+        b"Content-Type: text/plain; charset=utf-8\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+    ]
+    for name, value in headers:
+        line = f"{name}: {value}"
+        if "\r" not in line and "\n" not in line:  # a header must not end the head early
+            parts.append(line.encode("latin-1") + _CRLF)
+    if not keep_alive:
+        parts.append(_CLOSE)
+    elif http_10:
+        parts.append(_KEEP_ALIVE)
+    parts.append(_CRLF)
+    if not head_only:
+        parts.append(body)
+    return b"".join(parts)
+
+
+class Downstream(Protocol):
+    """The client connection an exchange answers on (implemented in `server.py`)."""
+
+    @property
+    def transport(self) -> asyncio.Transport: ...
+    @property
+    def pool(self) -> ConnectionPool: ...
+    @property
+    def routes(self) -> RouteTable: ...
+    @property
+    def max_body_bytes(self) -> int: ...
+    @property
+    def forwarded(self) -> bytes: ...  # the X-Forwarded-* lines naming this client
+    @property
+    def write_paused(self) -> bool: ...
+    @property
+    def closing(self) -> bool: ...  # the gateway is shutting down: no keep-alive
+
+    def pause_reading(self, reason: int) -> None: ...
+    def resume_reading(self, reason: int) -> None: ...
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
+    def exchange_finished(self, exchange: Exchange, keep_alive: bool) -> None: ...
+
+
+class _StopParsing(Exception):
+    """Raised in a parser callback to stop httptools: the response is complete."""
+
+
+class _UnexpectedUpgrade(Exception):
+    """The container switched protocols although the gateway never asked it to."""
+
+
+class Exchange:
+    """One request on a client connection, from its parsed head to the end of its response."""
+
+    __slots__ = (
+        "_acquiring",
+        "_buffer",
+        "_buffer_paused",
+        "_buffered",
+        "_chunked_out",
+        "_client_gone",
+        "_complete",
+        "_continue_sent",
+        "_finished",
+        "_head",
+        "_head_sent",
+        "_interim",
+        "_keep",
+        "_out",
+        "_parser",
+        "_prefix",
+        "_reason",
+        "_received",
+        "_released",
+        "_replay",
+        "_replay_bytes",
+        "_request_done",
+        "_response_done",
+        "_rheaders",
+        "_route",
+        "_task",
+        "_terminated",
+        "_timer",
+        "_until_close",
+        "_upstream_full",
+        "_upstream_keep_alive",
+        "_waiter",
+        "chunked_in",
+        "conn",
+        "down",
+        "http_10",
+        "is_head",
+        "keep_alive",
+        "lease",
+        "upgrade",
+    )
+
+    def __init__(
+        self,
+        down: Downstream,
+        method: bytes,
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        *,
+        http_10: bool,
+        keep_alive: bool,
+        upgrade: bool,
+    ) -> None:
+        self.down = down
+        self.http_10 = http_10
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.is_head = method == b"HEAD"
+        head = self._head = scan_request_headers(headers)
+        self.chunked_in = head.transfer_encoding is not None
+        # What a new upstream connection is sent first: the request head (a retry: all sent so far).
+        self._prefix = b"".join(
+            (
+                method,
+                b" ",
+                target,
+                _UPSTREAM_VERSION,
+                head.header_lines,
+                _CHUNKED if self.chunked_in else b"",
+                down.forwarded,
+                _CRLF,
+            )
+        )
+        self.lease: Lease | None = None
+        self.conn: UpstreamConnection | None = None
+        self._route: Route | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[bool] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._parser: httptools.HttpResponseParser | None = None
+        # request side
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._buffer_paused = False
+        self._received = 0
+        self._request_done = False
+        self._continue_sent = False
+        self._terminated = False  # the last chunk of a chunked request went upstream
+        self._replay: list[bytes] | None = None
+        self._replay_bytes = 0
+        self._upstream_full = False
+        self._acquiring = False
+        # response side
+        self._rheaders: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._interim = False
+        self._out: list[bytes] = []
+        self._head_sent = False
+        self._chunked_out = False
+        self._until_close = False
+        self._upstream_keep_alive = False
+        self._complete = False
+        self._keep = False
+        # lifecycle
+        self._released = False
+        self._response_done = False
+        self._finished = False
+        self._client_gone = False
+
+    # -- decisions taken when the exchange's turn comes
+
+    def start(self) -> None:
+        """Answer the request or forward it; called when every earlier exchange has finished."""
+        head = self._head
+        if self.upgrade:
+            self.keep_alive = False  # the bytes after the head are not HTTP; we cannot skip them
+            self._respond(501, "cove: upgrade not supported yet")
+            return
+        if head.host_count > 1:
+            self._respond(400, "cove: more than one Host header")
+            return
+        if head.transfer_encoding is not None and head.transfer_encoding != b"chunked":
+            encoding = head.transfer_encoding.decode("latin-1")
+            self._respond(501, f"cove: transfer-encoding {encoding} not supported; send chunked")
+            return
+        if head.expect is not None and head.expect != b"100-continue":
+            self._respond(417, f"cove: expectation {head.expect.decode('latin-1')} not supported")
+            return
+        found = self.down.routes.resolve(head.host)
+        if isinstance(found, Refusal):
+            self._respond(found.status, found.message)
+            return
+        upstream = found.upstream
+        if upstream is None:  # resolve() never returns such a route; keeps the type checker honest
+            self._respond(404, f"cove: app {found.app_name} is stopped")
+            return
+        limit = self.down.max_body_bytes
+        if head.content_length is not None and head.content_length > limit:
+            self._respond(413, f"cove: request body larger than {limit} bytes")
+            return
+        self._route = found
+        if head.expect is not None and not self.http_10 and not self._request_done:
+            self._continue_sent = True
+            self.down.transport.write(_CONTINUE)
+        self._task = self.down.spawn(self._run(upstream, found.timeout_s))
+
+    async def _run(self, upstream: Upstream, timeout_s: float) -> None:
+        """Own the lease: acquire it, connect, wait for the exchange to end, release it."""
+        try:
+            self._acquiring = True
+            try:
+                lease = await upstream.acquire()
+            except UpstreamError as exc:
+                self._fail(exc.status, exc.message, exc.headers)
+                return
+            finally:
+                self._acquiring = False
+            if self._released:  # the client left, or the gateway closed, while we waited
+                lease.release()
+                return
+            self.lease = lease
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(timeout_s, self._on_timeout, timeout_s)
+            address = lease.address
+            pool = self.down.pool
+            conn = pool.take(address)
+            while True:
+                if conn is None:
+                    try:
+                        conn = await pool.connect(address)
+                    except OSError as exc:
+                        if not self._released:
+                            self._upstream_failed(f"connect failed: {exc}")
+                        return
+                    if self._released:
+                        conn.close(abort=True)
+                        return
+                self._attach(conn, loop)
+                assert self._waiter is not None
+                if not await self._waiter:  # True: retry once on a fresh connection
+                    return
+                conn = None
+        except Exception:
+            _log.exception("gateway error app=%s function=%s", *self._names())
+            self._fail(500, "cove: internal gateway error")
+        finally:
+            self._release_upstream(reusable=False, broken=False)
+
+    # -- request body, fed by the client connection's parser
+
+    def request_body(self, data: bytes) -> None:
+        received = self._received = self._received + len(data)
+        if self._response_done or self._released:
+            return  # answered already: the rest of the body is drained and dropped
+        if received > self.down.max_body_bytes and self._route is not None:  # chunked: no length up front
+            self._fail(413, f"cove: request body larger than {self.down.max_body_bytes} bytes")
+            return
+        if self.chunked_in:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        conn = self.conn
+        if conn is not None:
+            conn.transport.write(data)
+            if self._replay is not None:
+                self._retain(data)
+        else:
+            self._buffer.append(data)
+            self._buffered += len(data)
+            if self._buffered > _BUFFER_HIGH and not self._buffer_paused:
+                self._buffer_paused = True
+                self.down.pause_reading(PAUSE_BUFFER)
+
+    def request_complete(self) -> None:
+        self._request_done = True
+        if self._response_done:
+            if not self._finished:  # drained the unread body of an early answer
+                self._finish(self._keep)
+            return
+        conn = self.conn
+        if conn is not None and self.chunked_in:
+            self._terminated = True
+            conn.transport.write(_LAST_CHUNK)
+            if self._replay is not None:
+                self._retain(_LAST_CHUNK)
+
+    def request_broken(self, reason: str) -> None:
+        """The client sent something that is not HTTP in the middle of this request."""
+        self.keep_alive = False
+        if self._response_done:  # it was draining the body of an early answer
+            self._finish(False)
+        else:
+            self._fail(400, f"cove: malformed request ({reason})")
+
+    # -- the upstream connection
+
+    def _attach(self, conn: UpstreamConnection, loop: asyncio.AbstractEventLoop) -> None:
+        parts = [self._prefix, *self._buffer]
+        if self._buffer:
+            self._buffer.clear()
+            self._buffered = 0
+            if self._buffer_paused:
+                self._buffer_paused = False
+                self.down.resume_reading(PAUSE_BUFFER)
+        if self._request_done and self.chunked_in and not self._terminated:
+            self._terminated = True
+            parts.append(_LAST_CHUNK)
+        payload = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.conn = conn
+        conn.sink = self
+        self._parser = httptools.HttpResponseParser(self)
+        self._waiter = loop.create_future()
+        if conn.reused:
+            self._replay = [payload]
+            self._replay_bytes = len(payload)
+        if self.down.write_paused:
+            conn.pause_reading()
+        conn.transport.write(payload)
+
+    def _retain(self, data: bytes) -> None:
+        self._replay_bytes += len(data)
+        if self._replay_bytes > _REPLAY_MAX:
+            self._replay = None  # too much to resend: a dead reused connection becomes a 502
+        elif self._replay is not None:
+            self._replay.append(data)
+
+    def upstream_data(self, data: bytes) -> None:
+        self._replay = None  # the container answered: this connection was not stale
+        assert self._parser is not None
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if not self._complete:
+                cause = exc.__context__
+                if cause is not None and not isinstance(cause, _UnexpectedUpgrade):
+                    _log.error("gateway error in response parser", exc_info=cause)
+                self._upstream_failed(f"invalid response: {exc!r}")
+                return
+            self._upstream_keep_alive = False  # bytes after the response, or a HEAD response
+        if self._complete:
+            if self._chunked_out:
+                self._out.append(_LAST_CHUNK)
+            self._flush()
+            self._release_upstream(reusable=self._upstream_keep_alive and self._request_done, broken=False)
+            self._response_finished()
+        elif self._out:
+            self._flush()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        conn = self.conn
+        self.conn = None
+        if self._upstream_full:
+            self._upstream_full = False
+            self.down.resume_reading(PAUSE_UPSTREAM)
+        if self._released:
+            return
+        if self._head_sent:
+            if self._until_close and exc is None:  # EOF is how this body ends (RFC 9112 §6.3)
+                self._complete = True
+                if self._chunked_out:
+                    self._out.append(_LAST_CHUNK)
+                self._flush()
+                self._release_upstream(reusable=False, broken=False)
+                self._response_finished()
+            else:
+                self._upstream_failed(f"connection lost mid-response: {exc!r}")
+            return
+        if self._replay is not None and conn is not None and self._waiter is not None:
+            # A reused connection the container closed as we sent (keep-alive timeout race):
+            # nothing came back, so resend everything on a fresh connection, once.
+            self._prefix = b"".join(self._replay)
+            self._replay = None
+            self._waiter.set_result(True)
+            return
+        self._upstream_failed(f"connection lost before the response head: {exc!r}")
+
+    def upstream_write_paused(self) -> None:
+        if not self._upstream_full:
+            self._upstream_full = True
+            self.down.pause_reading(PAUSE_UPSTREAM)
+
+    def upstream_write_resumed(self) -> None:
+        if self._upstream_full:
+            self._upstream_full = False
+            self.down.resume_reading(PAUSE_UPSTREAM)
+
+    # -- httptools.HttpResponseParser callbacks
+
+    def on_message_begin(self) -> None:
+        if self._complete:
+            raise _StopParsing  # more bytes after the response: never reuse this connection
+        self._rheaders = []
+        self._reason = b""
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._head_sent:  # after the head these are trailers, which we drop
+            self._rheaders.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        status = self._parser.get_status_code()
+        head = scan_response_headers(self._rheaders)
+        if status < 200:
+            if status == 101:  # only after a forwarded Upgrade, which comes with WebSocket relaying
+                raise _UnexpectedUpgrade
+            if not self.http_10:  # RFC 9110 §15.2: no 1xx to an HTTP/1.0 client
+                self._out += (b"HTTP/1.1 %d %b\r\n" % (status, self._reason), head.header_lines, _CRLF)
+            self._interim = True
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._upstream_keep_alive = self._parser.should_keep_alive()  # flags reset after the message
+        no_body = self.is_head or status == 204 or status == 304
+        delimited = no_body or head.has_content_length
+        self._until_close = not delimited and not head.chunked
+        self._chunked_out = not delimited and not self.http_10
+        # An HTTP/1.0 client learns where an undelimited body ends only from the connection closing.
+        keep = self._keep = self.keep_alive and not self.down.closing and (delimited or not self.http_10)
+        out = self._out
+        out += (b"HTTP/1.1 %d %b\r\n" % (status, self._reason), head.header_lines)
+        if self._chunked_out:
+            out.append(_CHUNKED)
+        if not keep:
+            out.append(_CLOSE)
+        elif self.http_10:
+            out.append(_KEEP_ALIVE)
+        out.append(_CRLF)
+        self._head_sent = True
+        if self.is_head:
+            # httptools cannot know a HEAD response has no body and would wait for one.
+            self._complete = True
+            raise _StopParsing
+
+    def on_body(self, body: bytes) -> None:
+        if self._chunked_out:
+            self._out += (b"%x\r\n" % len(body), body, _CRLF)
+        else:
+            self._out.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+        else:
+            self._complete = True
+
+    # -- the client connection
+
+    def client_write_paused(self) -> None:
+        if self.conn is not None:
+            self.conn.pause_reading()
+
+    def client_write_resumed(self) -> None:
+        if self.conn is not None:
+            self.conn.resume_reading()
+
+    def client_lost(self) -> None:
+        """The client went away: stop, drop the upstream connection, give the lease back."""
+        self._client_gone = True
+        self._finished = True
+        self._out.clear()
+        if self._acquiring and self._task is not None:
+            self._task.cancel()
+        self._release_upstream(reusable=False, broken=False)
+
+    # -- endings
+
+    def _on_timeout(self, timeout_s: float) -> None:
+        self._timer = None
+        if self._head_sent or self._released:
+            return
+        _log.warning("function timed out app=%s function=%s timeout_s=%g", *self._names(), timeout_s)
+        self._fail(504, f"cove: function timed out after {timeout_s:g} s", broken=True)
+
+    def _upstream_failed(self, reason: str) -> None:
+        """The container broke the exchange: 502 before the response head, abort after it."""
+        lease = self.lease
+        message = lease.failure_message() if lease is not None else "cove: upstream failed"
+        address = lease.address if lease is not None else None
+        _log.warning(
+            "upstream failed app=%s function=%s address=%s reason=%s", *self._names(), address, reason
+        )
+        self._fail(502, message, broken=True)
+
+    def _fail(
+        self, status: int, message: str, headers: Sequence[tuple[str, str]] = (), *, broken: bool = False
+    ) -> None:
+        self._release_upstream(reusable=False, broken=broken)
+        if self._response_done:
+            return
+        if self._head_sent:  # too late for a status line: the client must see a truncated response
+            self._response_done = True
+            self._out.clear()
+            if not self._client_gone:
+                self.down.transport.abort()
+            self._finish(False)
+            return
+        self._respond(status, message, headers)
+
+    def _respond(self, status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> None:
+        """Answer with a platform error of our own."""
+        _log.debug("refused status=%d message=%s", status, message)
+        keep = self._keep = (
+            self.keep_alive and not self.down.closing and (self._request_done or self._drainable())
+        )
+        data = error_response(
+            status, message, headers, keep_alive=keep, http_10=self.http_10, head_only=self.is_head
+        )
+        self._head_sent = True
+        if self._out:
+            self._out.append(data)
+            self._flush()
+        elif not self._client_gone:
+            self.down.transport.write(data)
+        self._response_finished()
+
+    def _drainable(self) -> bool:
+        """Whether the unread rest of the request body is known and small enough to read and drop."""
+        if self.chunked_in or (self._head.expect is not None and not self._continue_sent):
+            return False  # unknown length; or a client that waits for a 100 we will not send
+        length = self._head.content_length
+        return length is None or length - self._received <= _DRAIN_MAX
+
+    def _response_finished(self) -> None:
+        self._response_done = True
+        self._unpause()
+        if self._finished:
+            return
+        if not self._keep:
+            self._finish(False)
+        elif self._request_done:
+            self._finish(True)
+        elif not self._drainable():
+            self._finish(False)
+        # else: request_complete() finishes once the rest of the body is drained
+
+    def _finish(self, keep_alive: bool) -> None:
+        if not self._finished:
+            self._finished = True
+            self.down.exchange_finished(self, keep_alive)
+
+    def _release_upstream(self, *, reusable: bool, broken: bool) -> None:
+        """Hand back the upstream connection and the lease, exactly once; wake the task."""
+        if self._released:
+            return
+        self._released = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.sink = None
+            if reusable:
+                self.down.pool.put(conn)
+            else:  # finished cleanly but not reusable: close; abandoned mid-exchange: abort
+                conn.close(abort=not self._complete)
+        self._unpause()
+        lease = self.lease
+        if lease is not None:
+            self.lease = None
+            try:
+                lease.release(broken=broken)
+            except Exception:
+                _log.exception("lease release failed app=%s function=%s", *self._names())
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(False)
+
+    def _unpause(self) -> None:
+        self._buffer.clear()
+        self._buffered = 0
+        if self._buffer_paused:
+            self._buffer_paused = False
+            self.down.resume_reading(PAUSE_BUFFER)
+        if self._upstream_full:
+            self._upstream_full = False
+            self.down.resume_reading(PAUSE_UPSTREAM)
+
+    def _flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if not self._client_gone:
+            self.down.transport.write(data)
+
+    def _names(self) -> tuple[str, str]:
+        route = self._route
+        return (route.app_name, route.function_tag) if route is not None else ("-", "-")

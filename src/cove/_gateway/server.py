@@ -1,0 +1,418 @@
+"""The gateway server: accepts client connections, parses requests, runs their exchanges in order.
+
+`Gateway` owns the listening socket, the routing table, the upstream connection pool, every client
+connection and every request task, and shuts them down in order: stop accepting, let in-flight
+responses finish up to a deadline, then abort what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Coroutine, Mapping
+from typing import Any, cast
+
+import httptools
+
+from cove._gateway.connpool import ConnectionPool
+from cove._gateway.proxy import (
+    PAUSE_PIPELINE,
+    PAUSE_STOPPED,
+    Exchange,
+    error_response,
+)
+from cove._gateway.routing import Route, RouteTable
+
+_log = logging.getLogger("cove.gateway")
+
+#: A keep-alive client connection with no request for this long is closed.
+CLIENT_IDLE_TIMEOUT_S = 75.0
+#: Request line plus headers; beyond this the request is refused with 431.
+MAX_HEAD_BYTES = 64 * 1024
+#: How long a connection answered before its request body finished arriving keeps reading (and
+#: dropping) after our last byte: closing at once would make the kernel reset the connection when
+#: more body arrives, and a reset can destroy the answer before the client reads it (RFC 9112 §9.6).
+LINGER_S = 2.0
+
+
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback to stop parsing a request head that is too large."""
+
+
+class _ClientConnection(asyncio.Protocol):
+    """One client TCP connection: parses requests and runs one exchange at a time, in order.
+
+    Pipelined requests are parsed as they arrive (httptools cannot pause mid-buffer) and queue as
+    exchanges; reading pauses while one waits, so a queue is at most one read deep.
+    """
+
+    __slots__ = (
+        "_advancing",
+        "_closed",
+        "_current",
+        "_gateway",
+        "_head_bytes",
+        "_headers",
+        "_idle_since",
+        "_idle_timer",
+        "_lingering",
+        "_loop",
+        "_malformed",
+        "_parser",
+        "_parsing",
+        "_paused",
+        "_pipeline",
+        "_url",
+        "forwarded",
+        "max_body_bytes",
+        "pool",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, gateway: Gateway, loop: asyncio.AbstractEventLoop) -> None:
+        self._gateway = gateway
+        self._loop = loop
+        self.pool = gateway.pool
+        self.max_body_bytes = gateway.max_body_bytes
+        self.transport: asyncio.Transport
+        self.forwarded = b""
+        self.write_paused = False
+        self._parser = httptools.HttpRequestParser(self)
+        # Bytes after a request that says `Connection: close` are ignored, not a parse error.
+        self._parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._parsing: Exchange | None = None  # receives the body being parsed
+        self._current: Exchange | None = None  # being answered
+        self._pipeline: deque[Exchange] = deque()  # parsed, waiting for their turn
+        self._paused = 0
+        self._closed = False
+        self._lingering = False
+        self._advancing = False
+        self._malformed: tuple[int, str] | None = None  # answered once the pipeline drains
+        self._idle_since = loop.time()
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # -- what proxy.Downstream needs
+
+    @property
+    def routes(self) -> RouteTable:
+        return self._gateway._table
+
+    @property
+    def closing(self) -> bool:
+        return self._gateway._closing
+
+    def pause_reading(self, reason: int) -> None:
+        if not self._paused and not self._closed:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        if self._paused & reason:
+            self._paused &= ~reason
+            if not self._paused and not self._closed:
+                self.transport.resume_reading()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return self._gateway._spawn(coro)
+
+    def exchange_finished(self, exchange: Exchange, keep_alive: bool) -> None:
+        if exchange is not self._current:
+            return
+        self._current = None
+        if not keep_alive or self._gateway._closing:
+            self._close()
+            return
+        self._idle_since = self._loop.time()
+        self._advance()
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        self.forwarded = b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: http\r\n" % ip.encode("ascii")
+        self._gateway._connections.add(self)
+        self._idle_timer = self._loop.call_later(CLIENT_IDLE_TIMEOUT_S, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        if self._paused & PAUSE_STOPPED or self._lingering:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # The exchange answers 501 and closes; what follows the head is not HTTP.
+            self._stop_parsing()
+        except httptools.HttpParserError as exc:
+            self._parse_failed(exc)
+
+    def eof_received(self) -> bool | None:
+        return None  # the client is done sending; asyncio closes the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        current = self._current
+        self._current = None
+        self._parsing = None
+        self._pipeline.clear()
+        if current is not None:
+            current.client_lost()
+        self._gateway._forget(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self._current is not None:
+            self._current.client_write_paused()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._current is not None:
+            self._current.client_write_resumed()
+
+    # -- httptools.HttpRequestParser callbacks
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
+
+    def on_headers_complete(self) -> None:
+        if self._closed:
+            self._parsing = None
+            return
+        parser = self._parser
+        exchange = Exchange(
+            self,
+            parser.get_method(),
+            self._url,
+            self._headers,
+            http_10=parser.get_http_version() == "1.0",
+            keep_alive=parser.should_keep_alive(),
+            upgrade=parser.should_upgrade(),
+        )
+        self._parsing = exchange
+        if self._current is None and not self._pipeline:
+            self._current = exchange
+            exchange.start()
+        else:
+            self._pipeline.append(exchange)
+            self.pause_reading(PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        if self._parsing is not None:
+            self._parsing.request_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange = self._parsing
+        self._parsing = None
+        if exchange is not None:
+            exchange.request_complete()
+
+    # -- internals
+
+    def _advance(self) -> None:
+        """Start queued exchanges until one is in flight. Not re-entrant: a queued exchange that
+        is answered at once (a 404, say) finishes inside `start`, and this loop starts the next."""
+        if self._advancing:
+            return
+        self._advancing = True
+        try:
+            while self._current is None and not self._closed:
+                if not self._pipeline:
+                    if self._malformed is not None:
+                        self._answer_and_close(*self._malformed)
+                    break
+                exchange = self._pipeline.popleft()
+                if not self._pipeline:
+                    self.resume_reading(PAUSE_PIPELINE)
+                self._current = exchange
+                exchange.start()
+        finally:
+            self._advancing = False
+
+    def _stop_parsing(self) -> None:
+        self.pause_reading(PAUSE_STOPPED)
+
+    def _parse_failed(self, exc: httptools.HttpParserError) -> None:
+        self._stop_parsing()
+        cause = exc.__context__
+        if isinstance(cause, _HeadTooLarge):
+            status, reason = 431, f"request head larger than {MAX_HEAD_BYTES} bytes"
+        else:
+            if isinstance(exc, httptools.HttpParserCallbackError):
+                _log.error("gateway error in request parser", exc_info=cause)
+            status, reason = 400, str(exc) or type(exc).__name__
+        _log.debug("malformed request status=%d reason=%s", status, reason)
+        partial = self._parsing
+        self._parsing = None
+        if partial is not None and partial is self._current:
+            partial.request_broken(reason)  # answers 400, or aborts if its response has begun
+            return
+        if partial is not None:  # a pipelined request that never finished arriving
+            self._pipeline.remove(partial)
+        message = f"cove: {reason}" if status == 431 else f"cove: malformed request ({reason})"
+        self._malformed = (status, message)
+        if self._current is None:
+            self._advance()
+
+    def _answer_and_close(self, status: int, message: str) -> None:
+        self.transport.write(error_response(status, message, keep_alive=False))
+        self._close()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        transport = self.transport
+        if self._parsing is None or self._paused & PAUSE_STOPPED or not transport.can_write_eof():
+            transport.close()
+            return
+        # The client may still be sending the body of a request we answered early: send FIN,
+        # read and drop until its FIN (eof_received closes) or LINGER_S, then close.
+        self._lingering = True
+        transport.write_eof()
+        if self._paused:
+            transport.resume_reading()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = self._loop.call_later(LINGER_S, transport.close)
+
+    def shutdown(self) -> None:
+        """The gateway is closing: close now if idle, else after the response in flight."""
+        if self._current is None:
+            self._close()
+
+    def abort(self) -> None:
+        self._closed = True
+        self.transport.abort()
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        if self._closed:
+            return
+        delay = CLIENT_IDLE_TIMEOUT_S
+        if self._current is None:
+            idle_s = self._loop.time() - self._idle_since
+            if idle_s >= CLIENT_IDLE_TIMEOUT_S:
+                self._close()
+                return
+            delay -= idle_s
+        self._idle_timer = self._loop.call_later(delay, self._check_idle)
+
+
+class Gateway:
+    """The HTTP front door: routes each request on its Host header to a container and proxies it.
+
+    Runs on the event loop that calls `start` (uvloop in production; plain asyncio works too).
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        routes: Mapping[str, Route] | None = None,
+        max_body_bytes: int = 4 * 1024**3,
+    ) -> None:
+        self._host = host
+        self._requested_port = port
+        self._table = RouteTable(routes or {})
+        self.max_body_bytes = max_body_bytes
+        self._pool = ConnectionPool()
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bound_port = 0
+        self._connections: set[_ClientConnection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._drained: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        where = f"{self._host}:{self._bound_port}" if self._server is not None else "not started"
+        return f"<cove Gateway {where} routes={len(self._table)}>"
+
+    @property
+    def pool(self) -> ConnectionPool:
+        """The upstream connection pool (its counters are useful to metrics and tests)."""
+        return self._pool
+
+    @property
+    def port(self) -> int:
+        """The bound port (the free port chosen when constructed with `port=0`)."""
+        if not self._bound_port:
+            raise RuntimeError("the gateway is not listening; call `await gateway.start()` first")
+        return self._bound_port
+
+    async def start(self) -> None:
+        """Bind and start accepting connections."""
+        if self._server is not None:
+            raise RuntimeError("the gateway is started already")
+        loop = self._loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _ClientConnection(self, loop), self._host, self._requested_port, backlog=1024
+        )
+        self._bound_port = int(self._server.sockets[0].getsockname()[1])
+        _log.info(
+            "gateway listening host=%s port=%d routes=%d", self._host, self._bound_port, len(self._table)
+        )
+
+    def set_routes(self, routes: Mapping[str, Route]) -> None:
+        """Swap the whole routing table at once; requests already routed keep their route."""
+        self._table = RouteTable(routes)
+        _log.debug("routes set count=%d", len(self._table))
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Stop accepting, let in-flight responses finish for up to `timeout_s`, then abort the rest."""
+        if self._server is None or self._closing:
+            return
+        self._closing = True
+        self._server.close()
+        for conn in list(self._connections):
+            conn.shutdown()
+        if self._connections:
+            drained = self._drained = asyncio.Event()
+            try:
+                await asyncio.wait_for(drained.wait(), timeout_s)
+            except TimeoutError:
+                _log.warning("gateway close timed out connections=%d", len(self._connections))
+        for conn in list(self._connections):
+            conn.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+        self._pool.close()
+        await self._server.wait_closed()
+        _log.info("gateway closed port=%d", self._bound_port)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        assert self._loop is not None  # connections exist only once started
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _forget(self, conn: _ClientConnection) -> None:
+        self._connections.discard(conn)
+        if not self._connections and self._drained is not None:
+            self._drained.set()

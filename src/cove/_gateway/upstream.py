@@ -1,0 +1,68 @@
+"""The seam between gateway and runtime: an `Upstream` hands out `Lease`s on container slots.
+
+The gateway never starts or stops containers. For each request it asks the route's `Upstream` for a
+`Lease` (waiting in the function's queue or through a cold start if need be), talks HTTP/1.1 to the
+unix socket the lease names, and gives the lease back exactly once::
+
+    lease = await upstream.acquire()      # UpstreamError -> answered with its status
+    try:
+        ...                               # proxy one request to lease.address
+    finally:
+        lease.release(broken=failed)      # broken=True: the container failed mid-request
+
+The runtime implements both protocols; tests implement them over a real uvicorn process.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Lease(Protocol):
+    """One request's hold on one container slot."""
+
+    @property
+    def address(self) -> str:
+        """Filesystem path of the unix socket where the container's uvicorn listens."""
+        ...
+
+    def release(self, *, broken: bool = False) -> None:
+        """Give the slot back. Called exactly once per `Upstream.acquire`.
+
+        `broken=True` means the connection to the container failed mid-request (refused, lost, or
+        the function timed out), so the runtime should look at, and probably replace, the container.
+        """
+        ...
+
+    def failure_message(self) -> str:
+        """Body of the 502 sent when the container failed, starting with `cove: `.
+
+        For example `cove: container exited (code -9)`. Called before `release(broken=True)`.
+        """
+        ...
+
+
+class Upstream(Protocol):
+    """Where one function's requests go: a pool of container slots."""
+
+    async def acquire(self) -> Lease:
+        """A lease on a free slot; may wait for one (queue, cold start).
+
+        Raises `UpstreamError` to refuse the request (full queue, failed startup). The gateway
+        cancels the call when the client goes away while it waits; a cancelled `acquire` must not
+        hand out a lease.
+        """
+        ...
+
+
+class UpstreamError(Exception):
+    """A refusal from the runtime, answered to the client as is (e.g. 503 with `Retry-After`)."""
+
+    def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(status, message, headers)
+        self.status = status
+        self.message = message  # starts with "cove: "
+        self.headers = headers
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.message}"

@@ -1,0 +1,1 @@
+"""Runtime: containers, their pools, and the backends that start them."""

@@ -1,0 +1,258 @@
+"""Container entrypoint: import the user's code in container mode and serve it on a unix socket.
+
+Run as `python -m cove._runtime.entrypoint`. The process starts *warm*: it imports the serving stack
+(uvicorn, FastAPI, Starlette, Pydantic, a2wsgi) first, then blocks on its control channel (the socket
+at file descriptor `COVE_CONTROL_FD`) for one `start` message naming the function to serve. That
+lets the supervisor keep a spare worker ready, so a cold start skips the ~300 ms of framework imports.
+
+Protocol on the control channel (JSON lines):
+    supervisor -> worker  {"op": "start", "container_id", "function", "module_file", "source_dir",
+                           "socket", "env"}
+    worker -> supervisor  {"event": "ready"} | {"event": "failed", "reason": "..."}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import inspect
+import json
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Callable, Generator
+from types import ModuleType
+from typing import Any
+
+CONTROL_FD_ENV = "COVE_CONTROL_FD"
+
+
+def _warm_imports() -> None:
+    """Import the serving stack before any function is known (the cost a cold start avoids)."""
+    import a2wsgi  # noqa: F401
+    import fastapi  # noqa: F401
+    import fastapi.middleware.cors  # noqa: F401
+    import pydantic  # noqa: F401
+    import uvicorn  # noqa: F401
+    import uvicorn.lifespan.on  # noqa: F401
+    import uvicorn.protocols.http.httptools_impl  # noqa: F401
+    import uvicorn.protocols.websockets.websockets_impl  # noqa: F401
+    import uvloop  # noqa: F401
+
+    import cove  # noqa: F401
+    import cove._runtime.adapters  # noqa: F401
+
+
+class _Channel:
+    """The worker's end of the control socket."""
+
+    def __init__(self, fd: int) -> None:
+        self._sock = socket.socket(fileno=fd)
+        self._file = self._sock.makefile("rb")
+
+    def receive(self) -> dict[str, Any] | None:
+        line = self._file.readline()
+        return json.loads(line) if line else None
+
+    def send(self, **message: Any) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.sendall(json.dumps(message).encode() + b"\n")
+
+
+def import_user_module(module_file: str, source_dir: str) -> ModuleType:
+    """Import the user's file as a top-level module named after its stem, as Modal mounts it."""
+    if source_dir not in sys.path:
+        sys.path.insert(0, source_dir)
+    name = os.path.splitext(os.path.basename(module_file))[0]
+    spec = importlib.util.spec_from_file_location(name, module_file)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {module_file}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+async def _run_hooks(hooks: list[Callable[[], Any]]) -> None:
+    for hook in hooks:
+        result = hook()
+        if inspect.isawaitable(result):
+            await result
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+async def _serve(message: dict[str, Any], channel: _Channel) -> int:
+    import uvicorn
+
+    from cove._modal_compat import install as install_modal_compat
+    from cove._runtime import adapters
+    from cove._spec import function_spec_from_dict
+    from cove.functions import load_user_code
+
+    spec = function_spec_from_dict(message["function"])
+    assert spec.web is not None, "only web functions are served by this entrypoint"
+    web = spec.web
+    os.environ.update(message.get("env") or {})
+    os.environ["COVE_IS_REMOTE"] = "1"
+    os.environ["MODAL_IS_REMOTE"] = "1"
+    os.environ["COVE_CONTAINER_ID"] = message["container_id"]
+    os.environ["MODAL_TASK_ID"] = message["container_id"]
+    os.chdir(message["source_dir"])
+    install_modal_compat()
+
+    try:
+        module = import_user_module(message["module_file"], message["source_dir"])
+        user = load_user_code(module, spec)
+        await _run_hooks(user.enter_snap)
+        await _run_hooks(user.enter)
+    except BaseException as exc:
+        traceback.print_exc()
+        channel.send(event="failed", reason=f"startup failed: {_one_line(exc)}")
+        return 1
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(message["socket"])
+    listener.bind(message["socket"])
+    listener.listen(2048)
+    stop = asyncio.Event()
+    try:
+        if web.kind == "web_server":
+            code = await _serve_web_server(user.call, web.port or 0, web.startup_timeout_s, listener, channel, stop)
+        else:
+            try:
+                if web.kind == "fastapi_endpoint":
+                    app = adapters.fastapi_app(user.call, web)
+                elif web.kind == "asgi_app":
+                    app = adapters.asgi_from_factory(user.call)
+                else:
+                    app = adapters.wsgi_from_factory(user.call)
+            except BaseException as exc:
+                traceback.print_exc()
+                channel.send(event="failed", reason=f"startup failed: {_one_line(exc)}")
+                return 1
+            config = uvicorn.Config(
+                adapters.ClientAddressMiddleware(app),
+                loop="none",
+                http="httptools",
+                ws="websockets",
+                lifespan="auto",
+                proxy_headers=False,
+                server_header=False,
+                access_log=False,
+                log_config=None,
+                ws_max_size=adapters.WS_MAX_MESSAGE_BYTES,
+                ws_per_message_deflate=False,
+                # The gateway pools connections; closing them after 5 s idle would only make it reconnect.
+                timeout_keep_alive=3600,
+                timeout_graceful_shutdown=30,
+            )
+            server = _Server(config, on_ready=lambda: channel.send(event="ready"))
+            await server.serve(sockets=[listener])
+            if not server.started:
+                channel.send(event="failed", reason="startup failed: ASGI lifespan startup failed")
+                return 1
+            code = 0
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(message["socket"])
+        await _run_exit_hooks(user.exit)
+    return code
+
+
+async def _run_exit_hooks(hooks: list[Callable[[], Any]]) -> None:
+    try:
+        await asyncio.wait_for(_run_hooks(hooks), timeout=30)
+    except BaseException:
+        traceback.print_exc()
+
+
+async def _serve_web_server(
+    call: Callable[[], Any],
+    port: int,
+    startup_timeout_s: float,
+    listener: socket.socket,
+    channel: _Channel,
+    stop: asyncio.Event,
+) -> int:
+    from cove._runtime import adapters
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        result = call()
+        if inspect.isawaitable(result):
+            await result
+        await adapters.wait_for_port(port, startup_timeout_s)
+    except BaseException as exc:
+        traceback.print_exc()
+        channel.send(event="failed", reason=f"startup failed: {_one_line(exc)}")
+        return 1
+    server = await adapters.relay_unix_to_tcp(listener, port)
+    channel.send(event="ready")
+    await stop.wait()
+    server.close()
+    return 0
+
+
+def _make_server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, reporting readiness and leaving signals to a graceful stop."""
+
+        def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None]) -> None:
+            super().__init__(config)
+            self._on_ready = on_ready
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                self._on_ready()
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            # uvicorn re-raises the signal after shutdown, which would kill us before @exit runs.
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+            try:
+                yield
+            finally:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+
+    return Server
+
+
+_Server: Any = None
+
+
+def main() -> int:
+    global _Server
+    fd_text = os.environ.pop(CONTROL_FD_ENV, None)
+    if fd_text is None:
+        print("cove: the container entrypoint is started by the Cove server, not by hand.", file=sys.stderr)
+        return 2
+    channel = _Channel(int(fd_text))
+    _warm_imports()
+    _Server = _make_server_class()
+    message = channel.receive()
+    if message is None or message.get("op") != "start":
+        return 0  # the supervisor discarded this spare
+    import uvloop
+
+    return uvloop.run(_serve(message, channel))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

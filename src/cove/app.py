@@ -1,0 +1,424 @@
+"""`App`: a named group of functions and classes, and the manifest Cove deploys from it.
+
+```python
+app = cove.App("shop", image=cove.Image.debian_slim().pip_install("boto3"))
+
+@app.function(max_containers=4)
+@cove.fastapi_endpoint(method="POST")
+def square(item: dict):
+    return {"square": item["x"] ** 2}
+```
+
+Decorating only records: `app._manifest()` returns the `AppSpec` that `cove serve`/`cove deploy`
+send to the control plane.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ParamSpec, TypeVar, cast
+
+from cove._options import check_image, check_no_volumes, check_secrets, parse_options
+from cove._spec import AppSpec, FunctionSpec
+from cove.endpoints import _STREAMING_HINT, Flags, PartialFunction, _is_generator
+from cove.exception import InvalidError
+from cove.functions import ClassMembers, Cls, Function
+from cove.image import Image
+from cove.secret import Secret
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+_APP_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_APP_ID_RE = re.compile(r"^ap-[A-Za-z0-9]{22}$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
+_FUNCTION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _check_app_name(name: object) -> str | None:
+    if name is None:
+        return None
+    if not isinstance(name, str) or not _APP_NAME_RE.match(name) or _APP_ID_RE.match(name):
+        raise InvalidError(
+            f"Invalid App name {name!r}: use up to 64 letters, digits, '-', '_' or '.', e.g. App('shop-api')."
+        )
+    return name
+
+
+def _check_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping):
+        raise InvalidError(f"App(tags=...) must be a dict of str to str, got {type(tags).__name__}.")
+    for key, value in tags.items():
+        for part in (key, value):
+            if not isinstance(part, str) or not _TAG_RE.match(part):
+                raise InvalidError(
+                    "App(tags=...): keys and values must be 1-63 letters, digits, '-', '_' or '.', "
+                    f"got {part!r}."
+                )
+    return dict(tags)
+
+
+def _scope_check(where: str, obj: Any, serialized: bool) -> None:
+    """Containers import user code by name, so it must live at module level (or be serialized)."""
+    parts = obj.__qualname__.split(".")
+    kind = "Class" if inspect.isclass(obj) else "Function"
+    if len(parts) > 1 and parts[-2] != "<locals>" and not inspect.isclass(obj):
+        raise InvalidError(
+            f"{where}() cannot decorate a method ({obj.__qualname__!r}). "
+            "Use @app.cls() on the class and @cove.method() or a web decorator on the method."
+        )
+    if "<locals>" in parts and not serialized:
+        raise InvalidError(
+            f"{kind} {obj.__qualname__!r} is defined inside a function, so a container cannot import it "
+            f"by name. Move it to module level, or pass serialized=True to {where}()."
+        )
+
+
+class App:
+    """A group of functions and classes deployed together under one name.
+
+    `image` and `secrets` are defaults for every function (app secrets come first). `volumes` are
+    not supported yet and must stay empty.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        image: Image | None = None,
+        secrets: Sequence[Secret] = (),
+        tags: Mapping[str, str] | None = None,
+        include_source: bool = True,
+        volumes: Mapping[str, object] | None = None,
+    ) -> None:
+        self._name = _check_app_name(name)
+        self._image = check_image("App", image)
+        self._secrets = check_secrets("App", secrets)
+        self._tags = _check_tags(tags)
+        if not isinstance(include_source, bool):
+            raise InvalidError(f"App(include_source=...) must be True or False, got {include_source!r}.")
+        self._include_source = include_source
+        check_no_volumes("App", "volumes", volumes)
+        self._registry: dict[str, Function[Any, Any] | Cls[Any]] = {}
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
+    def image(self) -> Image | None:
+        return self._image
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return dict(self._tags)
+
+    @property
+    def include_source(self) -> bool:
+        return self._include_source
+
+    @property
+    def registered_functions(self) -> dict[str, Function[Any, Any]]:
+        return {tag: obj for tag, obj in self._registry.items() if isinstance(obj, Function)}
+
+    @property
+    def registered_classes(self) -> dict[str, Cls[Any]]:
+        return {tag: obj for tag, obj in self._registry.items() if isinstance(obj, Cls)}
+
+    @property
+    def registered_web_endpoints(self) -> list[str]:
+        """Tags of the web functions and web methods, e.g. `["square", "Model.predict"]`."""
+        return [spec.tag for spec in self._specs() if spec.web is not None]
+
+    def _specs(self) -> list[FunctionSpec]:
+        specs: list[FunctionSpec] = []
+        for obj in self._registry.values():
+            specs.extend([obj.spec] if isinstance(obj, Function) else obj.specs)
+        return specs
+
+    def _manifest(self) -> AppSpec:
+        """The AppSpec of everything declared so far, in declaration order."""
+        return AppSpec(name=self._name, functions=tuple(self._specs()))
+
+    def _register(self, tag: str, obj: Function[Any, Any] | Cls[Any]) -> None:
+        if tag in self._registry:
+            warnings.warn(
+                f"{self!r} already has a function named {tag!r}; the new definition replaces it. "
+                "Give one of them another name (e.g. @app.function(name=...)) if both are needed.",
+                stacklevel=3,
+            )
+        self._registry[tag] = obj
+
+    def __repr__(self) -> str:
+        return f"cove.App({self._name!r})" if self._name is not None else "cove.App()"
+
+    def function(
+        self,
+        _warn_parentheses_missing: object = None,
+        *,
+        image: Image | None = None,
+        schedule: object = None,
+        env: Mapping[str, str | None] | None = None,
+        secrets: Sequence[Secret] = (),
+        gpu: str | Sequence[str] | None = None,
+        serialized: bool = False,
+        network_file_systems: Mapping[str, object] | None = None,
+        volumes: Mapping[str, object] | None = None,
+        cpu: float | tuple[float, float] | None = None,
+        memory: int | tuple[int, int] | None = None,
+        ephemeral_disk: int | None = None,
+        min_containers: int | None = None,
+        max_containers: int | None = None,
+        buffer_containers: int | None = None,
+        scaledown_window: float | None = None,
+        proxy: object = None,
+        retries: object = None,
+        timeout: float = 300,
+        startup_timeout: float | None = None,
+        name: str | None = None,
+        is_generator: bool | None = None,
+        cloud: str | None = None,
+        region: str | Sequence[str] | None = None,
+        routing_region: str | None = None,
+        nonpreemptible: bool = False,
+        enable_memory_snapshot: bool = False,
+        block_network: bool = False,
+        restrict_modal_access: bool = False,
+        single_use_containers: bool = False,
+        max_inputs: int | None = None,
+        i6pn: bool | None = None,
+        include_source: bool | None = None,
+        experimental_options: Mapping[str, object] | None = None,
+        # Pre-1.0 spellings, mapped with a DeprecationError warning:
+        keep_warm: int | None = None,
+        concurrency_limit: int | None = None,
+        container_idle_timeout: float | None = None,
+        allow_concurrent_inputs: int | None = None,
+    ) -> Callable[[Callable[P, R]], Function[P, R]]:
+        """Register a function (outermost decorator; web and `@concurrent` decorators go below it).
+
+        Placement options (`cloud`, `region`, `routing_region`, `nonpreemptible`, `i6pn`), `ephemeral_disk`,
+        `enable_memory_snapshot` and `restrict_modal_access` are accepted and have no effect on one machine.
+        """
+        _reject_app_positional("@app.function", _warn_parentheses_missing)
+        if schedule is not None:
+            raise InvalidError(
+                "@app.function(schedule=...) is not supported by Cove yet. Trigger the function from an "
+                "external scheduler (cron, systemd timer) calling a web endpoint instead."
+            )
+        if name is not None and (not isinstance(name, str) or not _FUNCTION_NAME_RE.match(name)):
+            raise InvalidError(
+                f"@app.function(name=...) must be 1-64 letters, digits, '_' or '-' (no '.'), got {name!r}."
+            )
+        opts = parse_options(
+            "@app.function",
+            app_image=self._image,
+            app_secrets=self._secrets,
+            stacklevel=3,
+            image=image,
+            secrets=secrets,
+            env=env,
+            gpu=gpu,
+            serialized=serialized,
+            network_file_systems=network_file_systems,
+            volumes=volumes,
+            cpu=cpu,
+            memory=memory,
+            min_containers=min_containers,
+            max_containers=max_containers,
+            buffer_containers=buffer_containers,
+            scaledown_window=scaledown_window,
+            proxy=proxy,
+            retries=retries,
+            timeout=timeout,
+            startup_timeout=startup_timeout,
+            block_network=block_network,
+            single_use_containers=single_use_containers,
+            max_inputs=max_inputs,
+            keep_warm=keep_warm,
+            concurrency_limit=concurrency_limit,
+            container_idle_timeout=container_idle_timeout,
+            allow_concurrent_inputs=allow_concurrent_inputs,
+        )
+
+        def wrapper(target: Callable[P, R]) -> Function[P, R]:
+            raw_f, partial = _unwrap_for_app("@app.function", target)
+            if inspect.isclass(raw_f):
+                raise InvalidError(
+                    f"@app.function() cannot decorate a class ({raw_f.__qualname__!r}); "
+                    "use @app.cls() for classes."
+                )
+            fname = raw_f.__qualname__
+            if partial.flags & Flags.lifecycle():
+                raise InvalidError(
+                    "@cove.enter/@cove.exit only apply to methods of an @app.cls() class; "
+                    f"{fname!r} is a function."
+                )
+            if partial.flags & Flags.CALLABLE and not partial.flags & Flags.BATCHED:
+                raise InvalidError(
+                    "@cove.method() only applies to methods of an @app.cls() class; "
+                    f"remove it from {fname!r}."
+                )
+            _scope_check("@app.function", raw_f, opts.serialized)
+            generator = is_generator if is_generator is not None else _is_generator(raw_f)
+            if partial.web is not None and generator:
+                raise InvalidError(f"{fname!r} is a generator. {_STREAMING_HINT}")
+            tag = name or raw_f.__name__
+            spec = opts.spec(
+                "@app.function",
+                tag=tag,
+                module_attr=raw_f.__name__,
+                method_name=None,
+                web=partial.web,
+                is_generator=generator,
+                max_inputs=partial.max_inputs,
+                target_inputs=partial.target_inputs,
+            )
+            function = Function(cast(Callable[P, R], raw_f), spec)
+            self._register(tag, function)
+            return function
+
+        return wrapper
+
+    def cls(
+        self,
+        _warn_parentheses_missing: object = None,
+        *,
+        image: Image | None = None,
+        env: Mapping[str, str | None] | None = None,
+        secrets: Sequence[Secret] = (),
+        gpu: str | Sequence[str] | None = None,
+        serialized: bool = False,
+        network_file_systems: Mapping[str, object] | None = None,
+        volumes: Mapping[str, object] | None = None,
+        cpu: float | tuple[float, float] | None = None,
+        memory: int | tuple[int, int] | None = None,
+        ephemeral_disk: int | None = None,
+        min_containers: int | None = None,
+        max_containers: int | None = None,
+        buffer_containers: int | None = None,
+        scaledown_window: float | None = None,
+        proxy: object = None,
+        retries: object = None,
+        timeout: float = 300,
+        startup_timeout: float | None = None,
+        cloud: str | None = None,
+        region: str | Sequence[str] | None = None,
+        routing_region: str | None = None,
+        nonpreemptible: bool = False,
+        enable_memory_snapshot: bool = False,
+        block_network: bool = False,
+        restrict_modal_access: bool = False,
+        single_use_containers: bool = False,
+        max_inputs: int | None = None,
+        i6pn: bool | None = None,
+        include_source: bool | None = None,
+        experimental_options: Mapping[str, object] | None = None,
+        keep_warm: int | None = None,
+        concurrency_limit: int | None = None,
+        container_idle_timeout: float | None = None,
+        allow_concurrent_inputs: int | None = None,
+    ) -> Callable[[Callable[P, T]], Cls[T]]:
+        """Register a class: its web methods and `@cove.method`s share the class's containers.
+
+        Put `@cove.concurrent(...)` on the class (below this decorator), `@cove.enter()`/`@cove.exit()`
+        on setup and teardown methods, and web decorators or `@cove.method()` on the other methods.
+        """
+        _reject_app_positional("@app.cls", _warn_parentheses_missing)
+        opts = parse_options(
+            "@app.cls",
+            app_image=self._image,
+            app_secrets=self._secrets,
+            stacklevel=3,
+            image=image,
+            secrets=secrets,
+            env=env,
+            gpu=gpu,
+            serialized=serialized,
+            network_file_systems=network_file_systems,
+            volumes=volumes,
+            cpu=cpu,
+            memory=memory,
+            min_containers=min_containers,
+            max_containers=max_containers,
+            buffer_containers=buffer_containers,
+            scaledown_window=scaledown_window,
+            proxy=proxy,
+            retries=retries,
+            timeout=timeout,
+            startup_timeout=startup_timeout,
+            block_network=block_network,
+            single_use_containers=single_use_containers,
+            max_inputs=max_inputs,
+            keep_warm=keep_warm,
+            concurrency_limit=concurrency_limit,
+            container_idle_timeout=container_idle_timeout,
+            allow_concurrent_inputs=allow_concurrent_inputs,
+        )
+
+        def wrapper(target: Callable[P, T]) -> Cls[T]:
+            user_cls, partial = _unwrap_for_app("@app.cls", target)
+            if not inspect.isclass(user_cls):
+                raise InvalidError(
+                    f"@app.cls() decorates a class; {getattr(user_cls, '__qualname__', user_cls)!r} "
+                    "is not one. Use @app.function() for functions."
+                )
+            _scope_check("@app.cls", user_cls, opts.serialized)
+            members = ClassMembers.inspect(user_cls)
+            cls_name = user_cls.__name__
+            specs = tuple(
+                opts.spec(
+                    "@app.cls",
+                    tag=f"{cls_name}.{method_name}",
+                    module_attr=cls_name,
+                    method_name=method_name,
+                    web=pf.web,
+                    is_generator=pf.is_generator if pf.is_generator is not None else _is_generator(pf.raw_f),
+                    max_inputs=partial.max_inputs,
+                    target_inputs=partial.target_inputs,
+                )
+                for method_name, pf in members.methods.items()
+            )
+            registered: Cls[T] = Cls(cast(type[T], user_cls), members, specs)
+            self._register(cls_name, registered)
+            return registered
+
+        return wrapper
+
+
+def _reject_app_positional(where: str, arg: object) -> None:
+    if arg is None:
+        return
+    if callable(arg):
+        raise InvalidError(
+            f"{where} was applied to {getattr(arg, '__qualname__', arg)!r} without calling it. "
+            f"Did you forget parentheses? Use `{where}()`."
+        )
+    raise InvalidError(
+        f"Positional arguments are not allowed in {where}(), got {arg!r}. "
+        f"Pass options by keyword, e.g. {where}(image=image)."
+    )
+
+
+def _unwrap_for_app(where: str, target: object) -> tuple[Any, PartialFunction[..., Any]]:
+    app_decorator = getattr(type(target), "_cove_app_decorator", None)
+    if app_decorator is not None:
+        raise InvalidError(
+            f"{target!r} is already decorated with {app_decorator}; apply {where}() only once."
+        )
+    if isinstance(target, PartialFunction):
+        return target.raw_f, target
+    if not callable(target):
+        raise InvalidError(
+            f"{where}() decorates a function or class, got {type(target).__name__} {target!r}."
+        )
+    return target, PartialFunction(target)
+
+
+__all__ = ["App"]

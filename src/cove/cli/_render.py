@@ -1,0 +1,90 @@
+"""Everything the CLI prints goes through here (rich), so output stays consistent and testable."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+# soft_wrap: a URL must stay on one line whatever the terminal width, so it can be copied.
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+_COLORS = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta")
+
+
+def info(message: str) -> None:
+    out.print(message)
+
+
+def success(message: str) -> None:
+    out.print(f"[green]✓[/green] {escape(message)}")
+
+
+def warning(message: str) -> None:
+    err.print(f"[yellow]⚠[/yellow] {escape(message)}")
+
+
+def error(message: str) -> None:
+    err.print(f"[red]Error:[/red] {escape(message)}")
+
+
+def user_error(text: str) -> None:
+    """A traceback or message from the user's own code, shown verbatim."""
+    err.print(escape(text), style="red")
+
+
+def created_objects(app: dict[str, Any]) -> None:
+    """The tree of web endpoints with one URL per line under each, as Modal's CLI prints it."""
+    success("Created objects.")
+    endpoints: Sequence[dict[str, Any]] = app.get("endpoints", ())
+    if not endpoints:
+        out.print("└── (no web endpoints)")
+    for index, endpoint in enumerate(endpoints):
+        last = index == len(endpoints) - 1
+        branch, stem = ("└──", "    ") if last else ("├──", "│   ")
+        mark = " 🔑" if endpoint.get("requires_proxy_auth") else ""
+        out.print(f"{branch} [green]✓[/green] Created web function {escape(endpoint['tag'])}{mark}")
+        domains = endpoint.get("custom_domains") or ()
+        url_branch = "├──" if domains else "└──"
+        out.print(f"{stem}{url_branch} {endpoint['url']}", markup=False)
+        for d_index, domain in enumerate(domains):
+            d_branch = "└──" if d_index == len(domains) - 1 else "├──"
+            out.print(f"{stem}{d_branch} Custom domain: {domain}", markup=False)
+
+
+def serving(directory: str) -> None:
+    out.print("⚡️ Serving... hit Ctrl-C to stop!")
+    out.print(f"└── Watching {directory}.", markup=False)
+
+
+def log_record(record: dict[str, Any]) -> None:
+    container = str(record.get("container", "-"))
+    color = _COLORS[hash(container) % len(_COLORS)]
+    stream = record.get("stream")
+    line = escape(str(record.get("line", "")))
+    if stream == "system":
+        out.print(f"[dim]{escape(container)} {line}[/dim]")
+    elif stream == "stderr":
+        out.print(f"[{color}]{escape(container)}[/{color}] [red]{line}[/red]")
+    else:
+        out.print(f"[{color}]{escape(container)}[/{color}] {line}")
+    sys.stdout.flush()
+
+
+def timestamp(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    grid = Table(title=title)
+    for column in columns:
+        grid.add_column(column)
+    for row in rows:
+        grid.add_row(*(escape(str(c)) for c in row))
+    out.print(grid)

@@ -1,0 +1,78 @@
+"""`cove server`: run the server in the foreground, or stop the one running in the background."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+
+import click
+
+from cove import exception
+from cove._control import server as control_server
+from cove.cli import _render as render
+from cove.cli._client import ControlClient
+from cove.config import Settings
+
+_STOP_TIMEOUT_S = 60.0
+
+
+@click.group(invoke_without_command=True)
+@click.option("--ready-fd", type=int, default=None, hidden=True)
+@click.pass_context
+def server(ctx: click.Context, ready_fd: int | None) -> None:
+    """Run the Cove server (control plane + gateway) in the foreground."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = Settings.from_env()
+    if ready_fd is None:
+        render.info(f"Cove server for {settings.home}: gateway on http://{settings.host}:{settings.port}")
+    try:
+        control_server.run(settings, ready_fd=ready_fd)
+    except control_server.ServerAlreadyRunning as exc:
+        render.error(str(exc))
+        raise SystemExit(1) from None
+    except OSError as exc:
+        render.error(f"The server could not start: {exc}")
+        raise SystemExit(1) from None
+
+
+@server.command()
+def stop() -> None:
+    """Stop the server running for COVE_HOME (its apps stop serving until it starts again)."""
+    settings = Settings.from_env()
+    if not control_server.control_socket_alive(settings.control_socket):
+        render.info(f"No Cove server is running for {settings.home}.")
+        return
+    pid = _server_pid(settings)
+    client = ControlClient(settings)
+    try:
+        client.request("POST", "/v1/server/stop")
+    except exception.ConnectionError:
+        pass
+    finally:
+        client.close()
+    if pid is not None and not _wait_exit(pid, _STOP_TIMEOUT_S):
+        render.error(f"The server (pid {pid}) did not stop within {_STOP_TIMEOUT_S:g} s.")
+        raise SystemExit(1)
+    render.success("Server stopped.")
+
+
+def _server_pid(settings: Settings) -> int | None:
+    try:
+        return int(json.loads(control_server.state_file(settings).read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _wait_exit(pid: int, timeout_s: float) -> bool:
+    """Wait for a process that is not our child to end, via a pidfd (Linux ≥ 5.3)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout_s)
+        return bool(ready)
+    finally:
+        os.close(fd)

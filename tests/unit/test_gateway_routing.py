@@ -1,0 +1,179 @@
+"""Routing rules and the pure header helpers of the gateway."""
+
+from __future__ import annotations
+
+import pytest
+
+from cove._gateway import Lease, Route, UpstreamError, host_key
+from cove._gateway.proxy import error_response, scan_request_headers, scan_response_headers
+from cove._gateway.routing import MISSING_HOST, Refusal, RouteTable, resolve
+
+
+class _NoUpstream:
+    async def acquire(self) -> Lease:
+        raise UpstreamError(503, "cove: never used")
+
+
+UP = _NoUpstream()
+SHOP = Route("shop", "square", UP)
+STOPPED = Route("blog", "index", None)
+ROUTES = {"alice--shop-square.localhost": SHOP, "alice--blog-index.localhost": STOPPED}
+
+
+@pytest.mark.parametrize(
+    ("header", "key"),
+    [
+        ("alice--shop-square.localhost", "alice--shop-square.localhost"),
+        (b"Alice--Shop-Square.LOCALHOST", "alice--shop-square.localhost"),
+        ("alice--shop-square.localhost:8000", "alice--shop-square.localhost"),
+        ("alice--shop-square.localhost.", "alice--shop-square.localhost"),
+        ("alice--shop-square.localhost.:8000", "alice--shop-square.localhost"),
+        ("alice--shop-square.localhost:", "alice--shop-square.localhost"),
+        ("  example.com  ", "example.com"),
+        ("[::1]:8000", "[::1]"),
+        ("[::1]", "[::1]"),
+        ("127.0.0.1:80", "127.0.0.1"),
+        ("host:notaport", "host:notaport"),
+        (b"host:\xb2", "host:\xb2"),  # a superscript digit is not a port
+        ("", ""),
+    ],
+)
+def test_host_key_normalises_case_port_and_trailing_dot(header: str | bytes, key: str) -> None:
+    assert host_key(header) == key
+
+
+def test_host_key_is_idempotent() -> None:
+    for header in ("A.Localhost.:1", "[::1]:2", "x"):
+        assert host_key(host_key(header)) == host_key(header)
+
+
+def test_resolve_finds_a_route_by_any_spelling_of_its_host() -> None:
+    assert resolve(ROUTES, b"ALICE--shop-square.localhost.:8000") is SHOP
+
+
+def test_resolve_refuses_a_missing_or_empty_host_with_400() -> None:
+    assert resolve(ROUTES, None) == MISSING_HOST == Refusal(400, "cove: missing Host header")
+    assert resolve(ROUTES, b"") == MISSING_HOST
+
+
+def test_resolve_refuses_an_unknown_host_with_404_naming_it() -> None:
+    assert resolve(ROUTES, b"Bob--Shop.localhost:8000") == Refusal(
+        404, "cove: no endpoint at bob--shop.localhost"
+    )
+
+
+def test_resolve_refuses_a_stopped_app_with_404() -> None:
+    assert resolve(ROUTES, b"alice--blog-index.localhost") == Refusal(404, "cove: app blog is stopped")
+
+
+def test_route_table_normalises_its_keys_and_copies_the_mapping() -> None:
+    routes = {"Alice--Shop-Square.localhost.": SHOP}
+    table = RouteTable(routes)
+    routes.clear()
+    assert table.resolve(b"alice--shop-square.localhost") is SHOP
+    assert len(table) == 1
+
+
+def test_route_table_answers_the_same_from_its_memo() -> None:
+    table = RouteTable(ROUTES)
+    for _ in range(2):
+        assert table.resolve(b"alice--shop-square.localhost:1") is SHOP
+        assert table.resolve(b"nobody.localhost") == Refusal(404, "cove: no endpoint at nobody.localhost")
+        assert table.resolve(None) == MISSING_HOST
+
+
+def test_route_defaults() -> None:
+    route = Route("shop", "square", None)
+    assert route.timeout_s == 300.0
+    assert route.requires_proxy_auth is False
+
+
+def test_request_headers_keep_end_to_end_ones_in_order() -> None:
+    head = scan_request_headers(
+        [(b"Host", b"a.localhost"), (b"Accept", b"*/*"), (b"Content-Length", b"12"), (b"X-Id", b"7")]
+    )
+    assert head.header_lines == b"Host: a.localhost\r\nAccept: */*\r\nContent-Length: 12\r\nX-Id: 7\r\n"
+    assert (head.host, head.host_count, head.content_length) == (b"a.localhost", 1, 12)
+    assert head.transfer_encoding is None
+    assert head.expect is None
+
+
+def test_request_headers_drop_hop_by_hop_and_client_claims_about_forwarding() -> None:
+    head = scan_request_headers(
+        [
+            (b"Connection", b"keep-alive, X-Secret"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"Proxy-Connection", b"keep-alive"),
+            (b"TE", b"trailers"),
+            (b"Trailer", b"X-Sum"),
+            (b"Upgrade", b"h2c"),
+            (b"X-Secret", b"s"),
+            (b"X-Forwarded-For", b"6.6.6.6"),
+            (b"x-forwarded-proto", b"https"),
+            (b"Forwarded", b"for=6.6.6.6"),
+            (b"Expect", b"100-Continue"),
+            (b"Transfer-Encoding", b"Chunked"),
+            (b"Accept", b"*/*"),
+        ]
+    )
+    assert head.header_lines == b"Accept: */*\r\n"
+    assert head.expect == b"100-continue"
+    assert head.transfer_encoding == b"chunked"
+
+
+def test_request_headers_count_host_headers() -> None:
+    head = scan_request_headers([(b"Host", b"a"), (b"host", b"b")])
+    assert head.host_count == 2
+
+
+def test_response_headers_drop_hop_by_hop_and_report_framing() -> None:
+    head = scan_response_headers(
+        [
+            (b"content-type", b"text/plain"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"Connection", b"close, X-Internal"),
+            (b"X-Internal", b"1"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"set-cookie", b"a=1"),
+            (b"set-cookie", b"b=2"),
+        ]
+    )
+    assert head.header_lines == b"content-type: text/plain\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n"
+    assert head.chunked is True
+    assert head.has_content_length is False
+    assert scan_response_headers([(b"Content-Length", b"3")]).has_content_length is True
+
+
+def test_error_response_is_plain_text_ending_in_a_newline() -> None:
+    data = error_response(404, "cove: no endpoint at x.localhost")
+    assert data == (
+        b"HTTP/1.1 404 Not Found\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: 33\r\n"
+        b"\r\n"
+        b"cove: no endpoint at x.localhost\n"
+    )
+
+
+def test_error_response_closing_head_only_with_extra_headers() -> None:
+    data = error_response(
+        503, "cove: queue full", (("Retry-After", "1"), ("X-Bad", "a\r\nb")), keep_alive=False, head_only=True
+    )
+    assert data == (
+        b"HTTP/1.1 503 Service Unavailable\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: 17\r\n"
+        b"Retry-After: 1\r\n"
+        b"Connection: close\r\n"
+        b"\r\n"
+    )
+
+
+def test_error_response_tells_http_10_clients_it_keeps_the_connection() -> None:
+    assert b"\r\nConnection: keep-alive\r\n" in error_response(400, "cove: x", http_10=True)
+
+
+def test_upstream_error_carries_status_message_and_headers() -> None:
+    exc = UpstreamError(503, "cove: queue full", (("Retry-After", "2"),))
+    assert (exc.status, exc.message, exc.headers) == (503, "cove: queue full", (("Retry-After", "2"),))
+    assert str(exc) == "503 cove: queue full"
