@@ -147,10 +147,14 @@ class ServeProcess:
             self._reader.join(timeout=5)
 
     def kill(self) -> None:
+        """Kill whatever is left of the process group and release the pipe."""
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+        self._reader.join(timeout=5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 def host_request(method: str, url: str, **kwargs: object) -> httpx.Response:

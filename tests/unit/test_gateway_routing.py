@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cove._gateway import Lease, Route, UpstreamError, host_key
-from cove._gateway.proxy import error_response, scan_request_headers, scan_response_headers
+from cove._gateway.messages import error_response, scan_request_headers, scan_response_headers
 from cove._gateway.routing import MISSING_HOST, Refusal, RouteTable, resolve
 
 

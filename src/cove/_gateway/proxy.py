@@ -16,14 +16,25 @@ after it (a later issue) means forwarding `Upgrade` and switching both transport
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 from collections.abc import Coroutine, Sequence
-from typing import Any, Final, NamedTuple, Protocol
+from typing import Any, Final, Protocol
 
 import httptools
 
 from cove._gateway.connpool import ConnectionPool, UpstreamConnection
+from cove._gateway.messages import (
+    CHUNKED,
+    CLOSE,
+    CONTINUE,
+    CRLF,
+    KEEP_ALIVE,
+    LAST_CHUNK,
+    UPSTREAM_VERSION,
+    error_response,
+    scan_request_headers,
+    scan_response_headers,
+)
 from cove._gateway.routing import Refusal, Route, RouteTable
 from cove._gateway.upstream import Lease, Upstream, UpstreamError
 
@@ -38,152 +49,6 @@ PAUSE_STOPPED: Final = 8  # nothing more will be parsed on this connection
 _BUFFER_HIGH = 256 * 1024  # request body held before an upstream connection is attached
 _REPLAY_MAX = 1024 * 1024  # request bytes kept to resend when a reused connection turns out dead
 _DRAIN_MAX = 1024 * 1024  # unread request body discarded (rather than closing) after an early answer
-
-_CRLF: Final = b"\r\n"
-_LAST_CHUNK: Final = b"0\r\n\r\n"
-_CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
-_CLOSE: Final = b"Connection: close\r\n"
-_KEEP_ALIVE: Final = b"Connection: keep-alive\r\n"
-_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-_UPSTREAM_VERSION: Final = b" HTTP/1.1\r\n"
-
-# RFC 9110 §7.6.1; Proxy-Connection is the pre-standard spelling some clients still send.
-_HOP_BY_HOP: Final = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
-)
-# The gateway states who the client is; whatever the client claims about it is dropped.
-_REQUEST_DROP: Final = _HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"forwarded", b"expect"}
-
-
-class RequestHead(NamedTuple):
-    """What the proxy needs from a request's headers, gathered in one pass."""
-
-    header_lines: bytes  # the headers to forward, each line ending in CRLF
-    host: bytes | None
-    host_count: int
-    content_length: int | None
-    transfer_encoding: bytes | None  # lowercased, several headers joined by ", "
-    expect: bytes | None  # lowercased
-
-
-class ResponseHead(NamedTuple):
-    """What the proxy needs from a response's headers."""
-
-    header_lines: bytes
-    has_content_length: bool
-    chunked: bool
-
-
-def _connection_tokens(values: list[bytes]) -> set[bytes]:
-    return {token.strip().lower() for value in values for token in value.split(b",")} - {b""}
-
-
-def _header_lines(headers: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes] | set[bytes]) -> bytes:
-    parts: list[bytes] = []
-    for name, value in headers:
-        if name.lower() not in drop:
-            parts += (name, b": ", value, _CRLF)
-    return b"".join(parts)
-
-
-def scan_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
-    """Split a client's headers into those to forward and the facts the proxy acts on.
-
-    Hop-by-hop headers, headers named in `Connection`, `Expect` (the gateway answers it) and the
-    client's own `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` are not forwarded.
-    """
-    parts: list[bytes] = []
-    host: bytes | None = None
-    host_count = 0
-    content_length: int | None = None
-    transfer_encoding: bytes | None = None
-    expect: bytes | None = None
-    connection: list[bytes] | None = None
-    for name, value in headers:
-        lname = name.lower()
-        if lname in _REQUEST_DROP:
-            if lname == b"transfer-encoding":
-                value = value.strip().lower()
-                transfer_encoding = value if transfer_encoding is None else transfer_encoding + b", " + value
-            elif lname == b"connection":
-                connection = [value] if connection is None else [*connection, value]
-            elif lname == b"expect":
-                expect = value.strip().lower()
-            continue
-        if lname == b"host":
-            host = value.strip()
-            host_count += 1
-        elif lname == b"content-length":
-            content_length = int(value)  # llhttp accepted it: digits, and one value only
-        parts += (name, b": ", value, _CRLF)
-    lines = b"".join(parts)
-    if connection is not None:
-        named = _connection_tokens(connection) - _REQUEST_DROP
-        if named:  # rare: the client named extra hop-by-hop headers (RFC 9110 §7.6.1)
-            lines = _header_lines(headers, _REQUEST_DROP | named)
-    return RequestHead(lines, host, host_count, content_length, transfer_encoding, expect)
-
-
-def scan_response_headers(headers: Sequence[tuple[bytes, bytes]]) -> ResponseHead:
-    """The response headers to pass on (hop-by-hop ones removed) and how the body is framed."""
-    parts: list[bytes] = []
-    has_content_length = False
-    chunked = False
-    connection: list[bytes] | None = None
-    for name, value in headers:
-        lname = name.lower()
-        if lname in _HOP_BY_HOP:
-            if lname == b"transfer-encoding":
-                chunked = value.strip().lower().endswith(b"chunked")
-            elif lname == b"connection":
-                connection = [value] if connection is None else [*connection, value]
-            continue
-        if lname == b"content-length":
-            has_content_length = True
-        parts += (name, b": ", value, _CRLF)
-    lines = b"".join(parts)
-    if connection is not None:
-        named = _connection_tokens(connection) - _HOP_BY_HOP
-        if named:
-            lines = _header_lines(headers, _HOP_BY_HOP | named)
-    return ResponseHead(lines, has_content_length, chunked)
-
-
-def _reason(status: int) -> bytes:
-    try:
-        return http.HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""
-
-
-def error_response(
-    status: int,
-    message: str,
-    headers: Sequence[tuple[str, str]] = (),
-    *,
-    keep_alive: bool = True,
-    http_10: bool = False,
-    head_only: bool = False,
-) -> bytes:
-    """A complete plain-text response the gateway answers itself; `message` starts with `cove: `."""
-    body = (message.rstrip("\n") + "\n").encode("utf-8")  # exactly one newline, however given
-    parts = [
-        b"HTTP/1.1 %d %b\r\n" % (status, _reason(status)),
-        b"Content-Type: text/plain; charset=utf-8\r\n",
-        b"Content-Length: %d\r\n" % len(body),
-    ]
-    for name, value in headers:
-        line = f"{name}: {value}"
-        if "\r" not in line and "\n" not in line:  # a header must not end the head early
-            parts.append(line.encode("latin-1") + _CRLF)
-    if not keep_alive:
-        parts.append(_CLOSE)
-    elif http_10:
-        parts.append(_KEEP_ALIVE)
-    parts.append(_CRLF)
-    if not head_only:
-        parts.append(body)
-    return b"".join(parts)
 
 
 class Downstream(Protocol):
@@ -288,11 +153,11 @@ class Exchange:
                 method,
                 b" ",
                 target,
-                _UPSTREAM_VERSION,
+                UPSTREAM_VERSION,
                 head.header_lines,
-                _CHUNKED if self.chunked_in else b"",
+                CHUNKED if self.chunked_in else b"",
                 down.forwarded,
-                _CRLF,
+                CRLF,
             )
         )
         self.lease: Lease | None = None
@@ -359,13 +224,13 @@ class Exchange:
             self._respond(404, f"cove: app {found.app_name} is stopped")
             return
         limit = self.down.max_body_bytes
-        if head.content_length is not None and head.content_length > limit:
+        if (head.content_length or 0) > limit or self._received > limit:  # chunked while it queued
             self._respond(413, f"cove: request body larger than {limit} bytes")
             return
         self._route = found
         if head.expect is not None and not self.http_10 and not self._request_done:
             self._continue_sent = True
-            self.down.transport.write(_CONTINUE)
+            self.down.transport.write(CONTINUE)
         self._task = self.down.spawn(self._run(upstream, found.timeout_s))
 
     async def _run(self, upstream: Upstream, timeout_s: float) -> None:
@@ -442,9 +307,9 @@ class Exchange:
         conn = self.conn
         if conn is not None and self.chunked_in:
             self._terminated = True
-            conn.transport.write(_LAST_CHUNK)
+            conn.transport.write(LAST_CHUNK)
             if self._replay is not None:
-                self._retain(_LAST_CHUNK)
+                self._retain(LAST_CHUNK)
 
     def request_broken(self, reason: str) -> None:
         """The client sent something that is not HTTP in the middle of this request."""
@@ -466,7 +331,7 @@ class Exchange:
                 self.down.resume_reading(PAUSE_BUFFER)
         if self._request_done and self.chunked_in and not self._terminated:
             self._terminated = True
-            parts.append(_LAST_CHUNK)
+            parts.append(LAST_CHUNK)
         payload = parts[0] if len(parts) == 1 else b"".join(parts)
         self.conn = conn
         conn.sink = self
@@ -501,7 +366,7 @@ class Exchange:
             self._upstream_keep_alive = False  # bytes after the response, or a HEAD response
         if self._complete:
             if self._chunked_out:
-                self._out.append(_LAST_CHUNK)
+                self._out.append(LAST_CHUNK)
             self._flush()
             self._release_upstream(reusable=self._upstream_keep_alive and self._request_done, broken=False)
             self._response_finished()
@@ -520,7 +385,7 @@ class Exchange:
             if self._until_close and exc is None:  # EOF is how this body ends (RFC 9112 §6.3)
                 self._complete = True
                 if self._chunked_out:
-                    self._out.append(_LAST_CHUNK)
+                    self._out.append(LAST_CHUNK)
                 self._flush()
                 self._release_upstream(reusable=False, broken=False)
                 self._response_finished()
@@ -569,7 +434,7 @@ class Exchange:
             if status == 101:  # only after a forwarded Upgrade, which comes with WebSocket relaying
                 raise _UnexpectedUpgrade
             if not self.http_10:  # RFC 9110 §15.2: no 1xx to an HTTP/1.0 client
-                self._out += (b"HTTP/1.1 %d %b\r\n" % (status, self._reason), head.header_lines, _CRLF)
+                self._out += (b"HTTP/1.1 %d %b\r\n" % (status, self._reason), head.header_lines, CRLF)
             self._interim = True
             return
         if self._timer is not None:
@@ -585,12 +450,12 @@ class Exchange:
         out = self._out
         out += (b"HTTP/1.1 %d %b\r\n" % (status, self._reason), head.header_lines)
         if self._chunked_out:
-            out.append(_CHUNKED)
+            out.append(CHUNKED)
         if not keep:
-            out.append(_CLOSE)
+            out.append(CLOSE)
         elif self.http_10:
-            out.append(_KEEP_ALIVE)
-        out.append(_CRLF)
+            out.append(KEEP_ALIVE)
+        out.append(CRLF)
         self._head_sent = True
         if self.is_head:
             # httptools cannot know a HEAD response has no body and would wait for one.
@@ -599,7 +464,7 @@ class Exchange:
 
     def on_body(self, body: bytes) -> None:
         if self._chunked_out:
-            self._out += (b"%x\r\n" % len(body), body, _CRLF)
+            self._out += (b"%x\r\n" % len(body), body, CRLF)
         else:
             self._out.append(body)
 
@@ -640,8 +505,14 @@ class Exchange:
     def _upstream_failed(self, reason: str) -> None:
         """The container broke the exchange: 502 before the response head, abort after it."""
         lease = self.lease
-        message = lease.failure_message() if lease is not None else "cove: upstream failed"
-        address = lease.address if lease is not None else None
+        message = "cove: upstream failed"
+        address = None
+        if lease is not None:
+            address = lease.address
+            try:
+                message = lease.failure_message()
+            except Exception:
+                _log.exception("lease failure_message failed app=%s function=%s", *self._names())
         _log.warning(
             "upstream failed app=%s function=%s address=%s reason=%s", *self._names(), address, reason
         )

@@ -16,12 +16,8 @@ from typing import Any, cast
 import httptools
 
 from cove._gateway.connpool import ConnectionPool
-from cove._gateway.proxy import (
-    PAUSE_PIPELINE,
-    PAUSE_STOPPED,
-    Exchange,
-    error_response,
-)
+from cove._gateway.messages import error_response
+from cove._gateway.proxy import PAUSE_PIPELINE, PAUSE_STOPPED, Exchange
 from cove._gateway.routing import Route, RouteTable
 
 _log = logging.getLogger("cove.gateway")

@@ -39,7 +39,7 @@ def _warm_imports() -> None:
     import uvicorn  # noqa: F401
     import uvicorn.lifespan.on  # noqa: F401
     import uvicorn.protocols.http.httptools_impl  # noqa: F401
-    import uvicorn.protocols.websockets.websockets_impl  # noqa: F401
+    import uvicorn.protocols.websockets.websockets_sansio_impl  # noqa: F401
     import uvloop  # noqa: F401
 
     import cove  # noqa: F401
@@ -143,7 +143,7 @@ async def _serve(message: dict[str, Any], channel: _Channel) -> int:
                 adapters.ClientAddressMiddleware(app),
                 loop="none",
                 http="httptools",
-                ws="websockets",
+                ws="websockets-sansio",
                 lifespan="auto",
                 proxy_headers=False,
                 server_header=False,
