@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-APP = '''
+APP = """
 import cove
 
 app = cove.App("bench-reload")
@@ -39,7 +39,7 @@ def version():
 
 
 VERSION = 0
-'''
+"""
 
 URL_RE = re.compile(r"(http://[a-z0-9-]+--[a-z0-9-]+\.localhost:(\d+))")
 
@@ -95,7 +95,9 @@ def write(path: Path, version: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="cove-bench-"))
@@ -138,7 +140,8 @@ def main() -> None:
     print("|----------------------------------------|------|----------|----------|")
     print(row("save -> new code served (live reload)", reload_s))
     print(row("baseline: restart cove serve -> served", restart_s))
-    print(f"\nlive reload is {statistics.median(restart_s) / statistics.median(reload_s):.1f}x faster than a restart")
+    ratio = statistics.median(restart_s) / statistics.median(reload_s)
+    print(f"\nlive reload is {ratio:.1f}x faster than a restart")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Token auth with FastAPI's HTTPBearer; the token comes from the secret `my-web-auth-token`.
 
-    cove secret create my-web-auth-token AUTH_TOKEN=secret-random-token
-    curl -H "Authorization: Bearer secret-random-token" <url>
+cove secret create my-web-auth-token AUTH_TOKEN=secret-random-token
+curl -H "Authorization: Bearer secret-random-token" <url>
 """
 
 from fastapi import Depends, HTTPException, Request, status

@@ -10,4 +10,8 @@ app = App("modal-script")
 @app.function()
 @fastapi_endpoint()
 def hello(name: str = "world"):
-    return {"hello": name, "modal_is_cove": modal.__name__ == "cove", "error_root": InvalidError.__mro__[1].__name__}
+    return {
+        "hello": name,
+        "modal_is_cove": modal.__name__ == "cove",
+        "error_root": InvalidError.__mro__[1].__name__,
+    }

@@ -1,22 +1,22 @@
 """The error tree. One root, `cove.Error`, with Modal's subclass names so `except modal.exception.X` works.
 
-    Error
-    ├── AuthError
-    ├── ConnectionError
-    ├── ExecutionError
-    │   └── RemoteError
-    ├── InvalidError
-    ├── NotFoundError
-    ├── AlreadyExistsError
-    ├── ResourceExhaustedError
-    ├── VersionError
-    ├── TimeoutError            (not the builtin; Modal's own)
-    │   ├── FunctionTimeoutError
-    │   └── OutputExpiredError
-    └── ImageBuildError (alias BuildError)
+Error
+├── AuthError
+├── ConnectionError
+├── ExecutionError
+│   └── RemoteError
+├── InvalidError
+├── NotFoundError
+├── AlreadyExistsError
+├── ResourceExhaustedError
+├── VersionError
+├── TimeoutError            (not the builtin; Modal's own)
+│   ├── FunctionTimeoutError
+│   └── OutputExpiredError
+└── ImageBuildError (alias BuildError)
 
-    DeprecationError            (a UserWarning subclass, as in Modal)
-    PendingDeprecationError
+DeprecationError            (a UserWarning subclass, as in Modal)
+PendingDeprecationError
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class AuthError(Error):
     """Missing or wrong credentials for the control plane."""
 
 
-class ConnectionError(Error, builtins.ConnectionError):  # noqa: A001 - Modal's name
+class ConnectionError(Error, builtins.ConnectionError):
     """The control plane could not be reached."""
 
 
@@ -64,7 +64,7 @@ class VersionError(Error):
     """Client and server speak different versions."""
 
 
-class TimeoutError(Error):  # noqa: A001 - Modal's name, deliberately not the builtin
+class TimeoutError(Error):
     """Base of Cove's timeouts."""
 
 

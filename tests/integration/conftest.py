@@ -63,7 +63,9 @@ class CoveEnv:
         )
         self.env.pop("COVE_DEV_SUFFIX", None)
 
-    def run(self, *args: str, check: bool = True, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 120, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [*cove_command(), *args],
             env=self.env,
@@ -75,7 +77,8 @@ class CoveEnv:
         )
         if check and result.returncode != 0:
             raise AssertionError(
-                f"cove {' '.join(args)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+                f"cove {' '.join(args)} exited {result.returncode}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
             )
         return result
 

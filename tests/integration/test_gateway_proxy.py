@@ -655,6 +655,16 @@ def test_http_10_request_gets_its_answer_and_a_closed_connection(gw: GatewayThre
     assert json.loads(data.split(b"\r\n\r\n", 1)[1])["query"] == "v=10"
 
 
+def test_a_client_that_half_closes_after_its_requests_still_gets_the_answers(gw: GatewayThread) -> None:
+    requests = b"".join(f"GET /echo?n={i} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode() for i in range(2))
+    with gw.raw() as sock:
+        sock.sendall(requests)
+        sock.shutdown(socket.SHUT_WR)
+        collector = _ResponseCollector()
+        collector.parser.feed_data(read_until_closed(sock))
+    assert [json.loads(r.body)["query"] for r in collector.done] == ["n=0", "n=1"]
+
+
 def test_expect_100_continue_is_answered_by_the_gateway(gw: GatewayThread) -> None:
     head = f"POST /hash HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
     with gw.raw() as sock:
@@ -838,3 +848,36 @@ def test_close_lets_the_response_in_flight_finish(gw: GatewayThread, uvicorn_ser
             assert direct.post(f"/gate/{name}/open").status_code == 200
             assert next(lines) == "data: second"
         closing.result(WAIT_S)
+
+
+def test_oversized_upload_gets_its_413_although_the_client_keeps_sending(
+    start_gateway: Callable[..., GatewayThread], upstream: TestUpstream
+) -> None:
+    """The gateway answers at once, then reads and drops what still arrives before closing, so the
+    client is not reset before it reads the answer."""
+    gw = start_gateway({HOST: Route("shop", "square", upstream)}, max_body_bytes=1000)
+    head = f"POST /hash HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 50000000\r\n\r\n"
+    with gw.raw() as sock:
+        sock.sendall(head.encode() + b"x" * 1_000_000)
+        sock.shutdown(socket.SHUT_WR)  # gives up sending; the gateway closes on seeing that
+        data = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 413 ")
+    assert b"\r\nConnection: close\r\n" in data
+    assert data.endswith(b"cove: request body larger than 1000 bytes\n")
+    assert upstream.releases == []  # refused before any container was asked
+
+
+def test_set_routes_applies_to_new_requests_only(gw: GatewayThread, uvicorn_server: UvicornServer) -> None:
+    name = gate_name()
+    with (
+        gw.client() as client,
+        uvicorn_server.client() as direct,
+        client.stream("GET", f"/sse/{name}") as response,
+    ):
+        lines = response.iter_lines()
+        assert next(lines) == "data: first"
+        gw.set_routes({HOST: Route("shop", "square", None)})
+        assert client.get("/echo").text == "cove: app shop is stopped\n"
+        assert direct.post(f"/gate/{name}/open").status_code == 200
+        assert next(lines) == ""
+        assert next(lines) == "data: second"

@@ -13,7 +13,7 @@ from tests.integration.conftest import EXAMPLES, CoveEnv, host_request
 
 pytestmark = pytest.mark.integration
 
-APP_V1 = '''
+APP_V1 = """
 import cove
 
 app = cove.App("reload-demo")
@@ -23,7 +23,7 @@ app = cove.App("reload-demo")
 @cove.fastapi_endpoint()
 def greet(name: str = "world"):
     return {"greeting": "hello " + name}
-'''
+"""
 
 
 def _write(path: Path, text: str) -> None:

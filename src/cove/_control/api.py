@@ -109,7 +109,8 @@ def build_api(
             raise exception.InvalidError(f"session {session!r} does not own app {name!r}")
 
         async def stream() -> AsyncIterator[bytes]:
-            follower = logs.follow(record.log_key)
+            since = float(request.query_params.get("since", "0")) or None
+            follower = logs.follow(record.log_key, since=since)
             changed = asyncio.ensure_future(record.session_changed.wait())
             try:
                 while True:

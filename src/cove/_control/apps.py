@@ -173,7 +173,13 @@ class AppRegistry:
                 record.session_changed.set()
                 record.session_changed = asyncio.Event()
             self._publish(self.routes())
-            log.info("app=%s event=published version=%d kind=%s functions=%d", name, version.number, kind, len(pools))
+            log.info(
+                "app=%s event=published version=%d kind=%s functions=%d",
+                name,
+                version.number,
+                kind,
+                len(pools),
+            )
             if old is not None:
                 self._retire(old)
         return record
@@ -255,7 +261,11 @@ class AppRegistry:
                     )
                 seen[host] = endpoint.tag
         for other in self._apps.values():
-            if other is self._apps.get((kind, name)) or other.state is AppState.STOPPED or other.current is None:
+            if (
+                other is self._apps.get((kind, name))
+                or other.state is AppState.STOPPED
+                or other.current is None
+            ):
                 continue
             for endpoint in other.current.endpoints:
                 for host in (endpoint.host, *endpoint.custom_domains):

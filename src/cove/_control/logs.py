@@ -6,7 +6,7 @@ import asyncio
 import collections
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
@@ -56,15 +56,20 @@ class LogHub:
         ring = list(self._rings.get(app, ()))
         return ring if tail is None else ring[-tail:] if tail > 0 else []
 
-    async def follow(self, app: str, tail: int = 0) -> AsyncIterator[LogRecord]:
-        """Recent lines, then every new line until `end(app)` or the consumer stops."""
+    async def follow(
+        self, app: str, tail: int = 0, since: float | None = None
+    ) -> AsyncGenerator[LogRecord, None]:
+        """Recent lines (the last `tail`, or all written at or after `since`), then every new line
+        until `end(app)` or the consumer stops."""
         queue: asyncio.Queue[LogRecord | None] = asyncio.Queue()
         self._followers.setdefault(app, set()).add(queue)
+        backlog = self.recent(app) if since is not None else self.recent(app, tail)
         try:
-            for record in self.recent(app, tail):
-                yield record
-            while (record := await queue.get()) is not None:
-                yield record
+            for record in backlog:
+                if since is None or record.ts >= since:
+                    yield record
+            while (item := await queue.get()) is not None:
+                yield item
         finally:
             self._followers.get(app, set()).discard(queue)
 

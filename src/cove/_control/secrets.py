@@ -44,7 +44,9 @@ def validate_secret_values(values: Mapping[str, str]) -> None:
                 "([A-Za-z_][A-Za-z0-9_]*), e.g. AUTH_TOKEN."
             )
         if len(value) > MAX_VALUE_CHARS:
-            raise InvalidError(f"The value of secret key {key!r} is longer than {MAX_VALUE_CHARS} characters.")
+            raise InvalidError(
+                f"The value of secret key {key!r} is longer than {MAX_VALUE_CHARS} characters."
+            )
 
 
 class SecretStore:

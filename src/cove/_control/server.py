@@ -111,7 +111,13 @@ async def serve(settings: Settings, *, ready_fd: int | None = None) -> None:
     state_file(settings).write_text(
         json.dumps({"pid": os.getpid(), "gateway_port": gateway.port, "socket": str(sock_path)})
     )
-    log.info("event=started pid=%d gateway=http://%s:%d control=%s", os.getpid(), settings.host, gateway.port, sock_path)
+    log.info(
+        "event=started pid=%d gateway=http://%s:%d control=%s",
+        os.getpid(),
+        settings.host,
+        gateway.port,
+        sock_path,
+    )
     if ready_fd is not None:
         with contextlib.suppress(OSError):
             os.write(ready_fd, json.dumps({"gateway_port": gateway.port}).encode() + b"\n")

@@ -52,6 +52,7 @@ class _ClientConnection(asyncio.Protocol):
         "_headers",
         "_idle_since",
         "_idle_timer",
+        "_client_eof",
         "_lingering",
         "_loop",
         "_malformed",
@@ -87,6 +88,7 @@ class _ClientConnection(asyncio.Protocol):
         self._paused = 0
         self._closed = False
         self._lingering = False
+        self._client_eof = False  # the client half-closed: answer what it sent, then close
         self._advancing = False
         self._malformed: tuple[int, str] | None = None  # answered once the pipeline drains
         self._idle_since = loop.time()
@@ -125,6 +127,8 @@ class _ClientConnection(asyncio.Protocol):
             return
         self._idle_since = self._loop.time()
         self._advance()
+        if self._client_eof and self._current is None:
+            self._close()
 
     # -- asyncio.Protocol
 
@@ -148,7 +152,11 @@ class _ClientConnection(asyncio.Protocol):
             self._parse_failed(exc)
 
     def eof_received(self) -> bool | None:
-        return None  # the client is done sending; asyncio closes the transport
+        if self._lingering or self._parsing is not None or self._current is None or self._closed:
+            return None  # nothing complete left to answer: asyncio closes the transport
+        # A client may half-close after its last request (RFC 9112 §9.6); it still gets answers.
+        self._client_eof = True
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True

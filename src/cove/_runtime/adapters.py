@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import socket
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -87,7 +86,8 @@ def wsgi_from_factory(call: Callable[[], Any]) -> ASGIApp:
             f"@wsgi_app function {_name(call)} returned {type(wsgi).__name__}, not a WSGI app. "
             "Return the app object itself, e.g. `return flask_app`."
         )
-    return WSGIMiddleware(wsgi, workers=10000, send_queue_size=1)  # type: ignore[no-any-return]
+    bridge: ASGIApp = WSGIMiddleware(wsgi, workers=10000, send_queue_size=1)  # type: ignore[assignment]
+    return bridge
 
 
 async def wait_for_port(port: int, timeout_s: float, host: str = "127.0.0.1") -> None:
@@ -149,5 +149,3 @@ def _name(call: Callable[..., Any]) -> str:
     return getattr(call, "__qualname__", None) or repr(call)
 
 
-def is_coroutine_callable(call: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(getattr(call, "__call__", None))

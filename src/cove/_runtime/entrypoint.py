@@ -33,16 +33,16 @@ CONTROL_FD_ENV = "COVE_CONTROL_FD"
 def _warm_imports() -> None:
     """Import the serving stack before any function is known (the cost a cold start avoids)."""
     import a2wsgi  # noqa: F401
-    import fastapi  # noqa: F401
+    import fastapi
     import fastapi.middleware.cors  # noqa: F401
     import pydantic  # noqa: F401
-    import uvicorn  # noqa: F401
-    import uvicorn.lifespan.on  # noqa: F401
-    import uvicorn.protocols.http.httptools_impl  # noqa: F401
+    import uvicorn
+    import uvicorn.lifespan.on
+    import uvicorn.protocols.http.httptools_impl
     import uvicorn.protocols.websockets.websockets_sansio_impl  # noqa: F401
     import uvloop  # noqa: F401
 
-    import cove  # noqa: F401
+    import cove
     import cove._runtime.adapters  # noqa: F401
 
 
@@ -115,7 +115,7 @@ async def _serve(message: dict[str, Any], channel: _Channel) -> int:
         await _run_hooks(user.enter)
     except BaseException as exc:
         traceback.print_exc()
-        channel.send(event="failed", reason=f"startup failed: {_one_line(exc)}")
+        channel.send(event="failed", reason=_one_line(exc))
         return 1
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -126,7 +126,9 @@ async def _serve(message: dict[str, Any], channel: _Channel) -> int:
     stop = asyncio.Event()
     try:
         if web.kind == "web_server":
-            code = await _serve_web_server(user.call, web.port or 0, web.startup_timeout_s, listener, channel, stop)
+            code = await _serve_web_server(
+                user.call, web.port or 0, web.startup_timeout_s, listener, channel, stop
+            )
         else:
             try:
                 if web.kind == "fastapi_endpoint":
@@ -137,7 +139,7 @@ async def _serve(message: dict[str, Any], channel: _Channel) -> int:
                     app = adapters.wsgi_from_factory(user.call)
             except BaseException as exc:
                 traceback.print_exc()
-                channel.send(event="failed", reason=f"startup failed: {_one_line(exc)}")
+                channel.send(event="failed", reason=_one_line(exc))
                 return 1
             config = uvicorn.Config(
                 adapters.ClientAddressMiddleware(app),
@@ -158,7 +160,7 @@ async def _serve(message: dict[str, Any], channel: _Channel) -> int:
             server = _Server(config, on_ready=lambda: channel.send(event="ready"))
             await server.serve(sockets=[listener])
             if not server.started:
-                channel.send(event="failed", reason="startup failed: ASGI lifespan startup failed")
+                channel.send(event="failed", reason="ASGI lifespan startup failed")
                 return 1
             code = 0
     finally:
@@ -195,7 +197,7 @@ async def _serve_web_server(
         await adapters.wait_for_port(port, startup_timeout_s)
     except BaseException as exc:
         traceback.print_exc()
-        channel.send(event="failed", reason=f"startup failed: {_one_line(exc)}")
+        channel.send(event="failed", reason=_one_line(exc))
         return 1
     server = await adapters.relay_unix_to_tcp(listener, port)
     channel.send(event="ready")

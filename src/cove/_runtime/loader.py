@@ -48,7 +48,10 @@ def find_app(module: ModuleType, app_var: str | None) -> tuple[str, Any]:
     if len(apps) == 1:
         return apps[0]
     if not apps:
-        raise LookupError(f"{module.__file__} defines no cove.App. Add `app = cove.App()` and decorate functions with `@app.function()`.")
+        raise LookupError(
+            f"{module.__file__} defines no cove.App. "
+            "Add `app = cove.App()` and decorate functions with `@app.function()`."
+        )
     raise LookupError(f"{module.__file__} defines several Apps. " + _apps_hint(module))
 
 

@@ -101,9 +101,7 @@ class FunctionPool:
         if self._closed:
             raise UpstreamError(503, f"cove: {self.spec.tag} is shutting down\n")
         if len(self._waiters) >= self._max_queue:
-            raise UpstreamError(
-                503, f"cove: queue full for {self.spec.tag} ({len(self._waiters)} waiting)\n"
-            )
+            raise UpstreamError(503, f"cove: queue full for {self.spec.tag} ({len(self._waiters)} waiting)\n")
         waiter: asyncio.Future[_Slot] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._scale_up()
@@ -164,9 +162,12 @@ class FunctionPool:
         best: _Slot | None = None
         limit = self.spec.max_inputs
         for slot in self._slots:
-            if slot.state is ContainerState.READY and slot.in_flight < limit:
-                if best is None or slot.in_flight < best.in_flight:
-                    best = slot
+            if (
+                slot.state is ContainerState.READY
+                and slot.in_flight < limit
+                and (best is None or slot.in_flight < best.in_flight)
+            ):
+                best = slot
         return best
 
     def _release(self, slot: _Slot, *, broken: bool) -> None:
@@ -226,7 +227,12 @@ class FunctionPool:
             self._failure = exc.reason
             self._retry_at = self._clock() + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
-            log.warning("function=%s container=%s event=startup_failed reason=%r", self.spec.tag, slot.handle.id, exc.reason)
+            log.warning(
+                "function=%s container=%s event=startup_failed reason=%r",
+                self.spec.tag,
+                slot.handle.id,
+                exc.reason,
+            )
             if self.container_count == 0:
                 self._fail_waiters(exc.reason)
             return
@@ -237,7 +243,12 @@ class FunctionPool:
         slot.idle_since = self._clock()
         self._failure = None
         self._backoff_s = _BACKOFF_FIRST_S
-        log.info("function=%s container=%s event=ready startup_s=%.3f", self.spec.tag, slot.handle.id, self._clock() - started)
+        log.info(
+            "function=%s container=%s event=ready startup_s=%.3f",
+            self.spec.tag,
+            slot.handle.id,
+            self._clock() - started,
+        )
         self._dispatch()
         code = await slot.handle.wait_exit()
         if slot in self._slots:
@@ -272,7 +283,12 @@ class FunctionPool:
                     slot.state = ContainerState.DRAINING
                     self._forget(slot)
                     spare -= 1
-                    log.info("function=%s container=%s event=scaledown idle_s=%.1f", self.spec.tag, slot.handle.id, now - slot.idle_since)
+                    log.info(
+                        "function=%s container=%s event=scaledown idle_s=%.1f",
+                        self.spec.tag,
+                        slot.handle.id,
+                        now - slot.idle_since,
+                    )
                     task = asyncio.ensure_future(slot.handle.stop())
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)

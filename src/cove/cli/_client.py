@@ -43,11 +43,14 @@ class ControlClient:
 
     def stream_lines(self, method: str, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
         """Yield one JSON object per line of a streaming response until the server ends it."""
-        with httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(self.settings.control_socket)),
-            base_url="http://cove",
-            timeout=httpx.Timeout(10.0, read=None),
-        ) as client, client.stream(method, path, **kwargs) as response:
+        with (
+            httpx.Client(
+                transport=httpx.HTTPTransport(uds=str(self.settings.control_socket)),
+                base_url="http://cove",
+                timeout=httpx.Timeout(10.0, read=None),
+            ) as client,
+            client.stream(method, path, **kwargs) as response,
+        ):
             if response.status_code >= 400:
                 response.read()
                 _decode(response)

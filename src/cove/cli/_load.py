@@ -87,7 +87,9 @@ class WarmLoader:
             process.stdout.close()
             self.prepare()  # the next load starts warm
         if not line:
-            raise LoadError(f"The loader for {ref.file} exited (code {process.returncode}) without an answer.")
+            raise LoadError(
+                f"The loader for {ref.file} exited (code {process.returncode}) without an answer."
+            )
         result = json.loads(line)
         if not result["ok"]:
             raise LoadError(result["error"])

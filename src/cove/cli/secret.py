@@ -21,10 +21,22 @@ def secret() -> None:
 @secret.command("create")
 @click.argument("name")
 @click.argument("keyvalues", nargs=-1, metavar="KEY=VALUE...")
-@click.option("--from-dotenv", "dotenv_path", type=click.Path(exists=True, dir_okay=False), help="Read keys from a .env file.")
-@click.option("--from-json", "json_path", type=click.Path(exists=True, dir_okay=False), help="Read keys from a JSON object file.")
+@click.option(
+    "--from-dotenv",
+    "dotenv_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Read keys from a .env file.",
+)
+@click.option(
+    "--from-json",
+    "json_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Read keys from a JSON object file.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing secret.")
-def create(name: str, keyvalues: tuple[str, ...], dotenv_path: str | None, json_path: str | None, force: bool) -> None:
+def create(
+    name: str, keyvalues: tuple[str, ...], dotenv_path: str | None, json_path: str | None, force: bool
+) -> None:
     """Create secret NAME from KEY=VALUE pairs and/or files."""
     values: dict[str, str] = {}
     if dotenv_path:
@@ -34,7 +46,9 @@ def create(name: str, keyvalues: tuple[str, ...], dotenv_path: str | None, json_
         with open(json_path, encoding="utf-8") as file:
             data = json.load(file)
         if not isinstance(data, dict):
-            raise click.BadParameter("the JSON file must hold one object of KEY: VALUE", param_hint="--from-json")
+            raise click.BadParameter(
+                "the JSON file must hold one object of KEY: VALUE", param_hint="--from-json"
+            )
         values.update({str(k): str(v) for k, v in data.items()})
     for item in keyvalues:
         key, sep, value = item.partition("=")

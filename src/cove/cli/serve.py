@@ -46,6 +46,7 @@ class _Session:
         self.session = session
         self.stop_event = threading.Event()
         self.ended_by: str | None = None  # "taken_over" | "stopped" | "timeout" | None
+        self.started_at = time.time()  # logs from here on are shown, even those before `follow` starts
 
     def publish(self, loaded: Loaded) -> dict[str, Any]:
         body = {
@@ -60,7 +61,9 @@ class _Session:
         """Print the app's logs until the server ends the stream (stop or takeover)."""
         try:
             for message in self.client.stream_lines(
-                "GET", f"/v1/apps/{self.name}/attach", params={"session": self.session}
+                "GET",
+                f"/v1/apps/{self.name}/attach",
+                params={"session": self.session, "since": repr(self.started_at)},
             ):
                 if "log" in message:
                     render.log_record(message["log"])
@@ -73,6 +76,10 @@ class _Session:
                 self.ended_by = "stopped"
         finally:
             self.stop_event.set()
+
+    def time_out(self) -> None:
+        self.ended_by = "timeout"
+        self.stop_event.set()
 
     def stop(self) -> None:
         with contextlib.suppress(exception.Error):
@@ -104,7 +111,9 @@ def serve(app_ref: str, name: str | None, timeout: float | None) -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     session: _Session | None = None
     try:
-        client = ensure_server(settings, on_start=lambda: render.info("Starting the Cove server in the background..."))
+        client = ensure_server(
+            settings, on_start=lambda: render.info("Starting the Cove server in the background...")
+        )
         try:
             loaded = loader.load(ref)
         except LoadError as exc:
@@ -119,7 +128,7 @@ def serve(app_ref: str, name: str | None, timeout: float | None) -> None:
         render.serving(loaded.source_dir)
         threading.Thread(target=session.follow, name="cove-serve-logs", daemon=True).start()
         if timeout:
-            timer = threading.Timer(timeout, lambda: (setattr(session, "ended_by", "timeout"), session.stop_event.set()))
+            timer = threading.Timer(timeout, session.time_out)
             timer.daemon = True
             timer.start()
         _watch(session, loader, ref, loaded.source_dir)
