@@ -12,7 +12,7 @@ from tests.integration.conftest import CoveEnv, host_request
 
 pytestmark = pytest.mark.integration
 
-MANY_KINDS = '''
+MANY_KINDS = """
 import contextlib
 import os
 
@@ -69,9 +69,9 @@ class Greeter:
 @cove.fastapi_endpoint()
 def env_and_mode():
     return {"remote": not cove.is_local(), "container": os.environ.get("COVE_CONTAINER_ID", "")}
-'''
+"""
 
-BROKEN = '''
+BROKEN = """
 import cove
 
 app = cove.App("broken")
@@ -92,7 +92,7 @@ class Flaky:
 @cove.web_server(PORT, startup_timeout=0.5)
 def never_listens():
     pass
-'''
+"""
 
 
 def _urls_by_tag(proc, count: int) -> dict[str, str]:
@@ -137,7 +137,9 @@ def test_endpoint_options_and_asgi_lifespan(tmp_path: Path, serve) -> None:
     assert mode["container"].startswith("ta-")
 
 
-def test_exit_hooks_and_lifespan_shutdown_run_when_the_app_stops(tmp_path: Path, cove_env: CoveEnv, serve) -> None:
+def test_exit_hooks_and_lifespan_shutdown_run_when_the_app_stops(
+    tmp_path: Path, cove_env: CoveEnv, serve
+) -> None:
     """Stopping the app runs an asgi_app's lifespan shutdown and a class's @exit in each container."""
     app_file = tmp_path / "kinds.py"
     app_file.write_text(MANY_KINDS)
@@ -183,7 +185,8 @@ def test_serve_timeout_stops_the_app(cove_env: CoveEnv, tmp_path: Path) -> None:
     """`cove serve --timeout` serves, then stops the app and exits 0 on its own."""
     app_file = tmp_path / "brief.py"
     app_file.write_text(
-        "import cove\napp = cove.App()\n\n@app.function()\n@cove.fastapi_endpoint()\ndef hi():\n    return 'hi'\n"
+        "import cove\napp = cove.App()\n\n"
+        "@app.function()\n@cove.fastapi_endpoint()\ndef hi():\n    return 'hi'\n"
     )
     result = cove_env.run("serve", "--timeout", "3", str(app_file), timeout=60)
     assert result.returncode == 0
