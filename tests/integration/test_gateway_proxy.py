@@ -655,16 +655,6 @@ def test_http_10_request_gets_its_answer_and_a_closed_connection(gw: GatewayThre
     assert json.loads(data.split(b"\r\n\r\n", 1)[1])["query"] == "v=10"
 
 
-def test_a_client_that_half_closes_after_its_requests_still_gets_the_answers(gw: GatewayThread) -> None:
-    requests = b"".join(f"GET /echo?n={i} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode() for i in range(2))
-    with gw.raw() as sock:
-        sock.sendall(requests)
-        sock.shutdown(socket.SHUT_WR)
-        collector = _ResponseCollector()
-        collector.parser.feed_data(read_until_closed(sock))
-    assert [json.loads(r.body)["query"] for r in collector.done] == ["n=0", "n=1"]
-
-
 def test_expect_100_continue_is_answered_by_the_gateway(gw: GatewayThread) -> None:
     head = f"POST /hash HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
     with gw.raw() as sock:
@@ -881,3 +871,34 @@ def test_set_routes_applies_to_new_requests_only(gw: GatewayThread, uvicorn_serv
         assert direct.post(f"/gate/{name}/open").status_code == 200
         assert next(lines) == ""
         assert next(lines) == "data: second"
+
+
+def test_upstream_lost_after_the_head_aborts_the_client_connection(
+    start_gateway: Callable[..., GatewayThread], raw_upstream: Callable[..., RawUpstream]
+) -> None:
+    def script(conn: socket.socket, index: int) -> None:
+        read_request_head(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+
+    server = raw_upstream(script)
+    upstream = TestUpstream(server.path)
+    gw = start_gateway({HOST: Route("shop", "square", upstream)})
+    with gw.client() as client, pytest.raises(httpx.RemoteProtocolError):
+        client.get("/")
+    assert upstream.wait_releases(1) == [True]
+
+
+def test_malformed_request_is_400_and_closes(gw: GatewayThread) -> None:
+    with gw.raw() as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        data = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 400 ")
+    assert b"\r\n\r\ncove: malformed request (" in data
+
+
+def test_oversized_request_head_is_431(gw: GatewayThread) -> None:
+    with gw.raw() as sock:
+        sock.sendall(f"GET /echo HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {'a' * 70_000}\r\n\r\n".encode())
+        data = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 431 ")
+    assert data.endswith(b"cove: request head larger than 65536 bytes\n")

@@ -132,7 +132,7 @@ class ConnectionPool:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if now - conn.idle_since < self._idle_timeout_s and not conn.closed:
+            if now - conn.idle_since < self._idle_timeout_s and not conn.transport.is_closing():
                 self.reuses += 1
                 return conn
             conn.close()  # the older ones below are staler still

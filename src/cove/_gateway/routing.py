@@ -19,7 +19,7 @@ class Route:
     app_name: str
     function_tag: str
     upstream: Upstream | None  # None: the app is stopped
-    timeout_s: float = 300.0  # no response head within it -> 504
+    timeout_s: float = 300.0  # no response head within it, counted from the lease -> 504
     requires_proxy_auth: bool = False  # recorded only; enforced by a later issue
 
 
@@ -32,7 +32,6 @@ class Refusal:
 
 
 MISSING_HOST = Refusal(400, "cove: missing Host header")
-MULTIPLE_HOSTS = Refusal(400, "cove: more than one Host header")
 
 
 def host_key(host_header: bytes | str) -> str:

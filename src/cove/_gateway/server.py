@@ -52,7 +52,6 @@ class _ClientConnection(asyncio.Protocol):
         "_headers",
         "_idle_since",
         "_idle_timer",
-        "_client_eof",
         "_lingering",
         "_loop",
         "_malformed",
@@ -88,7 +87,6 @@ class _ClientConnection(asyncio.Protocol):
         self._paused = 0
         self._closed = False
         self._lingering = False
-        self._client_eof = False  # the client half-closed: answer what it sent, then close
         self._advancing = False
         self._malformed: tuple[int, str] | None = None  # answered once the pipeline drains
         self._idle_since = loop.time()
@@ -127,8 +125,6 @@ class _ClientConnection(asyncio.Protocol):
             return
         self._idle_since = self._loop.time()
         self._advance()
-        if self._client_eof and self._current is None:
-            self._close()
 
     # -- asyncio.Protocol
 
@@ -152,11 +148,9 @@ class _ClientConnection(asyncio.Protocol):
             self._parse_failed(exc)
 
     def eof_received(self) -> bool | None:
-        if self._lingering or self._parsing is not None or self._current is None or self._closed:
-            return None  # nothing complete left to answer: asyncio closes the transport
-        # A client may half-close after its last request (RFC 9112 §9.6); it still gets answers.
-        self._client_eof = True
-        return True
+        # TCP cannot tell a half-close from a client that gave up; like nginx, take EOF as the
+        # client leaving, so a request stuck in a queue or a slow function does not hold its slot.
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -288,11 +282,14 @@ class _ClientConnection(asyncio.Protocol):
             return
         self._closed = True
         transport = self.transport
-        if self._parsing is None or self._paused & PAUSE_STOPPED or not transport.can_write_eof():
+        if transport.is_closing():  # aborted already
+            return
+        midway = self._parsing is not None or self._paused & PAUSE_STOPPED
+        if not midway or not transport.can_write_eof():
             transport.close()
             return
-        # The client may still be sending the body of a request we answered early: send FIN,
-        # read and drop until its FIN (eof_received closes) or LINGER_S, then close.
+        # The client may still be sending a request we answered early (or could not parse): send
+        # FIN, read and drop until its FIN (eof_received closes) or LINGER_S, then close.
         self._lingering = True
         transport.write_eof()
         if self._paused:

@@ -147,5 +147,3 @@ async def relay_unix_to_tcp(listener: socket.socket, port: int, host: str = "127
 
 def _name(call: Callable[..., Any]) -> str:
     return getattr(call, "__qualname__", None) or repr(call)
-
-
