@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -16,8 +16,10 @@ from starlette.routing import Route
 
 from cove import exception
 from cove._control.apps import AppKind, AppRecord, AppRegistry, AppState, Source
+from cove._control.bundles import BundleStore
 from cove._control.logs import LogHub
 from cove._control.secrets import SecretStore
+from cove._control.store import Store
 from cove._spec import app_spec_from_dict
 
 API_VERSION = "1"
@@ -47,6 +49,7 @@ def app_json(record: AppRecord) -> dict[str, Any]:
         "created_at": record.created_at,
         "updated_at": version.created_at if version else record.created_at,
         "endpoints": [asdict(e) for e in version.endpoints] if version else [],
+        "functions": [f.tag for f in version.spec.functions if f.web is None] if version else [],
     }
 
 
@@ -54,6 +57,8 @@ def build_api(
     registry: AppRegistry,
     logs: LogHub,
     secrets: SecretStore,
+    store: Store,
+    bundles: BundleStore,
     health: Callable[[], dict[str, Any]],
     request_stop: Callable[[], None],
 ) -> Starlette:
@@ -85,11 +90,64 @@ def build_api(
         kind: AppKind = "deployed" if request.path_params["kind"] == "deployed" else "ephemeral"
         body = await request.json()
         spec = app_spec_from_dict(body["spec"])
-        source = Source(module_file=body["source"]["module_file"], source_dir=body["source"]["source_dir"])
+        if "bundle_id" in body:
+            source = bundles.source(body["bundle_id"], body["module_path"])
+        elif request.scope.get("cove.remote"):
+            # Paths on the server's disk are for local clients only.
+            raise exception.InvalidError("Remote clients must upload a source bundle (bundle_id).")
+        else:
+            source = Source(
+                module_file=body["source"]["module_file"], source_dir=body["source"]["source_dir"]
+            )
         record = await registry.publish(
-            request.path_params["name"], spec, source, kind=kind, session=body.get("session")
+            request.path_params["name"],
+            spec,
+            source,
+            kind=kind,
+            session=body.get("session"),
+            tag=str(body.get("tag") or ""),
         )
         return JSONResponse(app_json(record))
+
+    async def post_bundle(request: Request) -> Response:
+        data = await request.body()
+        return JSONResponse({"bundle_id": bundles.save(data)})
+
+    async def app_history(request: Request) -> Response:
+        versions = registry.history(request.path_params["name"])
+        return JSONResponse(
+            {
+                "versions": [
+                    {
+                        "version": v.number,
+                        "created_at": v.created_at,
+                        "tag": v.tag,
+                        "deployed_by": v.deployed_by,
+                        "rollback_of": v.rollback_of,
+                    }
+                    for v in versions
+                ]
+            }
+        )
+
+    async def app_rollback(request: Request) -> Response:
+        body = await request.json()
+        number = body.get("version")
+        record = await registry.rollback(request.path_params["name"], int(number) if number else None)
+        return JSONResponse(app_json(record))
+
+    async def create_token(request: Request) -> Response:
+        body = await request.json()
+        kind: Literal["api", "proxy"] = "proxy" if body.get("kind") == "proxy" else "api"
+        token_id, secret = store.create_token(kind)
+        return JSONResponse({"id": token_id, "secret": secret, "kind": kind})
+
+    async def list_tokens(request: Request) -> Response:
+        return JSONResponse({"tokens": [asdict(t) for t in store.tokens()]})
+
+    async def revoke_token(request: Request) -> Response:
+        store.revoke_token(request.path_params["id"])
+        return JSONResponse({"revoked": request.path_params["id"]})
 
     async def stop_app(request: Request) -> Response:
         kind = request.query_params.get("kind") or None
@@ -146,8 +204,7 @@ def build_api(
         tail = int(request.query_params.get("tail", "100"))
         follow = request.query_params.get("follow") in ("1", "true")
         if not follow:
-            lines = [json.dumps(asdict(r)) for r in logs.recent(name, tail)]
-            return Response("".join(line + "\n" for line in lines), media_type="application/x-ndjson")
+            return JSONResponse({"lines": [asdict(r) for r in logs.recent(name, tail)]})
 
         async def stream() -> AsyncIterator[bytes]:
             async for record in logs.follow(name, tail):
@@ -180,6 +237,12 @@ def build_api(
         Route("/v1/apps/{name}/stop", guarded(stop_app), methods=["POST"]),
         Route("/v1/apps/{name}/attach", guarded(attach), methods=["GET"]),
         Route("/v1/apps/{name}/logs", guarded(app_logs), methods=["GET"]),
+        Route("/v1/apps/{name}/history", guarded(app_history), methods=["GET"]),
+        Route("/v1/apps/{name}/rollback", guarded(app_rollback), methods=["POST"]),
+        Route("/v1/bundles", guarded(post_bundle), methods=["POST"]),
+        Route("/v1/tokens", guarded(create_token), methods=["POST"]),
+        Route("/v1/tokens", guarded(list_tokens), methods=["GET"]),
+        Route("/v1/tokens/{id}", guarded(revoke_token), methods=["DELETE"]),
         Route("/v1/secrets", guarded(list_secrets), methods=["GET"]),
         Route("/v1/secrets", guarded(create_secret), methods=["POST"]),
         Route("/v1/secrets/{name}", guarded(delete_secret), methods=["DELETE"]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import getpass
 import logging
 import re
 import time
@@ -13,6 +14,7 @@ from typing import Literal
 
 from cove._control.logs import LogHub
 from cove._control.secrets import SecretStore
+from cove._control.store import Store, StoredVersion
 from cove._gateway.routing import Route, host_key
 from cove._labels import endpoint_host, endpoint_url
 from cove._runtime.backend import Backend, ContainerHandle, ContainerRequest, Stream
@@ -110,7 +112,9 @@ class AppRegistry:
         logs: LogHub,
         publish_routes: Callable[[dict[str, Route]], None],
         gateway_port: Callable[[], int],
+        store: Store,
     ) -> None:
+        self._store = store
         self._settings = settings
         self._backend = backend
         self._secrets = secrets
@@ -135,16 +139,26 @@ class AppRegistry:
         return list(self._apps.values())
 
     async def publish(
-        self, name: str, spec: AppSpec, source: Source, *, kind: AppKind, session: str | None = None
+        self,
+        name: str,
+        spec: AppSpec,
+        source: Source,
+        *,
+        kind: AppKind,
+        session: str | None = None,
+        tag: str = "",
+        rollback_of: int | None = None,
+        restore_version: int | None = None,
     ) -> AppRecord:
         """Create the next version of `name` and move traffic to it; the old version drains.
 
         Everything that can fail (names, secrets, labels) is checked before anything changes, so
-        a bad manifest leaves the serving version untouched.
+        a bad manifest leaves the serving version untouched. `restore_version` serves a version
+        already in the store (server restart) instead of recording a new one.
         """
         validate_app_name(name)
         web_specs = [f for f in spec.functions if f.web is not None]
-        envs = {f.tag: self._secrets.resolve(f.secrets) for f in web_specs}
+        envs = {f.tag: self._secrets.resolve(f.secrets) for f in spec.functions}
         dev_suffix = self._settings.dev_suffix if kind == "ephemeral" else None
         async with self._lock:
             record = self._apps.get((kind, name))
@@ -154,10 +168,23 @@ class AppRegistry:
             self._check_conflicts(kind, name, endpoints)
             pools = {
                 f.tag: FunctionPool(f, self._launcher(record.log_key, name, f, source, envs[f.tag]))
-                for f in web_specs
+                for f in spec.functions
             }
-            record.versions += 1
-            version = Version(record.versions, spec, source, endpoints, pools)
+            if restore_version is None:
+                number = self._store.add_version(
+                    kind,
+                    name,
+                    spec,
+                    source.module_file,
+                    source.source_dir,
+                    tag=tag,
+                    deployed_by=getpass.getuser(),
+                    rollback_of=rollback_of,
+                )
+            else:
+                number = restore_version
+            record.versions = number
+            version = Version(number, spec, source, endpoints, pools)
             old = record.current if record.state is AppState.RUNNING else None
             # Zero downtime: functions that have containers now get warm ones in the new version
             # before traffic moves to it.
@@ -190,6 +217,7 @@ class AppRegistry:
             if record.state is AppState.STOPPED:
                 return record
             record.state = AppState.STOPPED
+            self._store.set_stopped(record.kind, name)
             record.session = None
             record.session_changed.set()
             record.session_changed = asyncio.Event()
@@ -202,11 +230,71 @@ class AppRegistry:
         log.info("app=%s event=stopped", name)
         return record
 
+    async def restore(self) -> None:
+        """After a server (re)start: serve every deployed app again; ephemeral apps stay stopped."""
+        for name in self._store.stop_all("ephemeral"):
+            log.info("app=%s kind=ephemeral event=stopped reason=server_restarted", name)
+        for stored in self._store.apps():
+            if stored.current_version == 0:
+                continue
+            version = self._store.version(stored.kind, stored.name, stored.current_version)
+            source = Source(version.module_file, version.source_dir)
+            if stored.state == "running":
+                try:
+                    await self.publish(
+                        stored.name, version.spec, source, kind=stored.kind, restore_version=version.number
+                    )
+                except Exception as exc:  # one broken app must not keep the others down
+                    log.error("app=%s event=restore_failed error=%r", stored.name, exc)
+                continue
+            # A stopped app keeps its hosts, answering "app is stopped" instead of "no endpoint".
+            dev_suffix = self._settings.dev_suffix if stored.kind == "ephemeral" else None
+            web = [f for f in version.spec.functions if f.web is not None]
+            endpoints = tuple(self._endpoint(stored.name, f, dev_suffix) for f in web)
+            self._apps[(stored.kind, stored.name)] = AppRecord(
+                name=stored.name,
+                kind=stored.kind,
+                state=AppState.STOPPED,
+                current=Version(version.number, version.spec, source, endpoints, {}),
+                versions=version.number,
+                created_at=stored.created_at,
+            )
+        self._publish(self.routes())
+
+    def history(self, name: str) -> list[StoredVersion]:
+        record = self.get(name)
+        return self._store.versions(record.kind, name)
+
+    async def rollback(self, name: str, number: int | None = None) -> AppRecord:
+        """Deploy an earlier version again, as a new version (Modal's `app rollback`)."""
+        record = self.get(name, "deployed")
+        if number is None:
+            number = record.versions - 1
+            if number < 1:
+                raise InvalidError(f"App {name!r} has no earlier version to roll back to.")
+        target = self._store.version("deployed", name, number)
+        source = Source(target.module_file, target.source_dir)
+        return await self.publish(
+            name, target.spec, source, kind="deployed", tag=target.tag, rollback_of=number
+        )
+
     async def close(self) -> None:
         for task in list(self._retiring):
             task.cancel()
         pools = [p for r in self._apps.values() if r.current for p in r.current.pools.values()]
         await asyncio.gather(*(p.close() for p in pools), return_exceptions=True)
+
+    def function_pool(self, app_name: str, tag: str) -> tuple[AppRecord, FunctionPool]:
+        """The pool serving function `tag` of the running deployed app `app_name` (for `.remote()`)."""
+        record = self.get(app_name, "deployed")
+        if record.state is AppState.STOPPED or record.current is None:
+            raise NotFoundError(f"App {app_name!r} is stopped. Deploy it again with `cove deploy`.")
+        pool = record.current.pools.get(tag)
+        if pool is None:
+            raise NotFoundError(
+                f"Lookup failed for Function {tag!r} from the {app_name!r} app: it has no such function."
+            )
+        return record, pool
 
     def routes(self) -> dict[str, Route]:
         table: dict[str, Route] = {}

@@ -42,7 +42,9 @@ class LogHub:
 
     def write(self, app: str, function: str, container: str, stream: str, line: str) -> None:
         record = LogRecord(time.time(), app, function, container, stream, line)
-        self._rings.setdefault(app, collections.deque(maxlen=_RING)).append(record)
+        if app not in self._rings:
+            self._rings[app] = collections.deque(self._read_file(app), maxlen=_RING)
+        self._rings[app].append(record)
         file = self._files.get(app)
         if file is None:
             file = self._files[app] = open(self._dir / f"{app}.log", "a", encoding="utf-8")  # noqa: SIM115
@@ -53,8 +55,24 @@ class LogHub:
                 queue.put_nowait(record)
 
     def recent(self, app: str, tail: int | None = None) -> list[LogRecord]:
-        ring = list(self._rings.get(app, ()))
+        if app not in self._rings:
+            self._rings[app] = collections.deque(self._read_file(app), maxlen=_RING)
+        ring = list(self._rings[app])
         return ring if tail is None else ring[-tail:] if tail > 0 else []
+
+    def _read_file(self, app: str) -> list[LogRecord]:
+        """After a server restart the ring starts from the app's log file."""
+        path = self._dir / f"{app}.log"
+        if not path.exists():
+            return []
+        records = []
+        with open(path, encoding="utf-8", errors="replace") as file:
+            for line in collections.deque(file, maxlen=_RING):
+                try:
+                    records.append(LogRecord(**json.loads(line)))
+                except (ValueError, TypeError):
+                    continue
+        return records
 
     async def follow(
         self, app: str, tail: int = 0, since: float | None = None

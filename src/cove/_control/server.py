@@ -16,8 +16,11 @@ import uvicorn
 
 from cove._control.api import build_api
 from cove._control.apps import AppRegistry
+from cove._control.auth import TokenAuthMiddleware
+from cove._control.bundles import BundleStore
 from cove._control.logs import LogHub
 from cove._control.secrets import SecretStore
+from cove._control.store import Store
 from cove._gateway import Gateway
 from cove._labels import endpoint_url
 from cove._runtime.local import LocalBackend
@@ -56,7 +59,9 @@ def configure_logging(level: str) -> None:
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
 
-async def serve(settings: Settings, *, ready_fd: int | None = None) -> None:
+async def serve(
+    settings: Settings, *, ready_fd: int | None = None, listen: tuple[str, int] | None = None
+) -> None:
     """Run until SIGTERM/SIGINT or an API stop request; then stop in order."""
     settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     sock_path = settings.control_socket
@@ -73,6 +78,8 @@ async def serve(settings: Settings, *, ready_fd: int | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    store = Store(settings.home / "cove.db")
+    bundles = BundleStore(settings.home / "bundles")
     logs = LogHub(settings.home / "logs")
     secrets = SecretStore(settings.home / "secrets")
     backend = LocalBackend(settings.home)
@@ -86,7 +93,9 @@ async def serve(settings: Settings, *, ready_fd: int | None = None) -> None:
         logs,
         publish_routes=gateway.set_routes,
         gateway_port=lambda: gateway.port,
+        store=store,
     )
+    await registry.restore()
 
     def health() -> dict[str, Any]:
         return {
@@ -97,7 +106,7 @@ async def serve(settings: Settings, *, ready_fd: int | None = None) -> None:
             "dashboard_url": endpoint_url(f"dashboard.{settings.base_domain}", gateway.port),
         }
 
-    api = build_api(registry, logs, secrets, health, stop.set)
+    api = build_api(registry, logs, secrets, store, bundles, health, stop.set)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(sock_path))
     # The socket's file mode is the local auth: only the server's user may talk to it.
@@ -105,8 +114,17 @@ async def serve(settings: Settings, *, ready_fd: int | None = None) -> None:
     listener.listen(128)
     config = uvicorn.Config(api, loop="none", lifespan="off", log_config=None, access_log=False)
     control = uvicorn.Server(config)
-    control.install_signal_handlers = False  # type: ignore[attr-defined]
     control_task = asyncio.ensure_future(_serve_control(control, listener))
+    remote: uvicorn.Server | None = None
+    remote_task: asyncio.Task[None] | None = None
+    if listen is not None:
+        tcp = socket.create_server(listen, reuse_port=False)
+        remote_config = uvicorn.Config(
+            TokenAuthMiddleware(api, store), loop="none", lifespan="off", log_config=None, access_log=False
+        )
+        remote = uvicorn.Server(remote_config)
+        remote_task = asyncio.ensure_future(_serve_control(remote, tcp))
+        log.info("event=listening api=http://%s:%d auth=token", listen[0], tcp.getsockname()[1])
 
     state_file(settings).write_text(
         json.dumps({"pid": os.getpid(), "gateway_port": gateway.port, "socket": str(sock_path)})
@@ -129,12 +147,17 @@ async def serve(settings: Settings, *, ready_fd: int | None = None) -> None:
         log.info("event=stopping")
         # 1. stop accepting control requests, 2. drain the gateway, 3. stop containers.
         control.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(control_task, timeout=5)
+        if remote is not None:
+            remote.should_exit = True
+        for task in (control_task, remote_task):
+            if task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(task, timeout=5)
         await gateway.close(timeout_s=10)
         await registry.close()
         await backend.close()
         logs.close()
+        store.close()
         for path in (sock_path, state_file(settings)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -151,9 +174,9 @@ async def _serve_control(server: uvicorn.Server, listener: socket.socket) -> Non
     await server.shutdown(sockets=[listener])
 
 
-def run(settings: Settings, *, ready_fd: int | None = None) -> None:
+def run(settings: Settings, *, ready_fd: int | None = None, listen: tuple[str, int] | None = None) -> None:
     """Entry point for `cove server`: configure logging and run `serve` on uvloop."""
     import uvloop
 
     configure_logging(settings.log_level)
-    uvloop.run(serve(settings, ready_fd=ready_fd))
+    uvloop.run(serve(settings, ready_fd=ready_fd, listen=listen))

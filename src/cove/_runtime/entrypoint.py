@@ -239,12 +239,28 @@ def _make_server_class() -> type:
 _Server: Any = None
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM us when the server dies (even by SIGKILL), so no container outlives it."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the server died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main() -> int:
     global _Server
     fd_text = os.environ.pop(CONTROL_FD_ENV, None)
     if fd_text is None:
         print("cove: the container entrypoint is started by the Cove server, not by hand.", file=sys.stderr)
         return 2
+    _die_with_parent()
     channel = _Channel(int(fd_text))
     _warm_imports()
     _Server = _make_server_class()

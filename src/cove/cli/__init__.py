@@ -1,12 +1,15 @@
-"""The `cove` command line: serve, server and secret (one module per command group)."""
+"""The `cove` command line: one module per command group."""
 
 from __future__ import annotations
 
 import click
 
+from cove.cli.app import app
+from cove.cli.deploy import deploy
 from cove.cli.secret import secret
 from cove.cli.serve import serve
 from cove.cli.server import server
+from cove.cli.token import token
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,7 +19,10 @@ def main() -> None:
 
 
 main.add_command(serve)
+main.add_command(deploy)
+main.add_command(app)
 main.add_command(server)
 main.add_command(secret)
+main.add_command(token)
 
 __all__ = ["main"]

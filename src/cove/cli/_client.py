@@ -15,18 +15,32 @@ import httpx
 
 from cove import exception
 from cove._control.server import control_socket_alive
-from cove.config import Settings
+from cove.config import Settings, env
 
 _SERVER_START_TIMEOUT_S = 30.0
 
 
 class ControlClient:
-    """JSON over HTTP on the server's unix socket; errors come back as Cove exceptions."""
+    """JSON over HTTP on the server's unix socket, or on COVE_SERVER_URL with COVE_TOKEN;
+    errors come back as Cove exceptions."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        transport = httpx.HTTPTransport(uds=str(settings.control_socket))
-        self._http = httpx.Client(transport=transport, base_url="http://cove", timeout=60.0)
+        self.remote_url = env("COVE_SERVER_URL")
+        self._http = self._client(timeout=httpx.Timeout(120.0))
+
+    def _client(self, timeout: httpx.Timeout) -> httpx.Client:
+        if self.remote_url:
+            token = env("COVE_TOKEN") or ""
+            return httpx.Client(
+                base_url=self.remote_url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+            )
+        transport = httpx.HTTPTransport(uds=str(self.settings.control_socket))
+        return httpx.Client(transport=transport, base_url="http://cove", timeout=timeout)
+
+    @property
+    def where(self) -> str:
+        return self.remote_url or str(self.settings.control_socket)
 
     def close(self) -> None:
         self._http.close()
@@ -36,7 +50,7 @@ class ControlClient:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise exception.ConnectionError(
-                f"Could not reach the Cove server at {self.settings.control_socket}: {exc}. "
+                f"Could not reach the Cove server at {self.where}: {exc}. "
                 "Is it running? Start it with `cove server`."
             ) from exc
         return _decode(response)
@@ -76,8 +90,9 @@ def _decode(response: httpx.Response) -> Any:
 
 
 def ensure_server(settings: Settings, *, on_start: Any = None) -> ControlClient:
-    """Connect to the server for `settings.home`, starting one in the background if none runs."""
-    if not control_socket_alive(settings.control_socket):
+    """Connect to the server for `settings.home`, starting one in the background if none runs
+    (a remote server, COVE_SERVER_URL, is never started from here)."""
+    if not env("COVE_SERVER_URL") and not control_socket_alive(settings.control_socket):
         if on_start is not None:
             on_start()
         start_background_server(settings)

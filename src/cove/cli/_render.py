@@ -43,8 +43,12 @@ def created_objects(app: dict[str, Any]) -> None:
     """The tree of web endpoints with one URL per line under each, as Modal's CLI prints it."""
     success("Created objects.")
     endpoints: Sequence[dict[str, Any]] = app.get("endpoints", ())
-    if not endpoints:
-        out.print("└── (no web endpoints)")
+    functions: Sequence[str] = app.get("functions", ())
+    if not endpoints and not functions:
+        out.print("└── (no functions)")
+    for index, tag in enumerate(functions):
+        branch = "└──" if index == len(functions) - 1 and not endpoints else "├──"
+        out.print(f"{branch} [green]✓[/green] Created function {escape(tag)}.")
     for index, endpoint in enumerate(endpoints):
         last = index == len(endpoints) - 1
         branch, stem = ("└──", "    ") if last else ("├──", "│   ")

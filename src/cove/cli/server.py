@@ -17,10 +17,25 @@ from cove.config import Settings
 _STOP_TIMEOUT_S = 60.0
 
 
+def _parse_listen(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT, e.g. 127.0.0.1:9000")
+    return host.strip("[]"), int(port)
+
+
 @click.group(invoke_without_command=True)
 @click.option("--ready-fd", type=int, default=None, hidden=True)
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    callback=_parse_listen,
+    help="Also serve the control API on TCP, for clients with a token (`cove token create`).",
+)
 @click.pass_context
-def server(ctx: click.Context, ready_fd: int | None) -> None:
+def server(ctx: click.Context, ready_fd: int | None, listen: tuple[str, int] | None) -> None:
     """Run the Cove server (control plane + gateway) in the foreground."""
     if ctx.invoked_subcommand is not None:
         return
@@ -28,7 +43,7 @@ def server(ctx: click.Context, ready_fd: int | None) -> None:
     if ready_fd is None:
         render.info(f"Cove server for {settings.home}: gateway on http://{settings.host}:{settings.port}")
     try:
-        control_server.run(settings, ready_fd=ready_fd)
+        control_server.run(settings, ready_fd=ready_fd, listen=listen)
     except control_server.ServerAlreadyRunning as exc:
         render.error(str(exc))
         raise SystemExit(1) from None

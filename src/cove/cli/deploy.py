@@ -1,0 +1,82 @@
+"""`cove deploy`: a persistent, versioned app."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import click
+
+from cove import exception
+from cove._bundle import make_bundle
+from cove.cli import _render as render
+from cove.cli._client import ensure_server
+from cove.cli._load import AppRef, LoadError, WarmLoader
+from cove.config import Settings
+
+_TAG_RE = re.compile(r"^[A-Za-z0-9._-]{1,50}$")
+NO_NAME = (
+    "You need to either supply an explicit deployment name on the command line or have a name set on "
+    'the App. Use `cove deploy {file} --name my-app`, or `app = cove.App("my-app")` in the file.'
+)
+
+
+@click.command()
+@click.argument("app_ref", metavar="FILE[::APP]")
+@click.option("--name", help="Deployment name (default: the App's name).")
+@click.option("--tag", default="", help="A label recorded with this version (<= 50 of [A-Za-z0-9._-]).")
+def deploy(app_ref: str, name: str | None, tag: str) -> None:
+    """Deploy the app in FILE: a new version that keeps serving after this command and server restarts."""
+    try:
+        ref = AppRef.parse(app_ref)
+    except exception.InvalidError as exc:
+        raise click.BadParameter(str(exc), param_hint="FILE[::APP]") from None
+    if tag and not _TAG_RE.match(tag):
+        raise click.BadParameter(f"{tag!r}: use at most 50 of [A-Za-z0-9._-]", param_hint="--tag")
+    started = time.monotonic()
+    loader = WarmLoader()
+    try:
+        loader.prepare()
+        client = ensure_server(
+            Settings.from_env(), on_start=lambda: render.info("Starting the Cove server in the background...")
+        )
+        try:
+            loaded = loader.load(ref)
+        except LoadError as exc:
+            render.user_error(exc.text)
+            raise SystemExit(1) from None
+        app_name = name or loaded.spec.name
+        if not app_name:
+            render.error(NO_NAME.format(file=os.path.relpath(ref.file)))
+            raise SystemExit(1)
+        render.success(f"Loaded app {app_name} ({len(loaded.spec.functions)} functions).")
+        bundle = make_bundle(loaded.spec, loaded.module_file)
+        bundle_id = client.request("POST", "/v1/bundles", content=bundle)["bundle_id"]
+        render.success(f"Uploaded sources ({_size(len(bundle))}, bundle {bundle_id[:12]}).")
+        render.info("Deploying: new containers warm up before traffic moves to them...")
+        app = client.request(
+            "PUT",
+            f"/v1/apps/deployed/{app_name}",
+            json={
+                "spec": loaded.spec_json,
+                "bundle_id": bundle_id,
+                "module_path": os.path.relpath(loaded.module_file, loaded.source_dir),
+                "tag": tag,
+            },
+        )
+    except exception.Error as exc:
+        render.error(str(exc))
+        raise SystemExit(1) from None
+    finally:
+        loader.close()
+    render.created_objects(app)
+    render.success(f"App deployed in {time.monotonic() - started:.2f}s! 🎉 (version v{app['version']})")
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return f"{count:.1f} GiB"
