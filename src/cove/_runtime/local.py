@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,22 @@ class LocalContainer:
 
     @property
     def returncode(self) -> int | None:
-        return self._exited.result() if self._exited.done() else None
+        """The exit code, as soon as the process has ended, even before asyncio has reaped it.
+
+        The gateway asks right after a container's connection broke; a process killed mid-request
+        is a zombie by then (or within a moment), and Linux shows a zombie's wait status in
+        /proc/<pid>/stat (field 52, Linux ≥ 3.5).
+        """
+        if self._exited.done():
+            return self._exited.result()
+        if self._process is None:
+            return None
+        deadline = time.monotonic() + 0.05
+        while True:
+            status = _zombie_status(self._process.pid)
+            if status is not None or time.monotonic() >= deadline:
+                return status
+            time.sleep(0.002)  # the kernel closes a dying process's sockets just before it becomes a zombie
 
     async def wait_ready(self) -> None:
         await asyncio.shield(self._ready)
@@ -237,6 +253,20 @@ class LocalBackend:
         spares, self._spares = self._spares, []
         await asyncio.gather(*(_discard(s) for s in spares))
         await asyncio.gather(*(c.stop(grace_s=10) for c in list(self._containers.values())))
+
+
+def _zombie_status(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            fields = file.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] != b"Z" or len(fields) < 50:
+        return None
+    status = int(fields[49])  # field 52 overall; the first two (pid, comm) were cut off
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
 
 
 def _fail_if_error(task: asyncio.Task[None], container: LocalContainer) -> None:

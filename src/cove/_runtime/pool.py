@@ -1,4 +1,4 @@
-"""The pool of one function's containers: hands out request slots, starts and stops containers."""
+"""The pool of one function's containers: hands out request slots and applies the autoscaler."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import asyncio
 import collections
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cove._gateway.upstream import UpstreamError
+from cove._runtime.autoscaler import ContainerView, ScalingPolicy, decide
 from cove._runtime.backend import ContainerHandle, ContainerState, StartupError
 from cove._spec import FunctionSpec
 
@@ -21,6 +21,8 @@ log = logging.getLogger("cove.pool")
 DEFAULT_MAX_QUEUE = 2000
 _BACKOFF_FIRST_S = 1.0
 _BACKOFF_MAX_S = 30.0
+#: How often idle containers are checked against `scaledown_window`, at most.
+_TICK_MAX_S = 1.0
 
 Launcher = Callable[[], ContainerHandle]
 
@@ -33,6 +35,8 @@ class _Slot:
     state: ContainerState = ContainerState.STARTING
     in_flight: int = 0
     idle_since: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.monotonic)
+    served: int = 0
 
 
 class _Lease:
@@ -49,6 +53,10 @@ class _Lease:
     def address(self) -> str:
         return self._slot.handle.address
 
+    @property
+    def container_id(self) -> str:
+        return self._slot.handle.id
+
     def release(self, *, broken: bool = False) -> None:
         if self._released:
             return
@@ -62,11 +70,23 @@ class _Lease:
         return f"cove: container {self._slot.handle.id} closed the connection\n"
 
 
+@dataclass(frozen=True)
+class ContainerInfo:
+    """A container as `cove container list` shows it."""
+
+    id: str
+    function: str
+    state: str
+    in_flight: int
+    served: int
+    started_at: float
+
+
 class FunctionPool:
     """Containers of one function version, with a FIFO queue of requests waiting for a slot.
 
-    Implements the gateway's `Upstream`. Scale-up is immediate: a request that finds no free slot
-    starts as many containers as the queue needs, up to `max_containers`.
+    Implements the gateway's `Upstream`. Every change of demand or of containers asks the pure
+    autoscaler (`cove._runtime.autoscaler.decide`) what to start and what to stop.
     """
 
     def __init__(
@@ -78,6 +98,7 @@ class FunctionPool:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spec = spec
+        self.policy = ScalingPolicy.of(spec)
         self._launch = launch
         self._clock = clock
         self._max_queue = max_queue
@@ -86,25 +107,28 @@ class FunctionPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
         self._closed = False
+        self._quiet = asyncio.Event()  # set when nothing is queued or in flight
+        self._quiet.set()
         self._failure: str | None = None
         self._retry_at = 0.0
         self._backoff_s = _BACKOFF_FIRST_S
-        self._reaper: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
 
     # -- the gateway's side ------------------------------------------------------------------
 
     async def acquire(self) -> _Lease:
         slot = self._free_slot()
         if slot is not None:
-            slot.in_flight += 1
+            self._take(slot)
             return _Lease(self, slot)
         if self._closed:
-            raise UpstreamError(503, f"cove: {self.spec.tag} is shutting down\n")
+            raise UpstreamError(503, f"cove: {self.spec.tag} is shutting down")
         if len(self._waiters) >= self._max_queue:
-            raise UpstreamError(503, f"cove: queue full for {self.spec.tag} ({len(self._waiters)} waiting)\n")
+            raise UpstreamError(503, f"cove: queue full for {self.spec.tag} ({len(self._waiters)} waiting)")
         waiter: asyncio.Future[_Slot] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        self._scale_up()
+        self._quiet.clear()
+        self._rescale()
         try:
             slot = await waiter
         except asyncio.CancelledError:
@@ -114,15 +138,16 @@ class FunctionPool:
             else:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
+                self._check_quiet()
             raise
         return _Lease(self, slot)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self, warm: int = 0) -> None:
-        """Start `max(min_containers, warm)` containers and the idle reaper."""
-        self._reaper = asyncio.ensure_future(self._reap_idle())
-        for _ in range(max(self.spec.min_containers, warm)):
+        """Start `max(min_containers, warm)` containers and the scaling ticker."""
+        self._ticker = asyncio.ensure_future(self._tick())
+        for _ in range(max(self.policy.min_containers, warm)):
             self._start_container()
 
     async def wait_started(self, timeout_s: float) -> None:
@@ -134,27 +159,39 @@ class FunctionPool:
     async def drain(self) -> None:
         """Serve what is queued and in flight, then stop every container (a new version took over)."""
         self._draining = True
-        while self._waiters or any(s.in_flight for s in self._slots):
-            await asyncio.sleep(0.05)
+        await self._quiet.wait()
         await self.close()
 
     async def close(self) -> None:
         """Stop now: fail queued requests, stop containers (in-flight requests get their 502)."""
         self._closed = True
-        if self._reaper is not None:
-            self._reaper.cancel()
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(UpstreamError(503, f"cove: {self.spec.tag} was stopped\n"))
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self._fail_waiters(f"cove: {self.spec.tag} was stopped", prefix=False)
         slots, self._slots = self._slots, []
         await asyncio.gather(*(s.handle.stop() for s in slots), return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
 
+    async def stop_container(self, container_id: str) -> bool:
+        """Stop one container (after its in-flight requests); the autoscaler replaces it if needed."""
+        slot = next((s for s in self._slots if s.handle.id == container_id), None)
+        if slot is None:
+            return False
+        self._retire(slot, reason="stopped by request")
+        self._rescale()
+        await slot.handle.wait_exit()
+        return True
+
     @property
     def container_count(self) -> int:
         return sum(1 for s in self._slots if s.state in (ContainerState.STARTING, ContainerState.READY))
+
+    def containers(self) -> list[ContainerInfo]:
+        return [
+            ContainerInfo(s.handle.id, self.spec.tag, s.state.value, s.in_flight, s.served, s.started_at)
+            for s in self._slots
+        ]
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -170,13 +207,25 @@ class FunctionPool:
                 best = slot
         return best
 
+    def _take(self, slot: _Slot) -> None:
+        slot.in_flight += 1
+        slot.served += 1
+        self._quiet.clear()
+
     def _release(self, slot: _Slot, *, broken: bool) -> None:
         slot.in_flight -= 1
         if slot.in_flight == 0:
             slot.idle_since = self._clock()
+            if slot.state is ContainerState.DRAINING:
+                self._spawn(slot.handle.stop())
         if broken and slot.handle.returncode is not None:
             self._forget(slot)
         self._dispatch()
+        self._check_quiet()
+
+    def _check_quiet(self) -> None:
+        if not self._waiters and not any(s.in_flight for s in self._slots):
+            self._quiet.set()
 
     def _dispatch(self) -> None:
         while self._waiters:
@@ -186,39 +235,60 @@ class FunctionPool:
             waiter = self._waiters.popleft()
             if waiter.done():
                 continue
-            slot.in_flight += 1
+            self._take(slot)
             waiter.set_result(slot)
-        if self._waiters:
-            self._scale_up()
+        self._rescale()
 
-    def _scale_up(self) -> None:
+    def _rescale(self) -> None:
+        """Ask the autoscaler, then start and stop what it says."""
         if self._closed:
             return
-        target = max(1, self.spec.effective_target_inputs)
-        demand = sum(s.in_flight for s in self._slots) + len(self._waiters)
-        wanted = math.ceil(demand / target)
-        if self.spec.max_containers is not None:
-            wanted = min(wanted, self.spec.max_containers)
-        have = self.container_count
-        if wanted <= have:
-            return
-        if self._clock() < self._retry_at:
+        now = self._clock()
+        live = [s for s in self._slots if s.state in (ContainerState.STARTING, ContainerState.READY)]
+        views = [
+            ContainerView(
+                s.handle.id,
+                "starting" if s.state is ContainerState.STARTING else "ready",
+                s.in_flight,
+                s.idle_since,
+            )
+            for s in live
+        ]
+        decision = decide(now, views, len(self._waiters), self.policy)
+        start = decision.start
+        if self._draining and not self._waiters:
+            start = 0  # an old version only finishes its queue
+        if start and now < self._retry_at:
             # Back off after a failed start instead of crash-looping; fail fast meanwhile.
-            if have == 0:
+            if not live:
                 self._fail_waiters(self._failure or "startup failed")
-            return
-        for _ in range(wanted - have):
+            start = 0
+        for _ in range(start):
             self._start_container()
+        for container_id in decision.stop:
+            slot = next(s for s in live if s.handle.id == container_id)
+            self._retire(slot, reason=f"idle for {now - slot.idle_since:.1f}s")
+
+    def _retire(self, slot: _Slot, *, reason: str) -> None:
+        """Take a container out of rotation; it stops once its in-flight requests are done."""
+        if slot.state is ContainerState.DRAINING:
+            return
+        slot.state = ContainerState.DRAINING
+        log.info("function=%s container=%s event=scaledown reason=%r", self.spec.tag, slot.handle.id, reason)
+        if slot.in_flight == 0:
+            self._spawn(slot.handle.stop())
 
     def _start_container(self) -> None:
-        slot = _Slot(self._launch())
+        slot = _Slot(self._launch(), started_at=self._clock(), idle_since=self._clock())
         self._slots.append(slot)
-        task = asyncio.ensure_future(self._run(slot))
+        self._spawn(self._run(slot))
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, slot: _Slot) -> None:
-        started = self._clock()
         try:
             await slot.handle.wait_ready()
         except StartupError as exc:
@@ -236,59 +306,47 @@ class FunctionPool:
             if self.container_count == 0:
                 self._fail_waiters(exc.reason)
             return
-        if self._closed:
+        if self._closed or slot.state is ContainerState.DRAINING:
             await slot.handle.stop()
             return
         slot.state = ContainerState.READY
         slot.idle_since = self._clock()
         self._failure = None
         self._backoff_s = _BACKOFF_FIRST_S
+        self._retry_at = 0.0
         log.info(
             "function=%s container=%s event=ready startup_s=%.3f",
             self.spec.tag,
             slot.handle.id,
-            self._clock() - started,
+            self._clock() - slot.started_at,
         )
         self._dispatch()
         code = await slot.handle.wait_exit()
         if slot in self._slots:
-            log.warning("function=%s container=%s event=exited code=%s", self.spec.tag, slot.handle.id, code)
+            if slot.state is not ContainerState.DRAINING:
+                tag, cid = self.spec.tag, slot.handle.id
+                log.warning("function=%s container=%s event=exited code=%s", tag, cid, code)
             slot.state = ContainerState.EXITED
             self._forget(slot)
             self._dispatch()
+            self._check_quiet()
 
     def _forget(self, slot: _Slot) -> None:
         with contextlib.suppress(ValueError):
             self._slots.remove(slot)
 
-    def _fail_waiters(self, reason: str) -> None:
-        message = f"cove: {self.spec.tag} failed to start: {reason} (details: cove app logs)\n"
+    def _fail_waiters(self, reason: str, *, prefix: bool = True) -> None:
+        message = reason
+        if prefix:
+            message = f"cove: {self.spec.tag} failed to start: {reason} (details: cove app logs)"
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(UpstreamError(503, message))
+        self._check_quiet()
 
-    async def _reap_idle(self) -> None:
-        window = self.spec.scaledown_window_s
-        tick = min(1.0, max(0.1, window / 4))
+    async def _tick(self) -> None:
+        tick = min(_TICK_MAX_S, max(0.1, self.policy.scaledown_window_s / 4))
         while True:
             await asyncio.sleep(tick)
-            now = self._clock()
-            ready = [s for s in self._slots if s.state is ContainerState.READY]
-            spare = len(ready) - self.spec.min_containers
-            for slot in ready:
-                if spare <= 0:
-                    break
-                if slot.in_flight == 0 and now - slot.idle_since >= window:
-                    slot.state = ContainerState.DRAINING
-                    self._forget(slot)
-                    spare -= 1
-                    log.info(
-                        "function=%s container=%s event=scaledown idle_s=%.1f",
-                        self.spec.tag,
-                        slot.handle.id,
-                        now - slot.idle_since,
-                    )
-                    task = asyncio.ensure_future(slot.handle.stop())
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+            self._rescale()
