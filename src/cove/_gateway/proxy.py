@@ -9,6 +9,12 @@ awaits those two and the end of the exchange, and owns the lease (released in it
 Flow control both ways: a full upstream write buffer pauses reading from the client, a full client
 write buffer pauses reading from the upstream, so bodies stream with bounded memory.
 
+Long requests (Modal's 303 protocol, `longpoll.py`): the one timer armed per request fires at the
+earlier of the gateway's `http_timeout_s` and the function's `timeout_s`. At the first, with no
+response head yet, the client gets `303 See Other` and the exchange carries on detached: its
+"client" becomes a `DetachedCall` that collects the response as the call's result, still bounded
+by `timeout_s`. A GET naming the call id waits for that result (`_poll`).
+
 A `101 Switching Protocols` answer would land in `on_headers_complete`; relaying WebSocket frames
 after it (a later issue) means forwarding `Upgrade` and switching both transports to raw relay there.
 """
@@ -23,6 +29,18 @@ from typing import Any, Final, Protocol
 import httptools
 
 from cove._gateway.connpool import ConnectionPool, UpstreamConnection
+from cove._gateway.longpoll import (
+    CALL_PARAM,
+    CallResult,
+    CallStore,
+    DetachedCall,
+    Running,
+    call_id_of,
+    error_result,
+    redirect_location,
+    render_result,
+    see_other,
+)
 from cove._gateway.messages import (
     CHUNKED,
     CLOSE,
@@ -51,11 +69,18 @@ _REPLAY_MAX = 1024 * 1024  # request bytes kept to resend when a reused connecti
 _DRAIN_MAX = 1024 * 1024  # unread request body discarded (rather than closing) after an early answer
 
 
+class ClientTransport(Protocol):
+    """What an exchange does to its client's transport (an `asyncio.Transport`, or a `DetachedCall`)."""
+
+    def write(self, data: bytes) -> None: ...
+    def abort(self) -> None: ...
+
+
 class Downstream(Protocol):
     """The client connection an exchange answers on (implemented in `server.py`)."""
 
     @property
-    def transport(self) -> asyncio.Transport: ...
+    def transport(self) -> ClientTransport: ...
     @property
     def pool(self) -> ConnectionPool: ...
     @property
@@ -68,6 +93,10 @@ class Downstream(Protocol):
     def write_paused(self) -> bool: ...
     @property
     def closing(self) -> bool: ...  # the gateway is shutting down: no keep-alive
+    @property
+    def calls(self) -> CallStore: ...  # results of the requests answered with 303
+    @property
+    def http_timeout_s(self) -> float: ...  # no response head within it -> 303 (Modal: 150 s)
 
     def pause_reading(self, reason: int) -> None: ...
     def resume_reading(self, reason: int) -> None: ...
@@ -91,6 +120,7 @@ class Exchange:
         "_buffer",
         "_buffer_paused",
         "_buffered",
+        "_call",
         "_chunked_out",
         "_client_gone",
         "_complete",
@@ -100,11 +130,13 @@ class Exchange:
         "_head_sent",
         "_interim",
         "_keep",
+        "_method",
         "_out",
         "_parser",
         "_prefix",
         "_reason",
         "_received",
+        "_redirect_due",
         "_released",
         "_replay",
         "_replay_bytes",
@@ -112,6 +144,7 @@ class Exchange:
         "_response_done",
         "_rheaders",
         "_route",
+        "_target",
         "_task",
         "_terminated",
         "_timer",
@@ -119,6 +152,7 @@ class Exchange:
         "_upstream_full",
         "_upstream_keep_alive",
         "_waiter",
+        "_watch",
         "chunked_in",
         "conn",
         "down",
@@ -145,6 +179,8 @@ class Exchange:
         self.keep_alive = keep_alive
         self.upgrade = upgrade
         self.is_head = method == b"HEAD"
+        self._method = method
+        self._target = target
         head = self._head = scan_request_headers(headers)
         self.chunked_in = head.transfer_encoding is not None
         # What a new upstream connection is sent first: the request head (a retry: all sent so far).
@@ -190,6 +226,10 @@ class Exchange:
         self._upstream_keep_alive = False
         self._complete = False
         self._keep = False
+        # long requests: answered with 303 and detached, or a poll for such a call's result
+        self._call: DetachedCall | None = None
+        self._redirect_due = False
+        self._watch: Running | None = None
         # lifecycle
         self._released = False
         self._response_done = False
@@ -215,6 +255,11 @@ class Exchange:
         if head.expect is not None and head.expect != b"100-continue":
             self._respond(417, f"cove: expectation {head.expect.decode('latin-1')} not supported")
             return
+        if CALL_PARAM in self._target:  # a poll for a long request's result, whichever the host
+            call_id = call_id_of(self._target)
+            if call_id is not None:
+                self._poll(call_id)
+                return
         found = self.down.routes.resolve(head.host)
         if isinstance(found, Refusal):
             self._respond(found.status, found.message)
@@ -249,7 +294,11 @@ class Exchange:
                 return
             self.lease = lease
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(timeout_s, self._on_timeout, timeout_s)
+            http_s = self.down.http_timeout_s
+            if http_s < timeout_s:
+                self._timer = loop.call_later(http_s, self._on_http_timeout, timeout_s - http_s, timeout_s)
+            else:
+                self._timer = loop.call_later(timeout_s, self._on_timeout, timeout_s)
             address = lease.address
             pool = self.down.pool
             conn = pool.take(address)
@@ -310,6 +359,8 @@ class Exchange:
             conn.transport.write(LAST_CHUNK)
             if self._replay is not None:
                 self._retain(LAST_CHUNK)
+        if self._redirect_due and not self._head_sent and not self._released:
+            self._redirect()  # the time limit passed while the body was still arriving
 
     def request_broken(self, reason: str) -> None:
         """The client sent something that is not HTTP in the middle of this request."""
@@ -433,17 +484,25 @@ class Exchange:
         if status < 200:
             if status == 101:  # only after a forwarded Upgrade, which comes with WebSocket relaying
                 raise _UnexpectedUpgrade
-            if not self.http_10:  # RFC 9110 §15.2: no 1xx to an HTTP/1.0 client
+            if not self.http_10 and self._call is None:  # RFC 9110 §15.2: no 1xx to HTTP/1.0
                 self._out += (b"HTTP/1.1 %d %b\r\n" % (status, self._reason), head.header_lines, CRLF)
             self._interim = True
             return
-        if self._timer is not None:
+        call = self._call
+        if call is None and self._timer is not None:  # detached: `timeout_s` bounds the body too
             self._timer.cancel()
             self._timer = None
         self._upstream_keep_alive = self._parser.should_keep_alive()  # flags reset after the message
         no_body = self.is_head or status == 204 or status == 304
         delimited = no_body or head.has_content_length
         self._until_close = not delimited and not head.chunked
+        if call is not None:  # the body is collected raw: the poll answer is framed anew
+            call.head = (status, self._reason, head.header_lines)
+            self._head_sent = True
+            if self.is_head:
+                self._complete = True
+                raise _StopParsing
+            return
         self._chunked_out = not delimited and not self.http_10
         # An HTTP/1.0 client learns where an undelimited body ends only from the connection closing.
         keep = self._keep = self.keep_alive and not self.down.closing and (delimited or not self.http_10)
@@ -491,13 +550,92 @@ class Exchange:
         self._out.clear()
         if self._acquiring and self._task is not None:
             self._task.cancel()
+        if self._watch is not None:  # a poll: stop waiting; the call itself goes on
+            self._watch.unwatch(self._poll_done)
+            self._watch = None
         self._release_upstream(reusable=False, broken=False)
+
+    # -- long requests (Modal's 303 protocol, see longpoll.py)
+
+    def _on_http_timeout(self, rest_s: float, timeout_s: float) -> None:
+        """No response head within `http_timeout_s`: answer 303, keep the call running detached."""
+        self._timer = asyncio.get_running_loop().call_later(rest_s, self._on_timeout, timeout_s)
+        if self._head_sent or self._released:
+            return
+        if self._request_done:
+            self._redirect()
+        else:  # a 303 now would cut the upload short: answer it once the body has been forwarded
+            self._redirect_due = True
+
+    def _redirect(self) -> None:
+        down = self.down
+        calls = down.calls
+        call_id = calls.start()
+        keep = self.keep_alive and not down.closing  # the request is complete
+        data = see_other(redirect_location(self._target, call_id), keep_alive=keep, http_10=self.http_10)
+        if self._out:  # an interim 1xx not flushed yet
+            data = b"".join((*self._out, data))
+            self._out.clear()
+        down.transport.write(data)
+        _log.debug("long request answered 303 app=%s function=%s call_id=%s", *self._names(), call_id)
+        # Give the client connection back as it was: reading resumed, upstream reads not held back.
+        if self._buffer_paused:
+            self._buffer_paused = False
+            down.resume_reading(PAUSE_BUFFER)
+        if self._upstream_full:
+            self._upstream_full = False
+            down.resume_reading(PAUSE_UPSTREAM)
+        if self.conn is not None:
+            self.conn.resume_reading()
+        self._call = DetachedCall(down, calls, call_id)
+        self.down = self._call
+        self._finished = True
+        down.exchange_finished(self, keep)
+
+    def _record(self, result: CallResult) -> None:
+        """The detached call ended: keep its result for the polls."""
+        call = self._call
+        assert call is not None
+        self._call = None
+        self._response_done = True
+        self._release_upstream(reusable=False, broken=False)  # released already, unless a bug
+        call.finish(result)
+
+    def _poll(self, call_id: str) -> None:
+        """A request for the result of a call answered with 303: wait up to `http_timeout_s`."""
+        if self._method != b"GET":
+            self._respond(400, "cove: bad redirect method")
+            return
+        found = self.down.calls.lookup(call_id)
+        if found is None:
+            self._respond(404, f"cove: unknown or expired function call {call_id[:100]}")
+        elif isinstance(found, CallResult):
+            self._poll_done(found)
+        else:
+            self._watch = found
+            found.watchers.append(self._poll_done)
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.down.http_timeout_s, self._poll_expired)
+
+    def _poll_done(self, result: CallResult) -> None:
+        self._watch = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._send(render_result(result, keep_alive=self._answer_keep(), http_10=self.http_10))
+
+    def _poll_expired(self) -> None:
+        self._timer = None
+        if self._watch is not None:
+            self._watch.unwatch(self._poll_done)
+            self._watch = None
+        self._send(see_other(self._target, keep_alive=self._answer_keep(), http_10=self.http_10))
 
     # -- endings
 
     def _on_timeout(self, timeout_s: float) -> None:
         self._timer = None
-        if self._head_sent or self._released:
+        if (self._head_sent and self._call is None) or self._released:
             return
         _log.warning("function timed out app=%s function=%s timeout_s=%g", *self._names(), timeout_s)
         self._fail(504, f"cove: function timed out after {timeout_s:g} s", broken=True)
@@ -524,7 +662,7 @@ class Exchange:
         self._release_upstream(reusable=False, broken=broken)
         if self._response_done:
             return
-        if self._head_sent:  # too late for a status line: the client must see a truncated response
+        if self._head_sent and self._call is None:  # too late for a status line: truncate
             self._response_done = True
             self._out.clear()
             if not self._client_gone:
@@ -536,12 +674,24 @@ class Exchange:
     def _respond(self, status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> None:
         """Answer with a platform error of our own."""
         _log.debug("refused status=%d message=%s", status, message)
-        keep = self._keep = (
-            self.keep_alive and not self.down.closing and (self._request_done or self._drainable())
-        )
+        if self._call is not None:  # detached: the error is the call's result
+            self._record(error_result(status, message, headers))
+            return
+        keep = self._answer_keep()
         data = error_response(
             status, message, headers, keep_alive=keep, http_10=self.http_10, head_only=self.is_head
         )
+        self._send(data)
+
+    def _answer_keep(self) -> bool:
+        """Whether the client connection stays open after an answer of our own."""
+        keep = self._keep = (
+            self.keep_alive and not self.down.closing and (self._request_done or self._drainable())
+        )
+        return keep
+
+    def _send(self, data: bytes) -> None:
+        """Write a complete answer of our own and finish the response."""
         self._head_sent = True
         if self._out:
             self._out.append(data)
@@ -561,6 +711,8 @@ class Exchange:
         self._response_done = True
         self._unpause()
         if self._finished:
+            if self._call is not None:
+                self._record(self._call.result())
             return
         if not self._keep:
             self._finish(False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from collections.abc import Coroutine, Mapping
 from typing import Any, cast
@@ -16,6 +17,7 @@ from typing import Any, cast
 import httptools
 
 from cove._gateway.connpool import ConnectionPool
+from cove._gateway.longpoll import CallStore
 from cove._gateway.messages import error_response
 from cove._gateway.proxy import PAUSE_PIPELINE, PAUSE_STOPPED, Exchange
 from cove._gateway.routing import Route, RouteTable
@@ -101,6 +103,14 @@ class _ClientConnection(asyncio.Protocol):
     @property
     def closing(self) -> bool:
         return self._gateway._closing
+
+    @property
+    def calls(self) -> CallStore:
+        return self._gateway._calls
+
+    @property
+    def http_timeout_s(self) -> float:
+        return self._gateway._http_timeout_s
 
     def pause_reading(self, reason: int) -> None:
         if not self._paused and not self._closed:
@@ -325,6 +335,10 @@ class Gateway:
     """The HTTP front door: routes each request on its Host header to a container and proxies it.
 
     Runs on the event loop that calls `start` (uvloop in production; plain asyncio works too).
+
+    A request whose response has not begun `http_timeout_s` after it reached its container is
+    answered `303 See Other` to its own URL plus `__cove_function_call_id=fc-…` and keeps running;
+    GETs of that URL wait for the result (Modal's 150 s limit; see `longpoll.py`).
     """
 
     def __init__(
@@ -334,7 +348,10 @@ class Gateway:
         port: int = 0,
         routes: Mapping[str, Route] | None = None,
         max_body_bytes: int = 4 * 1024**3,
+        http_timeout_s: float = 150.0,
     ) -> None:
+        self._http_timeout_s = _check_http_timeout(http_timeout_s)
+        self._calls = CallStore()
         self._host = host
         self._requested_port = port
         self._table = RouteTable(routes or {})
@@ -356,6 +373,24 @@ class Gateway:
     def pool(self) -> ConnectionPool:
         """The upstream connection pool (its counters are useful to metrics and tests)."""
         return self._pool
+
+    @property
+    def calls(self) -> CallStore:
+        """Requests answered with 303: those still running and the results kept for polls."""
+        return self._calls
+
+    @property
+    def http_timeout_s(self) -> float:
+        """Seconds a request waits for its response head before `303 See Other` (Modal: 150)."""
+        return self._http_timeout_s
+
+    @http_timeout_s.setter
+    def http_timeout_s(self, value: float) -> None:
+        self.set_http_timeout(value)
+
+    def set_http_timeout(self, http_timeout_s: float) -> None:
+        """Change the 303 limit for requests that reach a container (and polls that start) from now on."""
+        self._http_timeout_s = _check_http_timeout(http_timeout_s)
 
     @property
     def port(self) -> int:
@@ -417,3 +452,12 @@ class Gateway:
         self._connections.discard(conn)
         if not self._connections and self._drained is not None:
             self._drained.set()
+
+
+def _check_http_timeout(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (0 < value < math.inf):
+        raise ValueError(
+            f"http_timeout_s must be a positive finite number of seconds, got {value!r}; "
+            "to never answer 303, make it longer than every function's timeout_s"
+        )
+    return float(value)
