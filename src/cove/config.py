@@ -20,7 +20,11 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "COVE_DEV_SUFFIX": ("dev", "suffix appended to labels of ephemeral apps (1-8 alphanumerics)"),
     "COVE_SERVE_TIMEOUT": (None, "default for `cove serve --timeout`, in seconds"),
     "COVE_LOGLEVEL": ("INFO", "log level of the server and CLI"),
+    "COVE_QUEUE_LIMIT": ("2000", "requests waiting for a container, per function, before 503"),
+    "COVE_HTTP_TIMEOUT": ("150", "seconds before a slow web request gets Modal's 303 to poll for its result"),
     "COVE_IS_REMOTE": (None, "set to 1 inside containers: `cove.is_local()` is then False"),
+    "COVE_SERVER_URL": (None, "control plane URL for the client library, e.g. http://10.0.0.5:9000"),
+    "COVE_TOKEN": (None, "bearer token sent to COVE_SERVER_URL (create one with `cove token create`)"),
 }
 
 
@@ -40,6 +44,17 @@ def slugify(text: str) -> str:
     return _SLUG_RE.sub("-", text.lower()).strip("-")
 
 
+def _positive_float(name: str) -> float:
+    text = env(name) or ""
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidError(f"{name} must be a number of seconds, got {text!r}.") from None
+    if not value > 0:
+        raise InvalidError(f"{name} must be positive, got {text!r}.")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved settings of one process. Build with `Settings.from_env()`."""
@@ -51,6 +66,8 @@ class Settings:
     base_domain: str
     dev_suffix: str
     log_level: str
+    http_timeout_s: float = 150.0
+    queue_limit: int = 2000
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -74,6 +91,8 @@ class Settings:
             base_domain=(env("COVE_BASE_DOMAIN") or "localhost").lower(),
             dev_suffix=dev_suffix.lower(),
             log_level=(env("COVE_LOGLEVEL") or "INFO").upper(),
+            http_timeout_s=_positive_float("COVE_HTTP_TIMEOUT"),
+            queue_limit=int(_positive_float("COVE_QUEUE_LIMIT")),
         )
 
     @property

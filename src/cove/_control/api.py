@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -61,6 +62,7 @@ def build_api(
     bundles: BundleStore,
     health: Callable[[], dict[str, Any]],
     request_stop: Callable[[], None],
+    extra_routes: Sequence[Route] = (),
 ) -> Starlette:
     """The Starlette app of the control plane. Every handler maps Cove errors to JSON errors."""
     background: set[asyncio.Task[Any]] = set()
@@ -225,6 +227,25 @@ def build_api(
         secrets.delete(request.path_params["name"])
         return JSONResponse({"deleted": request.path_params["name"]})
 
+    async def list_containers(request: Request) -> Response:
+        app_name = request.query_params.get("app") or None
+        if app_name is not None:
+            registry.get(app_name)
+        items = [
+            {
+                "app": record.name,
+                "kind": record.kind,
+                "uptime_s": time.monotonic() - info.started_at,
+                **asdict(info),
+            }
+            for record, info in registry.containers(app_name)
+        ]
+        return JSONResponse({"containers": items})
+
+    async def stop_container(request: Request) -> Response:
+        await registry.stop_container(request.path_params["id"])
+        return JSONResponse({"stopped": request.path_params["id"]})
+
     async def stop_server(request: Request) -> Response:
         request_stop()
         return JSONResponse({"stopping": True})
@@ -246,6 +267,8 @@ def build_api(
         Route("/v1/secrets", guarded(list_secrets), methods=["GET"]),
         Route("/v1/secrets", guarded(create_secret), methods=["POST"]),
         Route("/v1/secrets/{name}", guarded(delete_secret), methods=["DELETE"]),
+        Route("/v1/containers", guarded(list_containers), methods=["GET"]),
+        Route("/v1/containers/{id}", guarded(stop_container), methods=["DELETE"]),
         Route("/v1/server/stop", guarded(stop_server), methods=["POST"]),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=[*routes, *extra_routes])

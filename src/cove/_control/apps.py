@@ -18,7 +18,7 @@ from cove._control.store import Store, StoredVersion
 from cove._gateway.routing import Route, host_key
 from cove._labels import endpoint_host, endpoint_url
 from cove._runtime.backend import Backend, ContainerHandle, ContainerRequest, Stream
-from cove._runtime.pool import FunctionPool
+from cove._runtime.pool import ContainerInfo, FunctionPool
 from cove._spec import AppSpec, FunctionSpec
 from cove.config import Settings
 from cove.exception import InvalidError, NotFoundError
@@ -167,7 +167,11 @@ class AppRegistry:
             endpoints = tuple(self._endpoint(name, f, dev_suffix) for f in web_specs)
             self._check_conflicts(kind, name, endpoints)
             pools = {
-                f.tag: FunctionPool(f, self._launcher(record.log_key, name, f, source, envs[f.tag]))
+                f.tag: FunctionPool(
+                    f,
+                    self._launcher(record.log_key, name, f, source, envs[f.tag]),
+                    max_queue=self._settings.queue_limit,
+                )
                 for f in spec.functions
             }
             if restore_version is None:
@@ -295,6 +299,29 @@ class AppRegistry:
                 f"Lookup failed for Function {tag!r} from the {app_name!r} app: it has no such function."
             )
         return record, pool
+
+    def containers(self, app_name: str | None = None) -> list[tuple[AppRecord, ContainerInfo]]:
+        """Live containers of running apps (all apps, or those called `app_name`)."""
+        found: list[tuple[AppRecord, ContainerInfo]] = []
+        for record in self._apps.values():
+            if record.current is None or record.state is AppState.STOPPED:
+                continue
+            if app_name is not None and record.name != app_name:
+                continue
+            for pool in record.current.pools.values():
+                found.extend((record, info) for info in pool.containers())
+        return found
+
+    async def stop_container(self, container_id: str) -> None:
+        for record in self._apps.values():
+            if record.current is None:
+                continue
+            for pool in record.current.pools.values():
+                if await pool.stop_container(container_id):
+                    tag = pool.spec.tag
+                    self._logs.write(record.log_key, tag, container_id, "system", "stopped by request")
+                    return
+        raise NotFoundError(f"Container {container_id!r} not found. See `cove container list`.")
 
     def routes(self) -> dict[str, Route]:
         table: dict[str, Route] = {}

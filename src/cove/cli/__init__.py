@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cove.cli.app import app
+from cove.cli.container import container
 from cove.cli.deploy import deploy
 from cove.cli.secret import secret
 from cove.cli.serve import serve
@@ -21,6 +22,7 @@ def main() -> None:
 main.add_command(serve)
 main.add_command(deploy)
 main.add_command(app)
+main.add_command(container)
 main.add_command(server)
 main.add_command(secret)
 main.add_command(token)
