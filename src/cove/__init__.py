@@ -35,7 +35,15 @@ from cove.endpoints import (
     wsgi_app,
 )
 from cove.exception import Error
-from cove.functions import Cls, Function, current_function_call_id, current_input_id, is_local, parameter
+from cove.functions import (
+    Cls,
+    Function,
+    FunctionCall,
+    current_function_call_id,
+    current_input_id,
+    is_local,
+    parameter,
+)
 from cove.image import Image
 from cove.secret import Secret
 
@@ -46,6 +54,7 @@ __all__ = [
     "Cls",
     "Error",
     "Function",
+    "FunctionCall",
     "Image",
     "Secret",
     "asgi_app",

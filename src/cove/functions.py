@@ -4,6 +4,9 @@
 it can run locally (`f.local(...)`, `f(...)`, `Model().predict.local(...)`), and carry the frozen
 `FunctionSpec`s the platform runs. Inside a container, `load_user_code(module, spec)` turns a spec
 back into something callable plus the class's lifecycle hooks.
+
+`Function.from_name(app, name)` and `Cls.from_name(app, name)` reach functions of a deployed app
+from any process: `.remote()`, `.spawn()`, `.map()` (see `cove._remote`).
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import inspect
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, NoReturn, ParamSpec, TypeVar
+from typing import Any, ClassVar, Generic, NoReturn, ParamSpec, TypeVar, cast
 
-from cove import config
+from cove import _remote, config
+from cove._remote import Dual, FunctionCall, MapMethod, RemoteTarget
 from cove._spec import FunctionSpec
 from cove.endpoints import Flags, PartialFunction
 from cove.exception import InvalidError, NotFoundError
@@ -61,38 +65,120 @@ def _refuse_remote(tag: str, web: bool, name: str, local_hint: str) -> NoReturn:
             f"Invoke this function via its web url or call it locally: {local_hint}.local()"
         )
     raise AttributeError(
-        f"cove.Function {tag!r} has no attribute {name!r}: remote invocation is not available in this "
-        f"version of Cove. Call it locally with {local_hint}.local()."
+        f"cove.Function {tag!r} has no attribute {name!r} here: a decorated function only runs locally "
+        f"({local_hint}.local()). Deploy the app with `cove deploy` and call it through "
+        f"cove.Function.from_name(app_name, {tag!r}).{name}(...) (cove.Cls.from_name for classes)."
     )
 
 
 class Function(Generic[P, R]):
-    """A function registered with `@app.function()`. Calling it (or `.local`) runs it in-process."""
+    """A function registered with `@app.function()`. Calling it (or `.local`) runs it in-process.
+
+    `Function.from_name(app, name)` gives one of a deployed app instead, to call with `.remote()`.
+    """
 
     _cove_app_decorator: ClassVar[str] = "@app.function"
+    _target: RemoteTarget | None = None  # set for functions looked up by name
 
     def __init__(self, raw_f: Callable[P, R], spec: FunctionSpec) -> None:
         self._raw_f = raw_f
         self._spec = spec
         functools.update_wrapper(self, raw_f)
 
+    @classmethod
+    def from_name(
+        cls,
+        app_name: str,
+        name: str,
+        *,
+        version: int | None = None,
+        environment_name: str | None = None,
+        client: object = None,
+    ) -> Function[..., Any]:
+        """The function `name` of the deployed app `app_name`; looked up on first use (Modal's rule)."""
+        _remote.check_function_name(app_name, name)
+        return cls._from_target(RemoteTarget(app_name, name))
+
+    @classmethod
+    def _from_target(cls, target: RemoteTarget) -> Function[..., Any]:
+        function: Function[..., Any] = cls.__new__(cls)
+        function._target = target
+        return function
+
+    def _remote(self, how: str) -> RemoteTarget:
+        if self._target is None:
+            _refuse_remote(self._spec.tag, self._spec.is_web, how, self._spec.tag)
+        return self._target
+
     @property
     def spec(self) -> FunctionSpec:
+        if self._target is not None:
+            raise InvalidError(f"{self!r} was looked up by name; its spec lives on the server.")
         return self._spec
 
     @property
     def tag(self) -> str:
-        return self._spec.tag
+        return self._target.tag if self._target is not None else self._spec.tag
 
     def get_raw_f(self) -> Callable[P, R]:
+        if self._target is not None:
+            raise InvalidError(f"{self!r} was looked up by name; its code is not in this process.")
         return self._raw_f
 
     def local(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function in this process (an async function returns its coroutine)."""
-        return self._raw_f(*args, **kwargs)
+        return self.get_raw_f()(*args, **kwargs)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self._raw_f(*args, **kwargs)
+        return self.get_raw_f()(*args, **kwargs)
+
+    @property
+    def remote(self) -> Dual[P, R]:
+        """`f.remote(*args, **kwargs)` runs it in a container and returns its result (`.aio` to await)."""
+        target = self._remote("remote")
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return target.remote(args, kwargs)
+
+        async def acall(*args: Any, **kwargs: Any) -> Any:
+            return await target.aremote(args, kwargs)
+
+        return cast("Dual[P, R]", Dual(call, acall))
+
+    @property
+    def spawn(self) -> Dual[P, FunctionCall[R]]:
+        """`f.spawn(*args, **kwargs)` starts a call and returns its `FunctionCall` at once."""
+        target = self._remote("spawn")
+
+        def call(*args: Any, **kwargs: Any) -> FunctionCall[Any]:
+            return target.spawn(args, kwargs)
+
+        async def acall(*args: Any, **kwargs: Any) -> FunctionCall[Any]:
+            return await target.aspawn(args, kwargs)
+
+        return cast("Dual[P, FunctionCall[R]]", Dual(call, acall))
+
+    @property
+    def map(self) -> MapMethod:
+        """`f.map(*iterables, kwargs={}, return_exceptions=False)` yields results in input order."""
+        return MapMethod(self._remote("map"))
+
+    def get_web_url(self) -> str | None:
+        """The URL of a web function of a deployed app; None for other functions."""
+        if self._target is not None:
+            return self._target.web_url()
+        if not self._spec.is_web:
+            return None
+        raise InvalidError(
+            f"The URL of {self!r} is known once it is served: use the URL `cove serve`/`cove deploy` "
+            f"printed, or cove.Function.from_name(app_name, {self._spec.tag!r}).get_web_url()."
+        )
+
+    def hydrate(self, client: object = None) -> Function[P, R]:
+        """Look the function up now instead of on first use (raises `NotFoundError` if it is missing)."""
+        if self._target is not None:
+            self._target.info()
+        return self
 
     def __getattr__(self, name: str) -> NoReturn:
         spec = self.__dict__.get("_spec")
@@ -101,6 +187,8 @@ class Function(Generic[P, R]):
         raise AttributeError(f"'cove.Function' object has no attribute {name!r}")
 
     def __repr__(self) -> str:
+        if self._target is not None:
+            return repr(self._target)
         return f"cove.Function({self._spec.tag!r})"
 
 
@@ -241,9 +329,13 @@ def _check_hook_signature(cls_name: str, attr: str, hook: PartialFunction[..., A
 
 
 class Cls(Generic[T]):
-    """A class registered with `@app.cls()`. `Model(**params)` gives a local instance to call `.local` on."""
+    """A class registered with `@app.cls()`. `Model(**params)` gives a local instance to call `.local` on.
+
+    `Cls.from_name(app, name)` gives a class of a deployed app: `Model(**params).method.remote(...)`.
+    """
 
     _cove_app_decorator: ClassVar[str] = "@app.cls"
+    _remote_name: tuple[str, str] | None = None  # (app, class) for classes looked up by name
 
     def __init__(self, user_cls: type[T], members: ClassMembers, specs: tuple[FunctionSpec, ...]) -> None:
         self._user_cls = user_cls
@@ -251,9 +343,26 @@ class Cls(Generic[T]):
         self._specs = specs
         functools.update_wrapper(self, user_cls, updated=())
 
+    @classmethod
+    def from_name(
+        cls,
+        app_name: str,
+        name: str,
+        *,
+        version: int | None = None,
+        environment_name: str | None = None,
+        client: object = None,
+    ) -> Cls[Any]:
+        """The class `name` of the deployed app `app_name`; its methods are looked up on first use."""
+        _remote.check_cls_name(app_name, name)
+        remote_cls: Cls[Any] = cls.__new__(cls)
+        remote_cls._remote_name = (app_name, name)
+        remote_cls._specs = ()
+        return remote_cls
+
     @property
     def tag(self) -> str:
-        return self._user_cls.__name__
+        return self._remote_name[1] if self._remote_name is not None else self._user_cls.__name__
 
     @property
     def specs(self) -> tuple[FunctionSpec, ...]:
@@ -304,20 +413,58 @@ class Cls(Generic[T]):
 
         return bind(self._members.enter_snap), bind(self._members.enter), bind(self._members.exit)
 
-    def _user_code(self, method_name: str) -> UserCode:
-        self._spec(method_name)
-        instance = self._new_instance({})
+    def _user_code(self, method_name: str, params: Mapping[str, Any] | None = None) -> UserCode:
+        spec = self._spec(method_name)
+        required = [n for n, (p, _) in self._members.parameters.items() if p.default is _NO_DEFAULT]
+        if params is None and required and not spec.is_web:
+            # No default instance exists; each call brings its parameters (`Model(x=...).m.remote()`).
+            def needs_parameters(*args: Any, **kwargs: Any) -> NoReturn:
+                raise InvalidError(
+                    f"{self.tag} has parameters without defaults ({', '.join(required)}): call "
+                    f"{self.tag}({required[0]}=...).{method_name}.remote(...)."
+                )
+
+            return UserCode(call=needs_parameters)
+        instance = self._new_instance(params or {})
         enter_snap, enter, exit_ = self._bound_hooks(instance)
         call = types.MethodType(self._members.methods[method_name].raw_f, instance)
         return UserCode(call=call, enter_snap=enter_snap, enter=enter, exit=exit_)
 
-    def __call__(self, *args: Any, **params: Any) -> _Obj:
+    def __call__(self, *args: Any, **params: Any) -> Any:
         if args:
             raise InvalidError(f"{self.tag}() takes parameters by keyword only, e.g. {self.tag}(name=...).")
+        if self._remote_name is not None:
+            _remote.check_parameters(self.tag, params)
+            return _RemoteObj(*self._remote_name, params)
         return _Obj(self, self._new_instance(params))
 
     def __repr__(self) -> str:
+        if self._remote_name is not None:
+            return f"cove.Cls.from_name{self._remote_name!r}"
         return f"cove.Cls({self.tag!r})"
+
+
+class _RemoteObj:
+    """An instance of a deployed class: `obj.method` is a `Function` to call with `.remote(...)`."""
+
+    def __init__(self, app_name: str, cls_name: str, params: dict[str, Any]) -> None:
+        self._app_name = app_name
+        self._cls_name = cls_name
+        self._params = params
+        self._methods: dict[str, Function[..., Any]] = {}
+
+    def __getattr__(self, name: str) -> Function[..., Any]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self._methods:
+            tag = f"{self._cls_name}.{name}"
+            target = RemoteTarget(self._app_name, tag, params=self._params, method=name)
+            self._methods[name] = Function._from_target(target)
+        return self._methods[name]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._params.items())
+        return f"cove.Cls.from_name({self._app_name!r}, {self._cls_name!r})({args})"
 
 
 class _Obj:
@@ -377,11 +524,15 @@ class _BoundMethod:
         return f"cove.Function({self._spec.tag!r})"
 
 
-def load_user_code(module: types.ModuleType, spec: FunctionSpec) -> UserCode:
+def load_user_code(
+    module: types.ModuleType, spec: FunctionSpec, params: Mapping[str, Any] | None = None
+) -> UserCode:
     """Resolve `spec` against the imported user module (container side).
 
-    A plain function comes back as is. For a class method, the class is instantiated once with its
-    parameter defaults, and the method and the lifecycle hooks are bound to that instance.
+    A plain function comes back as is. For a class method, the class is instantiated with `params`
+    (default: the parameter defaults), and the method and the lifecycle hooks are bound to that
+    instance. A non-web method of a class with required parameters has no default instance: its
+    `call` then says to pass them.
     """
     try:
         obj = getattr(module, spec.module_attr)
@@ -402,12 +553,13 @@ def load_user_code(module: types.ModuleType, spec: FunctionSpec) -> UserCode:
             f"{module.__name__}.{spec.module_attr} is a {type(obj).__name__}, not a cove Cls: "
             "decorate the class with @app.cls()."
         )
-    return obj._user_code(spec.method_name)
+    return obj._user_code(spec.method_name, params)
 
 
 __all__ = [
     "Cls",
     "Function",
+    "FunctionCall",
     "UserCode",
     "current_function_call_id",
     "current_input_id",

@@ -12,6 +12,7 @@ EXPECTED = [
     "Cls",
     "Error",
     "Function",
+    "FunctionCall",
     "Image",
     "Secret",
     "asgi_app",
@@ -52,6 +53,7 @@ def test_functions_is_importable_as_a_module_for_the_old_modal_path() -> None:
     functions = importlib.import_module("cove.functions")
     assert functions.Function is cove.Function
     assert functions.Cls is cove.Cls
+    assert functions.FunctionCall is cove.FunctionCall
 
 
 def test_module_docstring_teaches_the_minimal_example() -> None:

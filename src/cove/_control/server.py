@@ -15,9 +15,11 @@ from typing import Any
 import uvicorn
 
 from cove._control.api import build_api
+from cove._control.api_calls import call_routes
 from cove._control.apps import AppRegistry
 from cove._control.auth import TokenAuthMiddleware
 from cove._control.bundles import BundleStore
+from cove._control.calls import CallRegistry
 from cove._control.logs import LogHub
 from cove._control.secrets import SecretStore
 from cove._control.store import Store
@@ -83,7 +85,7 @@ async def serve(
     logs = LogHub(settings.home / "logs")
     secrets = SecretStore(settings.home / "secrets")
     backend = LocalBackend(settings.home)
-    gateway = Gateway(host=settings.host, port=settings.port)
+    gateway = Gateway(host=settings.host, port=settings.port, http_timeout_s=settings.http_timeout_s)
     await gateway.start()
     await backend.start()
     registry = AppRegistry(
@@ -96,6 +98,7 @@ async def serve(
         store=store,
     )
     await registry.restore()
+    calls = CallRegistry(registry)
 
     def health() -> dict[str, Any]:
         return {
@@ -106,7 +109,9 @@ async def serve(
             "dashboard_url": endpoint_url(f"dashboard.{settings.base_domain}", gateway.port),
         }
 
-    api = build_api(registry, logs, secrets, store, bundles, health, stop.set)
+    api = build_api(
+        registry, logs, secrets, store, bundles, health, stop.set, extra_routes=call_routes(registry, calls)
+    )
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(sock_path))
     # The socket's file mode is the local auth: only the server's user may talk to it.
@@ -149,6 +154,7 @@ async def serve(
         control.should_exit = True
         if remote is not None:
             remote.should_exit = True
+        await calls.close()  # running calls end; their long polls answer, so the API can stop
         for task in (control_task, remote_task):
             if task is not None:
                 with contextlib.suppress(Exception):

@@ -43,7 +43,8 @@ def _warm_imports() -> None:
     import uvloop  # noqa: F401
 
     import cove
-    import cove._runtime.adapters  # noqa: F401
+    import cove._runtime.adapters
+    import cove._runtime.invoke  # noqa: F401
 
 
 class _Channel:
@@ -93,13 +94,12 @@ async def _serve(message: dict[str, Any], channel: _Channel) -> int:
     import uvicorn
 
     from cove._modal_compat import install as install_modal_compat
-    from cove._runtime import adapters
+    from cove._runtime import adapters, invoke
     from cove._spec import function_spec_from_dict
     from cove.functions import load_user_code
 
     spec = function_spec_from_dict(message["function"])
-    assert spec.web is not None, "only web functions are served by this entrypoint"
-    web = spec.web
+    web = spec.web  # None: a function called with .remote()/.spawn(), served by `invoke`
     os.environ.update(message.get("env") or {})
     os.environ["COVE_IS_REMOTE"] = "1"
     os.environ["MODAL_IS_REMOTE"] = "1"
@@ -125,13 +125,15 @@ async def _serve(message: dict[str, Any], channel: _Channel) -> int:
     listener.listen(2048)
     stop = asyncio.Event()
     try:
-        if web.kind == "web_server":
+        if web is not None and web.kind == "web_server":
             code = await _serve_web_server(
                 user.call, web.port or 0, web.startup_timeout_s, listener, channel, stop
             )
         else:
             try:
-                if web.kind == "fastapi_endpoint":
+                if web is None:
+                    app = invoke.call_app(user, spec, module)
+                elif web.kind == "fastapi_endpoint":
                     app = adapters.fastapi_app(user.call, web)
                 elif web.kind == "asgi_app":
                     app = adapters.asgi_from_factory(user.call)

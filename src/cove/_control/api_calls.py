@@ -1,0 +1,148 @@
+"""The control API's routes for the client library: look up a function, start a call, fetch its result.
+
+    GET  /v1/functions/{app}/{tag}          -> 200 JSON metadata (is_web, web_url, kind, class_name...)
+    POST /v1/calls?app=A&function=T&wait=S  body: the pickled input (application/x-cove-pickle)
+                                            -> 200 pickled result (header x-cove-call-id) if it finished
+                                               within S seconds, else 202 {"call_id", "status": "pending"}
+    GET  /v1/calls/{id}?timeout=S           -> 200 pickled result | 202 {"call_id", "status": "pending"}
+
+Waits are capped at `MAX_WAIT_S`, so a long `.get()` is a loop of long polls. Errors are JSON
+`{"error": <cove.exception class name>, "message"}` as everywhere in the control API.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from cove import exception
+from cove._control.api import error_response
+from cove._control.apps import AppRegistry
+from cove._control.calls import CallRegistry
+from cove._payload import CALL_ID_HEADER, CONTENT_TYPE
+
+#: Longest a single request waits for a result; clients poll again after it.
+MAX_WAIT_S = 50.0
+#: Largest pickled input accepted (arguments travel in one request body).
+MAX_INPUT_BYTES = 256 * 1024 * 1024
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def call_routes(registry: AppRegistry, calls: CallRegistry) -> list[Route]:
+    """Routes to add to the control API's Starlette app."""
+
+    async def get_function(request: Request) -> Response:
+        app_name, tag = request.path_params["app"], request.path_params["tag"]
+        return JSONResponse(function_metadata(registry, app_name, tag))
+
+    async def post_call(request: Request) -> Response:
+        app_name = request.query_params["app"]
+        tag = request.query_params["function"]
+        wait_s = _seconds(request.query_params.get("wait", "0"), "wait")
+        length = request.headers.get("content-length")
+        if length is not None and int(length) > MAX_INPUT_BYTES:
+            raise exception.InvalidError(
+                f"The pickled arguments are {int(length)} bytes, over the {MAX_INPUT_BYTES} byte limit. "
+                "Pass large data by reference (a path or URL) instead."
+            )
+        function_metadata(registry, app_name, tag)  # Modal's lookup error for unknown names
+        call_id = calls.spawn(app_name, tag, await request.body())
+        return await _answer(calls, call_id, wait_s)
+
+    async def get_call(request: Request) -> Response:
+        timeout_s = _seconds(request.query_params.get("timeout", "0"), "timeout")
+        return await _answer(calls, request.path_params["call_id"], timeout_s)
+
+    return [
+        Route("/v1/functions/{app}/{tag}", _guarded(get_function), methods=["GET"]),
+        Route("/v1/calls", _guarded(post_call), methods=["POST"]),
+        Route("/v1/calls/{call_id}", _guarded(get_call), methods=["GET"]),
+    ]
+
+
+def function_metadata(registry: AppRegistry, app_name: str, tag: str) -> dict[str, Any]:
+    """What a client needs to call function `tag` (or `Class.method`) of deployed app `app_name`."""
+    try:
+        record, pool = registry.function_pool(app_name, tag)
+    except exception.NotFoundError as exc:
+        cls_name, dot, method = tag.partition(".")
+        what = f"Cls {cls_name!r} (method {method!r})" if dot else f"Function {tag!r}"
+        message = str(exc)
+        if message.startswith("Lookup failed") and dot:  # the app is deployed, the method is not in it
+            methods = [
+                t.partition(".")[2]
+                for t in _deployed_tags(registry, app_name)
+                if t.startswith(cls_name + ".")
+            ]
+            hint = f"it has no such class method. Methods of {cls_name}: {', '.join(methods) or 'none'}."
+        elif message.startswith("Lookup failed"):  # the app is deployed, the function is not in it
+            deployed = ", ".join(t for t in _deployed_tags(registry, app_name) if "." not in t) or "none"
+            hint = f"it has no such function. Its functions: {deployed}."
+        else:
+            hint = f"{message} Function.from_name reaches deployed apps only (`cove deploy FILE`)."
+        raise exception.NotFoundError(f"Lookup failed for {what} from the {app_name!r} app: {hint}") from None
+    spec = pool.spec
+    version = record.current
+    url = None
+    if version is not None:
+        url = next((e.url for e in version.endpoints if e.tag == tag), None)
+    return {
+        "app": app_name,
+        "tag": tag,
+        "version": version.number if version else 0,
+        "is_web": spec.web is not None,
+        "web_url": url,
+        "web_kind": spec.web.kind if spec.web else None,
+        "class_name": spec.module_attr if spec.method_name else None,
+        "method_name": spec.method_name,
+        "is_generator": spec.is_generator,
+        "timeout_s": spec.timeout_s,
+    }
+
+
+def _deployed_tags(registry: AppRegistry, app_name: str) -> list[str]:
+    try:
+        record = registry.get(app_name, "deployed")
+    except exception.NotFoundError:
+        return []
+    return [f.tag for f in record.current.spec.functions] if record.current else []
+
+
+async def _answer(calls: CallRegistry, call_id: str, wait_s: float) -> Response:
+    result = await calls.result(call_id, min(wait_s, MAX_WAIT_S))
+    if result is None:
+        return JSONResponse({"call_id": call_id, "status": "pending"}, status_code=202)
+    return Response(result, media_type=CONTENT_TYPE, headers={CALL_ID_HEADER: call_id})
+
+
+def _seconds(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise exception.InvalidError(f"{name}= must be a number of seconds >= 0, got {text!r}.")
+    return value
+
+
+def _guarded(handler: Handler) -> Handler:
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except exception.Error as exc:
+            return error_response(exc)
+        except (KeyError, ValueError, TypeError) as exc:
+            return JSONResponse(
+                {"error": "InvalidError", "message": f"malformed request: {exc!r}"}, status_code=400
+            )
+
+    return wrapper
+
+
+__all__ = ["MAX_WAIT_S", "call_routes", "function_metadata"]
