@@ -1,4 +1,7 @@
-"""Keep-alive connections to containers' unix sockets, reused across requests.
+"""Keep-alive connections to containers, reused across requests.
+
+An address is a unix socket path (local containers) or `tcp://HOST:PORT` (containers on other
+machines, e.g. Ray actors; TCP_NODELAY on, since requests are small writes answered at once).
 
 A connection is either lent to one request (its `sink` receives the bytes and the flow-control
 signals) or idle in the pool. The pool knows nothing about HTTP: the request's proxy parses what
@@ -13,9 +16,14 @@ the proxy retries once on a fresh connection when it does.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections import deque
 from typing import Protocol, cast
+
+TCP_SCHEME = "tcp://"
+#: A TCP container whose node vanished never answers the SYN; give up like a refused connection.
+_TCP_CONNECT_TIMEOUT_S = 10.0
 
 
 class UpstreamSink(Protocol):
@@ -102,7 +110,7 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class ConnectionPool:
-    """Idle keep-alive connections per container socket address."""
+    """Idle keep-alive connections per container address (unix socket path or `tcp://HOST:PORT`)."""
 
     def __init__(self, *, max_idle_per_address: int = 256, idle_timeout_s: float = 4.0) -> None:
         self._max_idle = max_idle_per_address
@@ -143,7 +151,16 @@ class ConnectionPool:
         if self._closed:
             raise ConnectionRefusedError(f"connection pool is closed; not connecting to {address}")
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_unix_connection(lambda: UpstreamConnection(self, address), address)
+        if address.startswith(TCP_SCHEME):
+            host, _, port = address[len(TCP_SCHEME) :].rpartition(":")
+            connecting = loop.create_connection(
+                lambda: UpstreamConnection(self, address), host.strip("[]"), int(port)
+            )
+            # TimeoutError is an OSError: the caller answers it as it answers a refused connection.
+            transport, conn = await asyncio.wait_for(connecting, _TCP_CONNECT_TIMEOUT_S)
+            transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        else:
+            _, conn = await loop.create_unix_connection(lambda: UpstreamConnection(self, address), address)
         self.opened += 1
         return conn
 

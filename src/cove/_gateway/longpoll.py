@@ -16,8 +16,11 @@ if TYPE_CHECKING:
     import asyncio
 
     from cove._gateway.connpool import ConnectionPool
-    from cove._gateway.proxy import Downstream
+    from cove._gateway.exchange import Downstream
+    from cove._gateway.messages import RequestHead
+    from cove._gateway.policy import Policy
     from cove._gateway.routing import RouteTable
+    from cove._gateway.websocket import WebSocketRelay
 
 _log = logging.getLogger("cove.gateway")
 
@@ -231,6 +234,7 @@ class DetachedCall:
         "head",
         "max_body_bytes",
         "overflow",
+        "policy",
         "pool",
         "routes",
     )
@@ -240,6 +244,7 @@ class DetachedCall:
         self.pool: ConnectionPool = origin.pool
         self.routes: RouteTable = origin.routes
         self.max_body_bytes = origin.max_body_bytes
+        self.policy: Policy = origin.policy
         self.calls = calls
         self.call_id = call_id
         self.head: tuple[int, bytes, bytes] | None = None  # status, reason, header lines
@@ -255,6 +260,10 @@ class DetachedCall:
     @property
     def forwarded(self) -> bytes:
         return b""
+
+    @property
+    def trusts_peer(self) -> bool:
+        return False
 
     @property
     def write_paused(self) -> bool:
@@ -279,6 +288,12 @@ class DetachedCall:
 
     def exchange_finished(self, exchange: object, keep_alive: bool) -> None:
         pass
+
+    def forwarded_via(self, head: RequestHead) -> bytes:
+        return b""
+
+    def relay_to(self, relay: WebSocketRelay) -> None:
+        raise RuntimeError("a WebSocket is never detached: it has no 303")
 
     # -- proxy.ClientTransport
 

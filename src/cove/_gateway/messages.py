@@ -9,6 +9,8 @@ import http
 from collections.abc import Sequence
 from typing import Final, NamedTuple
 
+from cove._gateway.auth import is_proxy_bearer
+
 CRLF: Final = b"\r\n"
 LAST_CHUNK: Final = b"0\r\n\r\n"
 CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
@@ -16,13 +18,35 @@ CLOSE: Final = b"Connection: close\r\n"
 KEEP_ALIVE: Final = b"Connection: keep-alive\r\n"
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 UPSTREAM_VERSION: Final = b" HTTP/1.1\r\n"
+#: Added to a forwarded WebSocket upgrade and to the 101 relayed back: hop-by-hop, so re-stated.
+UPGRADE_LINES: Final = b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
 
 # RFC 9110 §7.6.1; Proxy-Connection is the pre-standard spelling some clients still send.
 _HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
-# The gateway states who the client is; whatever the client claims about it is dropped.
-_REQUEST_DROP: Final = _HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"forwarded", b"expect"}
+# Headers whose meaning ends at the gateway, and client claims it replaces: who the client is
+# (X-Forwarded-*, also spelt with underscores, which WSGI bridges merge with the dashed names),
+# proxy credentials (`auth.py`; an `Authorization` carrying a proxy token is dropped too), and
+# WebSocket extensions (no permessage-deflate, as on Modal: RFC 7692 is not negotiated).
+_CLAIMS: Final = frozenset(
+    b"x" + sep1 + b"forwarded" + sep2 + what
+    for sep1 in (b"-", b"_")
+    for sep2 in (b"-", b"_")
+    for what in (b"for", b"proto")
+)
+_CREDENTIALS: Final = frozenset({b"modal-key", b"modal-secret", b"proxy-authorization"})
+_REQUEST_DROP: Final = (
+    _HOP_BY_HOP
+    | _CLAIMS
+    | _CREDENTIALS
+    | {b"forwarded", b"expect", b"sec-websocket-extensions", b"x-real-ip"}
+)
+# A `Connection` header may name extra hop-by-hop headers, but not these: dropping the framing
+# or the Host of a forwarded message would make the other side read a different message.
+_KEEP: Final = frozenset({b"host", b"content-length"})
+# Proxy-Authenticate is for the next hop only (RFC 9110 §11.7.1), and that hop is the gateway.
+_RESPONSE_DROP: Final = _HOP_BY_HOP | {b"proxy-authenticate"}
 
 
 class RequestHead(NamedTuple):
@@ -34,6 +58,10 @@ class RequestHead(NamedTuple):
     content_length: int | None
     transfer_encoding: bytes | None  # lowercased, several headers joined by ", "
     expect: bytes | None  # lowercased
+    upgrade: bytes | None = None  # lowercased, stripped
+    forwarded_for: bytes | None = None  # the client's X-Forwarded-For chain, several joined by ", "
+    forwarded_proto: bytes | None = None  # the client's X-Forwarded-Proto
+    credentials: list[tuple[bytes, bytes]] | None = None  # (lowercased name, value), see `auth.py`
 
 
 class ResponseHead(NamedTuple):
@@ -48,19 +76,26 @@ def _connection_tokens(values: list[bytes]) -> set[bytes]:
     return {token.strip().lower() for value in values for token in value.split(b",")} - {b""}
 
 
-def _header_lines(headers: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes] | set[bytes]) -> bytes:
+def _header_lines(
+    headers: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes] | set[bytes], drop_bearer: bool = False
+) -> bytes:
     parts: list[bytes] = []
     for name, value in headers:
-        if name.lower() not in drop:
-            parts += (name, b": ", value, CRLF)
+        lname = name.lower()
+        if lname in drop or (drop_bearer and lname == b"authorization" and is_proxy_bearer(value)):
+            continue
+        parts += (name, b": ", value, CRLF)
     return b"".join(parts)
 
 
 def scan_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
     """Split a client's headers into those to forward and the facts the proxy acts on.
 
-    Hop-by-hop headers, headers named in `Connection`, `Expect` (the gateway answers it) and the
-    client's own `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` are not forwarded.
+    Not forwarded: hop-by-hop headers and those named in `Connection` (but never `Host` or
+    `Content-Length`), `Expect` (the gateway answers it), the client's own `X-Forwarded-For`,
+    `X-Forwarded-Proto`, `Forwarded` and `X-Real-IP`, proxy credentials (`Modal-Key`,
+    `Modal-Secret`, `Proxy-Authorization`, an `Authorization: Bearer wk-…`) and
+    `Sec-WebSocket-Extensions`.
     """
     parts: list[bytes] = []
     host: bytes | None = None
@@ -69,6 +104,11 @@ def scan_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
     transfer_encoding: bytes | None = None
     expect: bytes | None = None
     connection: list[bytes] | None = None
+    upgrade: bytes | None = None
+    forwarded_for: bytes | None = None
+    forwarded_proto: bytes | None = None
+    credentials: list[tuple[bytes, bytes]] | None = None
+    drop_bearer = False
     for name, value in headers:
         lname = name.lower()
         if lname in _REQUEST_DROP:
@@ -79,19 +119,42 @@ def scan_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
                 connection = [value] if connection is None else [*connection, value]
             elif lname == b"expect":
                 expect = value.strip().lower()
+            elif lname == b"upgrade":
+                upgrade = value.strip().lower()
+            elif lname == b"x-forwarded-for":
+                forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+            elif lname == b"x-forwarded-proto":
+                forwarded_proto = value
+            elif lname in _CREDENTIALS:
+                credentials = [(lname, value)] if credentials is None else [*credentials, (lname, value)]
             continue
         if lname == b"host":
             host = value.strip()
             host_count += 1
         elif lname == b"content-length":
             content_length = int(value)  # llhttp accepted it: digits, and one value only
+        elif lname == b"authorization" and is_proxy_bearer(value):
+            credentials = [(lname, value)] if credentials is None else [*credentials, (lname, value)]
+            drop_bearer = True
+            continue
         parts += (name, b": ", value, CRLF)
     lines = b"".join(parts)
     if connection is not None:
-        named = _connection_tokens(connection) - _REQUEST_DROP
+        named = _connection_tokens(connection) - _REQUEST_DROP - _KEEP
         if named:  # rare: the client named extra hop-by-hop headers (RFC 9110 §7.6.1)
-            lines = _header_lines(headers, _REQUEST_DROP | named)
-    return RequestHead(lines, host, host_count, content_length, transfer_encoding, expect)
+            lines = _header_lines(headers, _REQUEST_DROP | named, drop_bearer)
+    return RequestHead(
+        lines,
+        host,
+        host_count,
+        content_length,
+        transfer_encoding,
+        expect,
+        upgrade,
+        forwarded_for,
+        forwarded_proto,
+        credentials,
+    )
 
 
 def scan_response_headers(headers: Sequence[tuple[bytes, bytes]]) -> ResponseHead:
@@ -102,7 +165,7 @@ def scan_response_headers(headers: Sequence[tuple[bytes, bytes]]) -> ResponseHea
     connection: list[bytes] | None = None
     for name, value in headers:
         lname = name.lower()
-        if lname in _HOP_BY_HOP:
+        if lname in _RESPONSE_DROP:
             if lname == b"transfer-encoding":
                 chunked = value.strip().lower().endswith(b"chunked")
             elif lname == b"connection":
@@ -113,9 +176,9 @@ def scan_response_headers(headers: Sequence[tuple[bytes, bytes]]) -> ResponseHea
         parts += (name, b": ", value, CRLF)
     lines = b"".join(parts)
     if connection is not None:
-        named = _connection_tokens(connection) - _HOP_BY_HOP
+        named = _connection_tokens(connection) - _RESPONSE_DROP - _KEEP
         if named:
-            lines = _header_lines(headers, _HOP_BY_HOP | named)
+            lines = _header_lines(headers, _RESPONSE_DROP | named)
     return ResponseHead(lines, has_content_length, chunked)
 
 

@@ -5,6 +5,11 @@ connection's parser (`server.py`), takes a `Lease` and a pooled connection, writ
 and streams the body upstream, parses the response with httptools and streams it to the client.
 Everything after `acquire` and `connect` happens in transport callbacks; one task per request only
 awaits those two and the end of the exchange, and owns the lease (released in its `finally`).
+The request side, the platform answers and the release live in `exchange.BaseExchange`.
+
+Before forwarding, `start` applies the gateway's policy in order: route (404), proxy auth for
+endpoints that require it (401), body size (413), then the workspace rate limit (429), so that
+neither unknown hosts nor refused requests use up the workspace's tokens.
 
 Flow control both ways: a full upstream write buffer pauses reading from the client, a full client
 write buffer pauses reading from the upstream, so bodies stream with bounded memory.
@@ -15,32 +20,24 @@ response head yet, the client gets `303 See Other` and the exchange carries on d
 "client" becomes a `DetachedCall` that collects the response as the call's result, still bounded
 by `timeout_s`. A GET naming the call id waits for that result (`_poll`).
 
-A `101 Switching Protocols` answer would land in `on_headers_complete`; relaying WebSocket frames
-after it (a later issue) means forwarding `Upgrade` and switching both transports to raw relay there.
+WebSockets (`websocket.py`): a `GET` with `Upgrade: websocket` is forwarded with its upgrade
+headers; the container's `101` is relayed and both connections become a `WebSocketRelay`, which
+keeps the lease until either side closes. Other upgrades (`h2c`, …) are served as plain HTTP/1.1
+requests (RFC 9110 §7.8 lets a server ignore `Upgrade`), and the client connection then closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
-from typing import Any, Final, Protocol
+from typing import Final
 
 import httptools
 
-from cove._gateway.connpool import ConnectionPool, UpstreamConnection
-from cove._gateway.longpoll import (
-    CALL_PARAM,
-    CallResult,
-    CallStore,
-    DetachedCall,
-    Running,
-    call_id_of,
-    error_result,
-    redirect_location,
-    render_result,
-    see_other,
-)
+from cove._gateway.auth import CHALLENGE, UNAUTHORIZED
+from cove._gateway.connpool import UpstreamConnection
+from cove._gateway.exchange import PAUSE_BUFFER, PAUSE_UPSTREAM, BaseExchange, ClientTransport, Downstream
+from cove._gateway.longpoll import CALL_PARAM, call_id_of
 from cove._gateway.messages import (
     CHUNKED,
     CLOSE,
@@ -48,60 +45,19 @@ from cove._gateway.messages import (
     CRLF,
     KEEP_ALIVE,
     LAST_CHUNK,
-    UPSTREAM_VERSION,
-    error_response,
-    scan_request_headers,
+    UPGRADE_LINES,
     scan_response_headers,
 )
-from cove._gateway.routing import Refusal, Route, RouteTable
-from cove._gateway.upstream import Lease, Upstream, UpstreamError
+from cove._gateway.ratelimit import retry_after
+from cove._gateway.routing import Refusal, host_key
+from cove._gateway.upstream import Upstream, UpstreamError
+from cove._gateway.websocket import WebSocketRelay
+
+__all__ = ["ClientTransport", "Downstream", "Exchange"]
 
 _log = logging.getLogger("cove.gateway")
 
-#: Why the client transport is paused; reading resumes when no reason is left.
-PAUSE_PIPELINE: Final = 1  # a pipelined request waits for the ones before it
-PAUSE_BUFFER: Final = 2  # request body buffered while no upstream connection is attached yet
-PAUSE_UPSTREAM: Final = 4  # the upstream connection's write buffer is full
-PAUSE_STOPPED: Final = 8  # nothing more will be parsed on this connection
-
-_BUFFER_HIGH = 256 * 1024  # request body held before an upstream connection is attached
-_REPLAY_MAX = 1024 * 1024  # request bytes kept to resend when a reused connection turns out dead
-_DRAIN_MAX = 1024 * 1024  # unread request body discarded (rather than closing) after an early answer
-
-
-class ClientTransport(Protocol):
-    """What an exchange does to its client's transport (an `asyncio.Transport`, or a `DetachedCall`)."""
-
-    def write(self, data: bytes) -> None: ...
-    def abort(self) -> None: ...
-
-
-class Downstream(Protocol):
-    """The client connection an exchange answers on (implemented in `server.py`)."""
-
-    @property
-    def transport(self) -> ClientTransport: ...
-    @property
-    def pool(self) -> ConnectionPool: ...
-    @property
-    def routes(self) -> RouteTable: ...
-    @property
-    def max_body_bytes(self) -> int: ...
-    @property
-    def forwarded(self) -> bytes: ...  # the X-Forwarded-* lines naming this client
-    @property
-    def write_paused(self) -> bool: ...
-    @property
-    def closing(self) -> bool: ...  # the gateway is shutting down: no keep-alive
-    @property
-    def calls(self) -> CallStore: ...  # results of the requests answered with 303
-    @property
-    def http_timeout_s(self) -> float: ...  # no response head within it -> 303 (Modal: 150 s)
-
-    def pause_reading(self, reason: int) -> None: ...
-    def resume_reading(self, reason: int) -> None: ...
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
-    def exchange_finished(self, exchange: Exchange, keep_alive: bool) -> None: ...
+RATE_LIMITED: Final = "cove: rate limit exceeded"
 
 
 class _StopParsing(Exception):
@@ -112,129 +68,10 @@ class _UnexpectedUpgrade(Exception):
     """The container switched protocols although the gateway never asked it to."""
 
 
-class Exchange:
+class Exchange(BaseExchange):
     """One request on a client connection, from its parsed head to the end of its response."""
 
-    __slots__ = (
-        "_acquiring",
-        "_buffer",
-        "_buffer_paused",
-        "_buffered",
-        "_call",
-        "_chunked_out",
-        "_client_gone",
-        "_complete",
-        "_continue_sent",
-        "_finished",
-        "_head",
-        "_head_sent",
-        "_interim",
-        "_keep",
-        "_method",
-        "_out",
-        "_parser",
-        "_prefix",
-        "_reason",
-        "_received",
-        "_redirect_due",
-        "_released",
-        "_replay",
-        "_replay_bytes",
-        "_request_done",
-        "_response_done",
-        "_rheaders",
-        "_route",
-        "_target",
-        "_task",
-        "_terminated",
-        "_timer",
-        "_until_close",
-        "_upstream_full",
-        "_upstream_keep_alive",
-        "_waiter",
-        "_watch",
-        "chunked_in",
-        "conn",
-        "down",
-        "http_10",
-        "is_head",
-        "keep_alive",
-        "lease",
-        "upgrade",
-    )
-
-    def __init__(
-        self,
-        down: Downstream,
-        method: bytes,
-        target: bytes,
-        headers: Sequence[tuple[bytes, bytes]],
-        *,
-        http_10: bool,
-        keep_alive: bool,
-        upgrade: bool,
-    ) -> None:
-        self.down = down
-        self.http_10 = http_10
-        self.keep_alive = keep_alive
-        self.upgrade = upgrade
-        self.is_head = method == b"HEAD"
-        self._method = method
-        self._target = target
-        head = self._head = scan_request_headers(headers)
-        self.chunked_in = head.transfer_encoding is not None
-        # What a new upstream connection is sent first: the request head (a retry: all sent so far).
-        self._prefix = b"".join(
-            (
-                method,
-                b" ",
-                target,
-                UPSTREAM_VERSION,
-                head.header_lines,
-                CHUNKED if self.chunked_in else b"",
-                down.forwarded,
-                CRLF,
-            )
-        )
-        self.lease: Lease | None = None
-        self.conn: UpstreamConnection | None = None
-        self._route: Route | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._waiter: asyncio.Future[bool] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._parser: httptools.HttpResponseParser | None = None
-        # request side
-        self._buffer: list[bytes] = []
-        self._buffered = 0
-        self._buffer_paused = False
-        self._received = 0
-        self._request_done = False
-        self._continue_sent = False
-        self._terminated = False  # the last chunk of a chunked request went upstream
-        self._replay: list[bytes] | None = None
-        self._replay_bytes = 0
-        self._upstream_full = False
-        self._acquiring = False
-        # response side
-        self._rheaders: list[tuple[bytes, bytes]] = []
-        self._reason = b""
-        self._interim = False
-        self._out: list[bytes] = []
-        self._head_sent = False
-        self._chunked_out = False
-        self._until_close = False
-        self._upstream_keep_alive = False
-        self._complete = False
-        self._keep = False
-        # long requests: answered with 303 and detached, or a poll for such a call's result
-        self._call: DetachedCall | None = None
-        self._redirect_due = False
-        self._watch: Running | None = None
-        # lifecycle
-        self._released = False
-        self._response_done = False
-        self._finished = False
-        self._client_gone = False
+    __slots__ = ()
 
     # -- decisions taken when the exchange's turn comes
 
@@ -243,24 +80,34 @@ class Exchange:
         head = self._head
         if self.upgrade:
             self.keep_alive = False  # the bytes after the head are not HTTP; we cannot skip them
-            self._respond(501, "cove: upgrade not supported yet")
-            return
-        if head.host_count > 1:
+            if self._method == b"CONNECT":
+                self._respond(501, "cove: CONNECT is not supported; the gateway is not a forward proxy")
+                return
+        if head.host_count > 1:  # RFC 9112 §3.2; which one would the container believe?
+            self.keep_alive = False
             self._respond(400, "cove: more than one Host header")
             return
-        if head.transfer_encoding is not None and head.transfer_encoding != b"chunked":
-            encoding = head.transfer_encoding.decode("latin-1")
-            self._respond(501, f"cove: transfer-encoding {encoding} not supported; send chunked")
-            return
+        if head.transfer_encoding is not None:
+            if self.http_10:  # RFC 9112 §6.1: faulty framing; answer and close
+                self.keep_alive = False
+                self._respond(400, "cove: malformed request (Transfer-Encoding in an HTTP/1.0 request)")
+                return
+            if head.transfer_encoding != b"chunked":
+                encoding = head.transfer_encoding.decode("latin-1")
+                self._respond(501, f"cove: transfer-encoding {encoding} not supported; send chunked")
+                return
         if head.expect is not None and head.expect != b"100-continue":
             self._respond(417, f"cove: expectation {head.expect.decode('latin-1')} not supported")
+            return
+        if self._target[:1] != b"/" and not self._origin_form():
             return
         if CALL_PARAM in self._target:  # a poll for a long request's result, whichever the host
             call_id = call_id_of(self._target)
             if call_id is not None:
                 self._poll(call_id)
                 return
-        found = self.down.routes.resolve(head.host)
+        down = self.down
+        found = down.routes.resolve(head.host)
         if isinstance(found, Refusal):
             self._respond(found.status, found.message)
             return
@@ -268,19 +115,59 @@ class Exchange:
         if upstream is None:  # resolve() never returns such a route; keeps the type checker honest
             self._respond(404, f"cove: app {found.app_name} is stopped")
             return
-        limit = self.down.max_body_bytes
+        policy = down.policy
+        if found.requires_proxy_auth:
+            auth = policy.proxy_auth
+            if auth is None or not auth.check(head.credentials):
+                self._respond(401, UNAUTHORIZED, CHALLENGE)
+                return
+        limit = down.max_body_bytes
         if (head.content_length or 0) > limit or self._received > limit:  # chunked while it queued
             self._respond(413, f"cove: request body larger than {limit} bytes")
             return
+        bucket = policy.bucket
+        if bucket is not None:
+            wait_s = bucket.take()
+            if wait_s:
+                self._respond(429, RATE_LIMITED, (("Retry-After", retry_after(wait_s)),))
+                return
         self._route = found
         if head.expect is not None and not self.http_10 and not self._request_done:
             self._continue_sent = True
-            self.down.transport.write(CONTINUE)
-        self._task = self.down.spawn(self._run(upstream, found.timeout_s))
+            down.transport.write(CONTINUE)
+        self._task = down.spawn(self._run(upstream, found.timeout_s))
+
+    def _origin_form(self) -> bool:
+        """Handle a request target that is not a path: `*` for OPTIONS, or an absolute URL.
+
+        RFC 9112 §3.2.2: with an absolute-form target the Host header is to be ignored. The
+        gateway routes on Host, so it only accepts an absolute URL naming that same host (and
+        forwards its path); anything else would let the URL and the Host disagree. Returns False
+        when it answered the request itself.
+        """
+        target = self._target
+        if target == b"*" and self._method == b"OPTIONS":
+            return True
+        scheme, sep, rest = target.partition(b"://")
+        if sep and scheme.lower() in (b"http", b"https", b"ws", b"wss"):
+            cut = min(i for i in (rest.find(b"/"), rest.find(b"?"), len(rest)) if i >= 0)
+            authority, tail = rest[:cut], rest[cut:]
+            host = self._head.host
+            if host is not None and authority and host_key(authority) == host_key(host):
+                origin = tail if tail[:1] == b"/" else b"/" + tail
+                rest_of_head = self._prefix[len(self._method) + 1 + len(target) :]
+                self._prefix = b"%b %b%b" % (self._method, origin, rest_of_head)
+                self._target = origin
+                return True
+        self.keep_alive = False
+        self._respond(400, "cove: malformed request (the target must be a path, or a URL naming the Host)")
+        return False
 
     async def _run(self, upstream: Upstream, timeout_s: float) -> None:
         """Own the lease: acquire it, connect, wait for the exchange to end, release it."""
         try:
+            if self._released:  # refused before its turn came (a malformed body, say): no slot
+                return
             self._acquiring = True
             try:
                 lease = await upstream.acquire()
@@ -295,7 +182,8 @@ class Exchange:
             self.lease = lease
             loop = asyncio.get_running_loop()
             http_s = self.down.http_timeout_s
-            if http_s < timeout_s:
+            # A WebSocket has no 303: without its 101 within `timeout_s` it is a 504.
+            if http_s < timeout_s and not self.websocket:
                 self._timer = loop.call_later(http_s, self._on_http_timeout, timeout_s - http_s, timeout_s)
             else:
                 self._timer = loop.call_later(timeout_s, self._on_timeout, timeout_s)
@@ -324,52 +212,6 @@ class Exchange:
         finally:
             self._release_upstream(reusable=False, broken=False)
 
-    # -- request body, fed by the client connection's parser
-
-    def request_body(self, data: bytes) -> None:
-        received = self._received = self._received + len(data)
-        if self._response_done or self._released:
-            return  # answered already: the rest of the body is drained and dropped
-        if received > self.down.max_body_bytes and self._route is not None:  # chunked: no length up front
-            self._fail(413, f"cove: request body larger than {self.down.max_body_bytes} bytes")
-            return
-        if self.chunked_in:
-            data = b"%x\r\n%b\r\n" % (len(data), data)
-        conn = self.conn
-        if conn is not None:
-            conn.transport.write(data)
-            if self._replay is not None:
-                self._retain(data)
-        else:
-            self._buffer.append(data)
-            self._buffered += len(data)
-            if self._buffered > _BUFFER_HIGH and not self._buffer_paused:
-                self._buffer_paused = True
-                self.down.pause_reading(PAUSE_BUFFER)
-
-    def request_complete(self) -> None:
-        self._request_done = True
-        if self._response_done:
-            if not self._finished:  # drained the unread body of an early answer
-                self._finish(self._keep)
-            return
-        conn = self.conn
-        if conn is not None and self.chunked_in:
-            self._terminated = True
-            conn.transport.write(LAST_CHUNK)
-            if self._replay is not None:
-                self._retain(LAST_CHUNK)
-        if self._redirect_due and not self._head_sent and not self._released:
-            self._redirect()  # the time limit passed while the body was still arriving
-
-    def request_broken(self, reason: str) -> None:
-        """The client sent something that is not HTTP in the middle of this request."""
-        self.keep_alive = False
-        if self._response_done:  # it was draining the body of an early answer
-            self._finish(False)
-        else:
-            self._fail(400, f"cove: malformed request ({reason})")
-
     # -- the upstream connection
 
     def _attach(self, conn: UpstreamConnection, loop: asyncio.AbstractEventLoop) -> None:
@@ -395,19 +237,18 @@ class Exchange:
             conn.pause_reading()
         conn.transport.write(payload)
 
-    def _retain(self, data: bytes) -> None:
-        self._replay_bytes += len(data)
-        if self._replay_bytes > _REPLAY_MAX:
-            self._replay = None  # too much to resend: a dead reused connection becomes a 502
-        elif self._replay is not None:
-            self._replay.append(data)
-
     def upstream_data(self, data: bytes) -> None:
         self._replay = None  # the container answered: this connection was not stale
         assert self._parser is not None
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self._relay is not None:  # a 101 for a WebSocket: what follows its head are frames
+                if isinstance(exc, httptools.HttpParserUpgrade):
+                    self._switch(data[int(exc.args[0]) :])
+                else:  # llhttp wants Upgrade and Connection on a 101
+                    self._upstream_failed(f"invalid 101 response: {exc!r}")
+                return
             if not self._complete:
                 cause = exc.__context__
                 if cause is not None and not isinstance(cause, _UnexpectedUpgrade):
@@ -482,8 +323,14 @@ class Exchange:
         status = self._parser.get_status_code()
         head = scan_response_headers(self._rheaders)
         if status < 200:
-            if status == 101:  # only after a forwarded Upgrade, which comes with WebSocket relaying
-                raise _UnexpectedUpgrade
+            if status == 101:
+                if not self.websocket or self.conn is None or self._call is not None:
+                    raise _UnexpectedUpgrade  # the gateway forwards no other upgrade
+                self._out += (b"HTTP/1.1 101 %b\r\n" % self._reason, head.header_lines, UPGRADE_LINES, CRLF)
+                self._head_sent = True
+                limit = self.down.policy.limits.max_ws_message_bytes
+                self._relay = WebSocketRelay(self, self.down, self.conn, limit)
+                return
             if not self.http_10 and self._call is None:  # RFC 9110 §15.2: no 1xx to HTTP/1.0
                 self._out += (b"HTTP/1.1 %d %b\r\n" % (status, self._reason), head.header_lines, CRLF)
             self._interim = True
@@ -545,6 +392,8 @@ class Exchange:
 
     def client_lost(self) -> None:
         """The client went away: stop, drop the upstream connection, give the lease back."""
+        if self._relay is not None:
+            self._relay.stop()
         self._client_gone = True
         self._finished = True
         self._out.clear()
@@ -555,225 +404,26 @@ class Exchange:
             self._watch = None
         self._release_upstream(reusable=False, broken=False)
 
-    # -- long requests (Modal's 303 protocol, see longpoll.py)
+    # -- WebSockets (see websocket.py)
 
-    def _on_http_timeout(self, rest_s: float, timeout_s: float) -> None:
-        """No response head within `http_timeout_s`: answer 303, keep the call running detached."""
-        self._timer = asyncio.get_running_loop().call_later(rest_s, self._on_timeout, timeout_s)
-        if self._head_sent or self._released:
-            return
-        if self._request_done:
-            self._redirect()
-        else:  # a 303 now would cut the upload short: answer it once the body has been forwarded
-            self._redirect_due = True
-
-    def _redirect(self) -> None:
-        down = self.down
-        calls = down.calls
-        call_id = calls.start()
-        keep = self.keep_alive and not down.closing  # the request is complete
-        data = see_other(redirect_location(self._target, call_id), keep_alive=keep, http_10=self.http_10)
-        if self._out:  # an interim 1xx not flushed yet
-            data = b"".join((*self._out, data))
-            self._out.clear()
-        down.transport.write(data)
-        _log.debug("long request answered 303 app=%s function=%s call_id=%s", *self._names(), call_id)
-        # Give the client connection back as it was: reading resumed, upstream reads not held back.
-        if self._buffer_paused:
-            self._buffer_paused = False
-            down.resume_reading(PAUSE_BUFFER)
-        if self._upstream_full:
-            self._upstream_full = False
-            down.resume_reading(PAUSE_UPSTREAM)
-        if self.conn is not None:
-            self.conn.resume_reading()
-        self._call = DetachedCall(down, calls, call_id)
-        self.down = self._call
-        self._finished = True
-        down.exchange_finished(self, keep)
-
-    def _record(self, result: CallResult) -> None:
-        """The detached call ended: keep its result for the polls."""
-        call = self._call
-        assert call is not None
-        self._call = None
-        self._response_done = True
-        self._release_upstream(reusable=False, broken=False)  # released already, unless a bug
-        call.finish(result)
-
-    def _poll(self, call_id: str) -> None:
-        """A request for the result of a call answered with 303: wait up to `http_timeout_s`."""
-        if self._method != b"GET":
-            self._respond(400, "cove: bad redirect method")
-            return
-        found = self.down.calls.lookup(call_id)
-        if found is None:
-            self._respond(404, f"cove: unknown or expired function call {call_id[:100]}")
-        elif isinstance(found, CallResult):
-            self._poll_done(found)
-        else:
-            self._watch = found
-            found.watchers.append(self._poll_done)
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self.down.http_timeout_s, self._poll_expired)
-
-    def _poll_done(self, result: CallResult) -> None:
-        self._watch = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._send(render_result(result, keep_alive=self._answer_keep(), http_10=self.http_10))
-
-    def _poll_expired(self) -> None:
-        self._timer = None
-        if self._watch is not None:
-            self._watch.unwatch(self._poll_done)
-            self._watch = None
-        self._send(see_other(self._target, keep_alive=self._answer_keep(), http_10=self.http_10))
-
-    # -- endings
-
-    def _on_timeout(self, timeout_s: float) -> None:
-        self._timer = None
-        if (self._head_sent and self._call is None) or self._released:
-            return
-        _log.warning("function timed out app=%s function=%s timeout_s=%g", *self._names(), timeout_s)
-        self._fail(504, f"cove: function timed out after {timeout_s:g} s", broken=True)
-
-    def _upstream_failed(self, reason: str) -> None:
-        """The container broke the exchange: 502 before the response head, abort after it."""
-        lease = self.lease
-        message = "cove: upstream failed"
-        address = None
-        if lease is not None:
-            address = lease.address
-            try:
-                message = lease.failure_message()
-            except Exception:
-                _log.exception("lease failure_message failed app=%s function=%s", *self._names())
-        _log.warning(
-            "upstream failed app=%s function=%s address=%s reason=%s", *self._names(), address, reason
-        )
-        self._fail(502, message, broken=True)
-
-    def _fail(
-        self, status: int, message: str, headers: Sequence[tuple[str, str]] = (), *, broken: bool = False
-    ) -> None:
-        self._release_upstream(reusable=False, broken=broken)
-        if self._response_done:
-            return
-        if self._head_sent and self._call is None:  # too late for a status line: truncate
-            self._response_done = True
-            self._out.clear()
-            if not self._client_gone:
-                self.down.transport.abort()
-            self._finish(False)
-            return
-        self._respond(status, message, headers)
-
-    def _respond(self, status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> None:
-        """Answer with a platform error of our own."""
-        _log.debug("refused status=%d message=%s", status, message)
-        if self._call is not None:  # detached: the error is the call's result
-            self._record(error_result(status, message, headers))
-            return
-        keep = self._answer_keep()
-        data = error_response(
-            status, message, headers, keep_alive=keep, http_10=self.http_10, head_only=self.is_head
-        )
-        self._send(data)
-
-    def _answer_keep(self) -> bool:
-        """Whether the client connection stays open after an answer of our own."""
-        keep = self._keep = (
-            self.keep_alive and not self.down.closing and (self._request_done or self._drainable())
-        )
-        return keep
-
-    def _send(self, data: bytes) -> None:
-        """Write a complete answer of our own and finish the response."""
-        self._head_sent = True
-        if self._out:
-            self._out.append(data)
-            self._flush()
-        elif not self._client_gone:
-            self.down.transport.write(data)
-        self._response_finished()
-
-    def _drainable(self) -> bool:
-        """Whether the unread rest of the request body is known and small enough to read and drop."""
-        if self.chunked_in or (self._head.expect is not None and not self._continue_sent):
-            return False  # unknown length; or a client that waits for a 100 we will not send
-        length = self._head.content_length
-        return length is None or length - self._received <= _DRAIN_MAX
-
-    def _response_finished(self) -> None:
-        self._response_done = True
-        self._unpause()
-        if self._finished:
-            if self._call is not None:
-                self._record(self._call.result())
-            return
-        if not self._keep:
-            self._finish(False)
-        elif self._request_done:
-            self._finish(True)
-        elif not self._drainable():
-            self._finish(False)
-        # else: request_complete() finishes once the rest of the body is drained
-
-    def _finish(self, keep_alive: bool) -> None:
-        if not self._finished:
-            self._finished = True
-            self.down.exchange_finished(self, keep_alive)
-
-    def _release_upstream(self, *, reusable: bool, broken: bool) -> None:
-        """Hand back the upstream connection and the lease, exactly once; wake the task."""
-        if self._released:
-            return
-        self._released = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _switch(self, leftover: bytes) -> None:
+        """The container accepted the WebSocket: from now on bytes pass raw, both ways."""
+        relay = self._relay
         conn = self.conn
-        if conn is not None:
-            self.conn = None
-            conn.sink = None
-            if reusable:
-                self.down.pool.put(conn)
-            else:  # finished cleanly but not reusable: close; abandoned mid-exchange: abort
-                conn.close(abort=not self._complete)
-        self._unpause()
-        lease = self.lease
-        if lease is not None:
-            self.lease = None
-            try:
-                lease.release(broken=broken)
-            except Exception:
-                _log.exception("lease release failed app=%s function=%s", *self._names())
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(False)
+        assert relay is not None and conn is not None
+        if self._timer is not None:  # neither `timeout_s` nor the 303 limit cut a WebSocket
+            self._timer.cancel()
+            self._timer = None
+        conn.sink = relay
+        self._flush()  # the 101
+        if leftover:
+            self.down.transport.write(leftover)
+        self.down.relay_to(relay)
+        _log.debug("websocket open app=%s function=%s", *self._names())
 
-    def _unpause(self) -> None:
-        self._buffer.clear()
-        self._buffered = 0
-        if self._buffer_paused:
-            self._buffer_paused = False
-            self.down.resume_reading(PAUSE_BUFFER)
-        if self._upstream_full:
-            self._upstream_full = False
-            self.down.resume_reading(PAUSE_UPSTREAM)
-
-    def _flush(self) -> None:
-        out = self._out
-        if not out:
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        if not self._client_gone:
-            self.down.transport.write(data)
-
-    def _names(self) -> tuple[str, str]:
-        route = self._route
-        return (route.app_name, route.function_tag) if route is not None else ("-", "-")
+    def relay_finished(self) -> None:
+        """`websocket.RelayOwner`: either side closed; close the other, release the lease."""
+        self._release_upstream(reusable=False, broken=False)
+        self._response_done = True
+        self._finish(False)
+        _log.debug("websocket closed app=%s function=%s", *self._names())

@@ -3,6 +3,13 @@
 `Gateway` owns the listening socket, the routing table, the upstream connection pool, every client
 connection and every request task, and shuts them down in order: stop accepting, let in-flight
 responses finish up to a deadline, then abort what is left.
+
+Hostile input (`policy.Limits`) is refused here, before any exchange exists, with the connection
+closed after the answer: a request target over the limit (414), a head over the limit (431), a
+head not complete in time (408; slowloris), an HTTP version other than 1.0/1.1 (505), anything
+llhttp rejects (400: bad request line, invalid header names or values, obs-fold, bare CR/LF,
+`Content-Length` with `Transfer-Encoding`, several `Content-Length`s, bad chunk sizes: the request
+smuggling cases of RFC 9112 §6.3 and §11.2), and connections past `max_connections` (503).
 """
 
 from __future__ import annotations
@@ -11,61 +18,84 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import replace
 from typing import Any, cast
 
 import httptools
 
+from cove._gateway.auth import ProxyAuth
+from cove._gateway.clientip import TrustedProxies, forwarded_lines, forwarded_proto
 from cove._gateway.connpool import ConnectionPool
+from cove._gateway.exchange import PAUSE_PIPELINE, PAUSE_STOPPED, BaseExchange
 from cove._gateway.longpoll import CallStore
-from cove._gateway.messages import error_response
-from cove._gateway.proxy import PAUSE_PIPELINE, PAUSE_STOPPED, Exchange
+from cove._gateway.messages import RequestHead, error_response
+from cove._gateway.policy import Limits, Policy
+from cove._gateway.proxy import Exchange
+from cove._gateway.ratelimit import TokenBucket
 from cove._gateway.routing import Route, RouteTable
+from cove._gateway.websocket import WebSocketRelay
 
 _log = logging.getLogger("cove.gateway")
 
-#: A keep-alive client connection with no request for this long is closed.
-CLIENT_IDLE_TIMEOUT_S = 75.0
-#: Request line plus headers; beyond this the request is refused with 431.
-MAX_HEAD_BYTES = 64 * 1024
 #: How long a connection answered before its request body finished arriving keeps reading (and
 #: dropping) after our last byte: closing at once would make the kernel reset the connection when
 #: more body arrives, and a reset can destroy the answer before the client reads it (RFC 9112 §9.6).
 LINGER_S = 2.0
 
 
-class _HeadTooLarge(Exception):
-    """Raised in a parser callback to stop parsing a request head that is too large."""
+class _Refuse(Exception):
+    """Raised in a parser callback to refuse the request being parsed with `status` and close."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
 
 
 class _ClientConnection(asyncio.Protocol):
     """One client TCP connection: parses requests and runs one exchange at a time, in order.
 
     Pipelined requests are parsed as they arrive (httptools cannot pause mid-buffer) and queue as
-    exchanges; reading pauses while one waits, so a queue is at most one read deep.
+    exchanges; reading pauses while one waits, so a queue is at most one read deep. After a
+    WebSocket upgrade the bytes go to the exchange's `WebSocketRelay` instead of the parser.
+
+    One timer per connection enforces the time limits lazily (it is re-armed when it fires, not
+    per request): a request head must be complete `header_timeout_s` after its first byte (or
+    after the connection opened), and a connection idle between requests closes after
+    `idle_timeout_s`.
     """
 
     __slots__ = (
         "_advancing",
         "_closed",
         "_current",
+        "_early",
+        "_fresh",
         "_gateway",
         "_head_bytes",
+        "_head_since",
+        "_head_started",
         "_headers",
         "_idle_since",
-        "_idle_timer",
+        "_limits",
         "_lingering",
         "_loop",
         "_malformed",
         "_parser",
         "_parsing",
         "_paused",
+        "_peer",
         "_pipeline",
+        "_relay",
+        "_timer",
         "_url",
         "forwarded",
         "max_body_bytes",
+        "policy",
         "pool",
         "transport",
+        "trusts_peer",
         "write_paused",
     )
 
@@ -73,10 +103,14 @@ class _ClientConnection(asyncio.Protocol):
         self._gateway = gateway
         self._loop = loop
         self.pool = gateway.pool
-        self.max_body_bytes = gateway.max_body_bytes
+        self.policy = gateway.policy
+        self._limits = gateway.policy.limits
+        self.max_body_bytes = self._limits.max_body_bytes
         self.transport: asyncio.Transport
         self.forwarded = b""
+        self.trusts_peer = False
         self.write_paused = False
+        self._peer = "unknown"
         self._parser = httptools.HttpRequestParser(self)
         # Bytes after a request that says `Connection: close` are ignored, not a parse error.
         self._parser.set_dangerous_leniencies(lenient_data_after_close=True)
@@ -86,13 +120,19 @@ class _ClientConnection(asyncio.Protocol):
         self._parsing: Exchange | None = None  # receives the body being parsed
         self._current: Exchange | None = None  # being answered
         self._pipeline: deque[Exchange] = deque()  # parsed, waiting for their turn
+        self._relay: WebSocketRelay | None = None  # after a 101: client bytes go there
+        self._early = b""  # bytes after an upgrade request, relayed if the container switches
         self._paused = 0
         self._closed = False
         self._lingering = False
         self._advancing = False
-        self._malformed: tuple[int, str] | None = None  # answered once the pipeline drains
-        self._idle_since = loop.time()
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._malformed: tuple[int, str, tuple[tuple[str, str], ...]] | None = None  # answered last
+        now = loop.time()
+        self._fresh = True  # no request head completed yet
+        self._head_started = False  # bytes of a request head arrived, not all of it
+        self._head_since = now  # when the head being read started (a fresh connection: opened)
+        self._idle_since = now
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- what proxy.Downstream needs
 
@@ -126,7 +166,7 @@ class _ClientConnection(asyncio.Protocol):
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         return self._gateway._spawn(coro)
 
-    def exchange_finished(self, exchange: Exchange, keep_alive: bool) -> None:
+    def exchange_finished(self, exchange: BaseExchange, keep_alive: bool) -> None:
         if exchange is not self._current:
             return
         self._current = None
@@ -136,23 +176,57 @@ class _ClientConnection(asyncio.Protocol):
         self._idle_since = self._loop.time()
         self._advance()
 
+    def forwarded_via(self, head: RequestHead) -> bytes:
+        """The X-Forwarded-* lines for a request from a trusted proxy, believing its claims."""
+        trusted = self.policy.trusted
+        assert trusted is not None  # trusts_peer
+        client = trusted.client(self._peer, head.forwarded_for)
+        return forwarded_lines(client, forwarded_proto(head.forwarded_proto))
+
+    def relay_to(self, relay: WebSocketRelay) -> None:
+        self._relay = relay
+        if self._timer is not None:  # no idle or head timeout on an upgraded connection
+            self._timer.cancel()
+            self._timer = None
+        early, self._early = self._early, b""
+        if early:
+            relay.from_client(early)
+        self.resume_reading(PAUSE_STOPPED)
+
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
-        self.forwarded = b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: http\r\n" % ip.encode("ascii")
-        self._gateway._connections.add(self)
-        self._idle_timer = self._loop.call_later(CLIENT_IDLE_TIMEOUT_S, self._check_idle)
+        ip = self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        self.forwarded = forwarded_lines(ip)
+        trusted = self.policy.trusted
+        self.trusts_peer = trusted is not None and trusted.trusts(ip)
+        connections = self._gateway._connections
+        connections.add(self)
+        limits = self._limits
+        if len(connections) > limits.max_connections:
+            # Answer at once rather than leave the client hanging in the accept queue.
+            _log.warning("connection refused open=%d limit=%d", len(connections), limits.max_connections)
+            self._stop_parsing()
+            message = f"cove: too many open connections (limit {limits.max_connections}); retry shortly"
+            self._malformed = (503, message, (("Retry-After", "1"),))
+            self._advance()
+            return
+        self._timer = self._loop.call_later(limits.header_timeout_s, self._on_timer)
 
     def data_received(self, data: bytes) -> None:
+        relay = self._relay
+        if relay is not None:
+            relay.from_client(data)
+            return
         if self._paused & PAUSE_STOPPED or self._lingering:
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # The exchange answers 501 and closes; what follows the head is not HTTP.
+        except httptools.HttpParserUpgrade as exc:
+            # The bytes after the head are not HTTP: a WebSocket's, if the container agrees.
+            self._early = data[int(exc.args[0]) :]
             self._stop_parsing()
         except httptools.HttpParserError as exc:
             self._parse_failed(exc)
@@ -164,9 +238,9 @@ class _ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         current = self._current
         self._current = None
         self._parsing = None
@@ -191,30 +265,39 @@ class _ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._head_bytes = 0
+        self._head_started = True
+        if not self._fresh:  # a fresh connection's first head is timed from the connection's start
+            self._head_since = self._loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_bytes += len(url)
-        if self._head_bytes > MAX_HEAD_BYTES:
-            raise _HeadTooLarge
+        limit = self._limits.max_request_line_bytes
+        if len(self._url) > limit:
+            raise _Refuse(414, f"cove: request target longer than {limit} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
         self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > MAX_HEAD_BYTES:
-            raise _HeadTooLarge
+        if self._head_bytes > self._limits.max_head_bytes:
+            raise _Refuse(431, f"cove: request head larger than {self._limits.max_head_bytes} bytes")
 
     def on_headers_complete(self) -> None:
+        self._head_started = False
+        self._fresh = False
         if self._closed:
             self._parsing = None
             return
         parser = self._parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise _Refuse(505, f"cove: HTTP/{version} is not supported; send HTTP/1.1")
         exchange = Exchange(
             self,
             parser.get_method(),
             self._url,
             self._headers,
-            http_10=parser.get_http_version() == "1.0",
+            http_10=version == "1.0",
             keep_alive=parser.should_keep_alive(),
             upgrade=parser.should_upgrade(),
         )
@@ -259,32 +342,36 @@ class _ClientConnection(asyncio.Protocol):
             self._advancing = False
 
     def _stop_parsing(self) -> None:
+        self._head_started = False
         self.pause_reading(PAUSE_STOPPED)
 
     def _parse_failed(self, exc: httptools.HttpParserError) -> None:
         self._stop_parsing()
         cause = exc.__context__
-        if isinstance(cause, _HeadTooLarge):
-            status, reason = 431, f"request head larger than {MAX_HEAD_BYTES} bytes"
+        if isinstance(cause, _Refuse):
+            status, message = cause.status, cause.message
         else:
             if isinstance(exc, httptools.HttpParserCallbackError):
                 _log.error("gateway error in request parser", exc_info=cause)
-            status, reason = 400, str(exc) or type(exc).__name__
-        _log.debug("malformed request status=%d reason=%s", status, reason)
+            status, message = 400, f"cove: malformed request ({str(exc) or type(exc).__name__})"
+        _log.debug("malformed request status=%d message=%s", status, message)
+        self._refuse(status, message)
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer `status` once the exchanges before it are done, then close."""
         partial = self._parsing
         self._parsing = None
         if partial is not None and partial is self._current:
-            partial.request_broken(reason)  # answers 400, or aborts if its response has begun
+            partial.request_broken(message)  # answers 400, or aborts if its response has begun
             return
         if partial is not None:  # a pipelined request that never finished arriving
             self._pipeline.remove(partial)
-        message = f"cove: {reason}" if status == 431 else f"cove: malformed request ({reason})"
-        self._malformed = (status, message)
+        self._malformed = (status, message, ())
         if self._current is None:
             self._advance()
 
-    def _answer_and_close(self, status: int, message: str) -> None:
-        self.transport.write(error_response(status, message, keep_alive=False))
+    def _answer_and_close(self, status: int, message: str, headers: tuple[tuple[str, str], ...]) -> None:
+        self.transport.write(error_response(status, message, headers, keep_alive=False))
         self._close()
 
     def _close(self) -> None:
@@ -304,31 +391,48 @@ class _ClientConnection(asyncio.Protocol):
         transport.write_eof()
         if self._paused:
             transport.resume_reading()
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._idle_timer = self._loop.call_later(LINGER_S, transport.close)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(LINGER_S, transport.close)
 
     def shutdown(self) -> None:
-        """The gateway is closing: close now if idle, else after the response in flight."""
-        if self._current is None:
+        """The gateway is closing: close now if idle, else after the response in flight.
+
+        A WebSocket is closed with 1001 (going away) at the next boundary of the client's frames.
+        """
+        if self._relay is not None:
+            self._relay.shutdown()
+        elif self._current is None:
             self._close()
 
     def abort(self) -> None:
         self._closed = True
         self.transport.abort()
 
-    def _check_idle(self) -> None:
-        self._idle_timer = None
-        if self._closed:
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._closed or self._relay is not None:
             return
-        delay = CLIENT_IDLE_TIMEOUT_S
-        if self._current is None:
-            idle_s = self._loop.time() - self._idle_since
-            if idle_s >= CLIENT_IDLE_TIMEOUT_S:
+        limits = self._limits
+        now = self._loop.time()
+        if self._head_started:
+            left = self._head_since + limits.header_timeout_s - now
+            if left <= 0:
+                _log.debug("request head timed out peer=%s", self._peer)
+                self._stop_parsing()
+                self._refuse(408, f"cove: request head not received within {limits.header_timeout_s:g} s")
+                return
+        elif self._current is None and not self._pipeline:
+            if self._fresh:  # opened, and not a byte since: nothing to answer
+                left = self._head_since + limits.header_timeout_s - now
+            else:
+                left = self._idle_since + limits.idle_timeout_s - now
+            if left <= 0:
                 self._close()
                 return
-            delay -= idle_s
-        self._idle_timer = self._loop.call_later(delay, self._check_idle)
+        else:  # a request in flight: nothing to time here; look again later
+            left = limits.header_timeout_s
+        self._timer = self._loop.call_later(left, self._on_timer)
 
 
 class Gateway:
@@ -339,6 +443,13 @@ class Gateway:
     A request whose response has not begun `http_timeout_s` after it reached its container is
     answered `303 See Other` to its own URL plus `__cove_function_call_id=fc-…` and keeps running;
     GETs of that URL wait for the result (Modal's 150 s limit; see `longpoll.py`).
+
+    Policy, fixed at construction: `limits` bound client input (`max_body_bytes`, if given,
+    overrides `limits.max_body_bytes`); `rate_limit_rps` requests a second with bursts of
+    `rate_limit_burst_s` seconds' worth pass to containers, others get 429 (None or 0: no limit);
+    `verify_proxy_token(token_id, secret)` checks the proxy tokens of endpoints that require them
+    (None: such endpoints refuse everyone); requests from `trusted_proxies` (addresses or CIDR
+    networks) may say who the client is in `X-Forwarded-For`.
     """
 
     def __init__(
@@ -347,15 +458,30 @@ class Gateway:
         host: str = "127.0.0.1",
         port: int = 0,
         routes: Mapping[str, Route] | None = None,
-        max_body_bytes: int = 4 * 1024**3,
+        max_body_bytes: int | None = None,
         http_timeout_s: float = 150.0,
+        limits: Limits | None = None,
+        rate_limit_rps: float | None = None,
+        rate_limit_burst_s: float = 5.0,
+        verify_proxy_token: Callable[[str, str], bool] | None = None,
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         self._http_timeout_s = _check_http_timeout(http_timeout_s)
+        limits = limits if limits is not None else Limits()
+        if max_body_bytes is not None:
+            limits = replace(limits, max_body_bytes=max_body_bytes)
+        trusted = TrustedProxies(trusted_proxies)
+        self._policy = Policy(
+            limits=limits,
+            bucket=TokenBucket(rate_limit_rps, rate_limit_burst_s) if rate_limit_rps else None,
+            proxy_auth=ProxyAuth(verify_proxy_token) if verify_proxy_token is not None else None,
+            trusted=trusted if trusted else None,
+        )
         self._calls = CallStore()
         self._host = host
         self._requested_port = port
         self._table = RouteTable(routes or {})
-        self.max_body_bytes = max_body_bytes
+        self.max_body_bytes = limits.max_body_bytes
         self._pool = ConnectionPool()
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -368,6 +494,16 @@ class Gateway:
     def __repr__(self) -> str:
         where = f"{self._host}:{self._bound_port}" if self._server is not None else "not started"
         return f"<cove Gateway {where} routes={len(self._table)}>"
+
+    @property
+    def policy(self) -> Policy:
+        """What every request is checked against: limits, rate limit, proxy auth, trusted proxies."""
+        return self._policy
+
+    @property
+    def connection_count(self) -> int:
+        """Client connections open now."""
+        return len(self._connections)
 
     @property
     def pool(self) -> ConnectionPool:

@@ -1,0 +1,507 @@
+"""An exchange's state, its request body going upstream, its long-request (303) path and its endings.
+
+`BaseExchange` is the half of `proxy.Exchange` that does not parse the container's response: it
+holds one request's state, streams the request body to the upstream connection (or buffers it
+until one is attached), answers with platform errors, detaches into a background call at the
+HTTP time limit (Modal's 303 protocol, see `longpoll.py`) and releases the upstream connection
+and the lease exactly once. `Downstream` is what it needs from the client connection (`server.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from cove._gateway.connpool import ConnectionPool, UpstreamConnection
+from cove._gateway.longpoll import (
+    CallResult,
+    CallStore,
+    DetachedCall,
+    Running,
+    error_result,
+    redirect_location,
+    render_result,
+    see_other,
+)
+from cove._gateway.messages import (
+    CHUNKED,
+    CRLF,
+    LAST_CHUNK,
+    UPGRADE_LINES,
+    UPSTREAM_VERSION,
+    RequestHead,
+    error_response,
+    scan_request_headers,
+)
+from cove._gateway.policy import Policy
+from cove._gateway.routing import Route, RouteTable
+from cove._gateway.upstream import Lease
+
+if TYPE_CHECKING:
+    import httptools
+
+    from cove._gateway.websocket import WebSocketRelay
+
+_log = logging.getLogger("cove.gateway")
+
+#: Why the client transport is paused; reading resumes when no reason is left.
+PAUSE_PIPELINE: Final = 1  # a pipelined request waits for the ones before it
+PAUSE_BUFFER: Final = 2  # request body buffered while no upstream connection is attached yet
+PAUSE_UPSTREAM: Final = 4  # the upstream connection's write buffer is full
+PAUSE_STOPPED: Final = 8  # nothing more will be parsed on this connection
+
+_BUFFER_HIGH = 256 * 1024  # request body held before an upstream connection is attached
+_REPLAY_MAX = 1024 * 1024  # request bytes kept to resend when a reused connection turns out dead
+_DRAIN_MAX = 1024 * 1024  # unread request body discarded (rather than closing) after an early answer
+
+
+class ClientTransport(Protocol):
+    """What an exchange does to its client's transport (an `asyncio.Transport`, or a `DetachedCall`)."""
+
+    def write(self, data: bytes) -> None: ...
+    def abort(self) -> None: ...
+
+
+class Downstream(Protocol):
+    """The client connection an exchange answers on (implemented in `server.py`)."""
+
+    @property
+    def transport(self) -> ClientTransport: ...
+    @property
+    def pool(self) -> ConnectionPool: ...
+    @property
+    def routes(self) -> RouteTable: ...
+    @property
+    def max_body_bytes(self) -> int: ...
+    @property
+    def forwarded(self) -> bytes: ...  # the X-Forwarded-* lines naming this client
+    @property
+    def trusts_peer(self) -> bool: ...  # the peer is a trusted proxy: see `forwarded_via`
+    @property
+    def policy(self) -> Policy: ...  # limits, rate limit, proxy auth, trusted proxies
+    @property
+    def write_paused(self) -> bool: ...
+    @property
+    def closing(self) -> bool: ...  # the gateway is shutting down: no keep-alive
+    @property
+    def calls(self) -> CallStore: ...  # results of the requests answered with 303
+    @property
+    def http_timeout_s(self) -> float: ...  # no response head within it -> 303 (Modal: 150 s)
+
+    def pause_reading(self, reason: int) -> None: ...
+    def resume_reading(self, reason: int) -> None: ...
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
+    def exchange_finished(self, exchange: BaseExchange, keep_alive: bool) -> None: ...
+    def forwarded_via(self, head: RequestHead) -> bytes: ...  # `forwarded`, from a trusted proxy's claims
+    def relay_to(self, relay: WebSocketRelay) -> None: ...  # the connection was upgraded: bytes go there
+
+
+class BaseExchange:
+    """One request on a client connection: state, request side, platform answers, release."""
+
+    __slots__ = (
+        "_acquiring",
+        "_buffer",
+        "_buffer_paused",
+        "_buffered",
+        "_call",
+        "_chunked_out",
+        "_client_gone",
+        "_complete",
+        "_continue_sent",
+        "_finished",
+        "_head",
+        "_head_sent",
+        "_interim",
+        "_keep",
+        "_method",
+        "_out",
+        "_parser",
+        "_prefix",
+        "_reason",
+        "_received",
+        "_redirect_due",
+        "_relay",
+        "_released",
+        "_replay",
+        "_replay_bytes",
+        "_request_done",
+        "_response_done",
+        "_rheaders",
+        "_route",
+        "_target",
+        "_task",
+        "_terminated",
+        "_timer",
+        "_until_close",
+        "_upstream_full",
+        "_upstream_keep_alive",
+        "_waiter",
+        "_watch",
+        "chunked_in",
+        "conn",
+        "down",
+        "http_10",
+        "is_head",
+        "keep_alive",
+        "lease",
+        "upgrade",
+        "websocket",
+    )
+
+    def __init__(
+        self,
+        down: Downstream,
+        method: bytes,
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        *,
+        http_10: bool,
+        keep_alive: bool,
+        upgrade: bool,
+    ) -> None:
+        self.down = down
+        self.http_10 = http_10
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.is_head = method == b"HEAD"
+        self._method = method
+        self._target = target
+        head = self._head = scan_request_headers(headers)
+        self.chunked_in = head.transfer_encoding is not None
+        # RFC 6455 §4.1: a WebSocket opening handshake is a GET asking to upgrade to "websocket".
+        self.websocket = upgrade and head.upgrade == b"websocket" and method == b"GET"
+        forwarded = down.forwarded if not down.trusts_peer else down.forwarded_via(head)
+        # What a new upstream connection is sent first: the request head (a retry: all sent so far).
+        self._prefix = b"".join(
+            (
+                method,
+                b" ",
+                target,
+                UPSTREAM_VERSION,
+                head.header_lines,
+                CHUNKED if self.chunked_in else b"",
+                UPGRADE_LINES if self.websocket else b"",
+                forwarded,
+                CRLF,
+            )
+        )
+        self.lease: Lease | None = None
+        self.conn: UpstreamConnection | None = None
+        self._route: Route | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[bool] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._parser: httptools.HttpResponseParser | None = None
+        self._relay: WebSocketRelay | None = None  # after a 101
+        # request side
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._buffer_paused = False
+        self._received = 0
+        self._request_done = False
+        self._continue_sent = False
+        self._terminated = False  # the last chunk of a chunked request went upstream
+        self._replay: list[bytes] | None = None
+        self._replay_bytes = 0
+        self._upstream_full = False
+        self._acquiring = False
+        # response side
+        self._rheaders: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._interim = False
+        self._out: list[bytes] = []
+        self._head_sent = False
+        self._chunked_out = False
+        self._until_close = False
+        self._upstream_keep_alive = False
+        self._complete = False
+        self._keep = False
+        # long requests: answered with 303 and detached, or a poll for such a call's result
+        self._call: DetachedCall | None = None
+        self._redirect_due = False
+        self._watch: Running | None = None
+        # lifecycle
+        self._released = False
+        self._response_done = False
+        self._finished = False
+        self._client_gone = False
+
+    # -- request body, fed by the client connection's parser
+
+    def request_body(self, data: bytes) -> None:
+        received = self._received = self._received + len(data)
+        if self._response_done or self._released:
+            return  # answered already: the rest of the body is drained and dropped
+        if received > self.down.max_body_bytes and self._route is not None:  # chunked: no length up front
+            self._fail(413, f"cove: request body larger than {self.down.max_body_bytes} bytes")
+            return
+        if self.chunked_in:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        conn = self.conn
+        if conn is not None:
+            conn.transport.write(data)
+            if self._replay is not None:
+                self._retain(data)
+        else:
+            self._buffer.append(data)
+            self._buffered += len(data)
+            if self._buffered > _BUFFER_HIGH and not self._buffer_paused:
+                self._buffer_paused = True
+                self.down.pause_reading(PAUSE_BUFFER)
+
+    def request_complete(self) -> None:
+        self._request_done = True
+        if self._response_done:
+            if not self._finished:  # drained the unread body of an early answer
+                self._finish(self._keep)
+            return
+        conn = self.conn
+        if conn is not None and self.chunked_in:
+            self._terminated = True
+            conn.transport.write(LAST_CHUNK)
+            if self._replay is not None:
+                self._retain(LAST_CHUNK)
+        if self._redirect_due and not self._head_sent and not self._released:
+            self._redirect()  # the time limit passed while the body was still arriving
+
+    def request_broken(self, message: str) -> None:
+        """The client sent something that is not HTTP in the middle of this request: answer
+        `400 message` (`cove: malformed request (…)`), or abort if the response has begun."""
+        self.keep_alive = False
+        if self._response_done:  # it was draining the body of an early answer
+            self._finish(False)
+        else:
+            self._fail(400, message)
+
+    def _retain(self, data: bytes) -> None:
+        self._replay_bytes += len(data)
+        if self._replay_bytes > _REPLAY_MAX:
+            self._replay = None  # too much to resend: a dead reused connection becomes a 502
+        elif self._replay is not None:
+            self._replay.append(data)
+
+    # -- long requests (Modal's 303 protocol, see longpoll.py)
+
+    def _on_http_timeout(self, rest_s: float, timeout_s: float) -> None:
+        """No response head within `http_timeout_s`: answer 303, keep the call running detached."""
+        self._timer = asyncio.get_running_loop().call_later(rest_s, self._on_timeout, timeout_s)
+        if self._head_sent or self._released:
+            return
+        if self._request_done:
+            self._redirect()
+        else:  # a 303 now would cut the upload short: answer it once the body has been forwarded
+            self._redirect_due = True
+
+    def _redirect(self) -> None:
+        down = self.down
+        calls = down.calls
+        call_id = calls.start()
+        keep = self.keep_alive and not down.closing  # the request is complete
+        data = see_other(redirect_location(self._target, call_id), keep_alive=keep, http_10=self.http_10)
+        if self._out:  # an interim 1xx not flushed yet
+            data = b"".join((*self._out, data))
+            self._out.clear()
+        down.transport.write(data)
+        _log.debug("long request answered 303 app=%s function=%s call_id=%s", *self._names(), call_id)
+        # Give the client connection back as it was: reading resumed, upstream reads not held back.
+        if self._buffer_paused:
+            self._buffer_paused = False
+            down.resume_reading(PAUSE_BUFFER)
+        if self._upstream_full:
+            self._upstream_full = False
+            down.resume_reading(PAUSE_UPSTREAM)
+        if self.conn is not None:
+            self.conn.resume_reading()
+        self._call = DetachedCall(down, calls, call_id)
+        self.down = self._call
+        self._finished = True
+        down.exchange_finished(self, keep)
+
+    def _record(self, result: CallResult) -> None:
+        """The detached call ended: keep its result for the polls."""
+        call = self._call
+        assert call is not None
+        self._call = None
+        self._response_done = True
+        self._release_upstream(reusable=False, broken=False)  # released already, unless a bug
+        call.finish(result)
+
+    def _poll(self, call_id: str) -> None:
+        """A request for the result of a call answered with 303: wait up to `http_timeout_s`."""
+        if self._method != b"GET":
+            self._respond(400, "cove: bad redirect method")
+            return
+        found = self.down.calls.lookup(call_id)
+        if found is None:
+            self._respond(404, f"cove: unknown or expired function call {call_id[:100]}")
+        elif isinstance(found, CallResult):
+            self._poll_done(found)
+        else:
+            self._watch = found
+            found.watchers.append(self._poll_done)
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.down.http_timeout_s, self._poll_expired)
+
+    def _poll_done(self, result: CallResult) -> None:
+        self._watch = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._send(render_result(result, keep_alive=self._answer_keep(), http_10=self.http_10))
+
+    def _poll_expired(self) -> None:
+        self._timer = None
+        if self._watch is not None:
+            self._watch.unwatch(self._poll_done)
+            self._watch = None
+        self._send(see_other(self._target, keep_alive=self._answer_keep(), http_10=self.http_10))
+
+    # -- endings
+
+    def _on_timeout(self, timeout_s: float) -> None:
+        self._timer = None
+        if (self._head_sent and self._call is None) or self._released:
+            return
+        _log.warning("function timed out app=%s function=%s timeout_s=%g", *self._names(), timeout_s)
+        self._fail(504, f"cove: function timed out after {timeout_s:g} s", broken=True)
+
+    def _upstream_failed(self, reason: str) -> None:
+        """The container broke the exchange: 502 before the response head, abort after it."""
+        lease = self.lease
+        message = "cove: upstream failed"
+        address = None
+        if lease is not None:
+            address = lease.address
+            try:
+                message = lease.failure_message()
+            except Exception:
+                _log.exception("lease failure_message failed app=%s function=%s", *self._names())
+        _log.warning(
+            "upstream failed app=%s function=%s address=%s reason=%s", *self._names(), address, reason
+        )
+        self._fail(502, message, broken=True)
+
+    def _fail(
+        self, status: int, message: str, headers: Sequence[tuple[str, str]] = (), *, broken: bool = False
+    ) -> None:
+        self._release_upstream(reusable=False, broken=broken)
+        if self._response_done:
+            return
+        if self._head_sent and self._call is None:  # too late for a status line: truncate
+            self._response_done = True
+            self._out.clear()
+            if not self._client_gone:
+                self.down.transport.abort()
+            self._finish(False)
+            return
+        self._respond(status, message, headers)
+
+    def _respond(self, status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> None:
+        """Answer with a platform error of our own."""
+        _log.debug("refused status=%d message=%s", status, message)
+        if self._call is not None:  # detached: the error is the call's result
+            self._record(error_result(status, message, headers))
+            return
+        keep = self._answer_keep()
+        data = error_response(
+            status, message, headers, keep_alive=keep, http_10=self.http_10, head_only=self.is_head
+        )
+        self._send(data)
+
+    def _answer_keep(self) -> bool:
+        """Whether the client connection stays open after an answer of our own."""
+        keep = self._keep = (
+            self.keep_alive and not self.down.closing and (self._request_done or self._drainable())
+        )
+        return keep
+
+    def _send(self, data: bytes) -> None:
+        """Write a complete answer of our own and finish the response."""
+        self._head_sent = True
+        if self._out:
+            self._out.append(data)
+            self._flush()
+        elif not self._client_gone:
+            self.down.transport.write(data)
+        self._response_finished()
+
+    def _drainable(self) -> bool:
+        """Whether the unread rest of the request body is known and small enough to read and drop."""
+        if self.chunked_in or (self._head.expect is not None and not self._continue_sent):
+            return False  # unknown length; or a client that waits for a 100 we will not send
+        length = self._head.content_length
+        return length is None or length - self._received <= _DRAIN_MAX
+
+    def _response_finished(self) -> None:
+        self._response_done = True
+        self._unpause()
+        if self._finished:
+            if self._call is not None:
+                self._record(self._call.result())
+            return
+        if not self._keep:
+            self._finish(False)
+        elif self._request_done:
+            self._finish(True)
+        elif not self._drainable():
+            self._finish(False)
+        # else: request_complete() finishes once the rest of the body is drained
+
+    def _finish(self, keep_alive: bool) -> None:
+        if not self._finished:
+            self._finished = True
+            self.down.exchange_finished(self, keep_alive)
+
+    def _release_upstream(self, *, reusable: bool, broken: bool) -> None:
+        """Hand back the upstream connection and the lease, exactly once; wake the task."""
+        if self._released:
+            return
+        self._released = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.sink = None
+            if reusable:
+                self.down.pool.put(conn)
+            else:  # finished cleanly but not reusable: close; abandoned mid-exchange: abort
+                conn.close(abort=not self._complete)
+        self._unpause()
+        lease = self.lease
+        if lease is not None:
+            self.lease = None
+            try:
+                lease.release(broken=broken)
+            except Exception:
+                _log.exception("lease release failed app=%s function=%s", *self._names())
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(False)
+
+    def _unpause(self) -> None:
+        self._buffer.clear()
+        self._buffered = 0
+        if self._buffer_paused:
+            self._buffer_paused = False
+            self.down.resume_reading(PAUSE_BUFFER)
+        if self._upstream_full:
+            self._upstream_full = False
+            self.down.resume_reading(PAUSE_UPSTREAM)
+
+    def _flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if not self._client_gone:
+            self.down.transport.write(data)
+
+    def _names(self) -> tuple[str, str]:
+        route = self._route
+        return (route.app_name, route.function_tag) if route is not None else ("-", "-")
