@@ -1,16 +1,15 @@
 """@web_server: any server on a container port. Here Python's http.server lists a directory.
 
-The port defaults to 8000 as in the guide; COVE_EXAMPLE_PORT overrides it, because until containers
-get their own network namespaces the port is shared with the host.
+Each container has its own network namespace, so port 8000 is the container's own: it does not
+collide with the gateway or with other containers of the same function.
 """
 
-import os
 import subprocess
 
 from cove import App, web_server
 
 app = App()
-PORT = int(os.environ.get("COVE_EXAMPLE_PORT", "8000"))
+PORT = 8000
 
 
 @app.function()

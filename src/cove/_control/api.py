@@ -18,6 +18,7 @@ from starlette.routing import Route
 from cove import exception
 from cove._control.apps import AppKind, AppRecord, AppRegistry, AppState, Source
 from cove._control.bundles import BundleStore
+from cove._control.images import ImageBuilder
 from cove._control.logs import LogHub
 from cove._control.secrets import SecretStore
 from cove._control.store import Store
@@ -63,6 +64,7 @@ def build_api(
     health: Callable[[], dict[str, Any]],
     request_stop: Callable[[], None],
     extra_routes: Sequence[Route] = (),
+    images: ImageBuilder | None = None,
 ) -> Starlette:
     """The Starlette app of the control plane. Every handler maps Cove errors to JSON errors."""
     background: set[asyncio.Task[Any]] = set()
@@ -110,6 +112,40 @@ def build_api(
             tag=str(body.get("tag") or ""),
         )
         return JSONResponse(app_json(record))
+
+    async def build_images(request: Request) -> Response:
+        """Build the images of an app manifest, streaming NDJSON build events; the last line is
+        {"event": "done"} or {"event": "error", "error": <cove exception name>, "message": ...}.
+
+        A client that goes away does not stop the build: the image still lands in the cache.
+        """
+        body = await request.json()
+        spec = app_spec_from_dict(body["spec"])
+        force = bool(body.get("force"))
+        events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        async def build() -> None:
+            try:
+                if images is not None:
+                    await images.build_app(spec, events.put_nowait, force=force)
+                events.put_nowait({"event": "done"})
+            except exception.Error as exc:
+                events.put_nowait({"event": "error", "error": type(exc).__name__, "message": str(exc)})
+            except Exception as exc:  # a bug must still end the stream with a readable line
+                message = f"image build failed: {exc!r}"
+                events.put_nowait({"event": "error", "error": "ImageBuildError", "message": message})
+            finally:
+                events.put_nowait(None)
+
+        task = asyncio.ensure_future(build())
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+        async def stream() -> AsyncIterator[bytes]:
+            while (event := await events.get()) is not None:
+                yield (json.dumps(event) + "\n").encode()
+
+        return StreamingResponse(stream(), media_type="application/x-ndjson")
 
     async def post_bundle(request: Request) -> Response:
         data = await request.body()
@@ -261,6 +297,7 @@ def build_api(
         Route("/v1/apps/{name}/history", guarded(app_history), methods=["GET"]),
         Route("/v1/apps/{name}/rollback", guarded(app_rollback), methods=["POST"]),
         Route("/v1/bundles", guarded(post_bundle), methods=["POST"]),
+        Route("/v1/images/build", guarded(build_images), methods=["POST"]),
         Route("/v1/tokens", guarded(create_token), methods=["POST"]),
         Route("/v1/tokens", guarded(list_tokens), methods=["GET"]),
         Route("/v1/tokens/{id}", guarded(revoke_token), methods=["DELETE"]),

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import getpass
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
+from cove._control.images import ImageBuilder
 from cove._control.logs import LogHub
 from cove._control.secrets import SecretStore
 from cove._control.store import Store, StoredVersion
 from cove._gateway.routing import Route, host_key
 from cove._labels import endpoint_host, endpoint_url
-from cove._runtime.backend import Backend, ContainerHandle, ContainerRequest, Stream
+from cove._runtime.backend import Backend, ContainerHandle, ContainerRequest, ImageLayout, Stream
 from cove._runtime.pool import ContainerInfo, FunctionPool
-from cove._spec import AppSpec, FunctionSpec
+from cove._runtime.sandbox import HOME
+from cove._spec import AppSpec, FunctionSpec, ImageSpec
 from cove.config import Settings
 from cove.exception import InvalidError, NotFoundError
 
@@ -77,6 +82,7 @@ class Version:
     endpoints: tuple[Endpoint, ...]
     pools: dict[str, FunctionPool]
     created_at: float = field(default_factory=time.time)
+    requests: tuple[ContainerRequest, ...] = ()  # what its pools launch; spares are kept for these
 
 
 @dataclass(eq=False)
@@ -113,8 +119,10 @@ class AppRegistry:
         publish_routes: Callable[[dict[str, Route]], None],
         gateway_port: Callable[[], int],
         store: Store,
+        images: ImageBuilder | None = None,
     ) -> None:
         self._store = store
+        self._images = images
         self._settings = settings
         self._backend = backend
         self._secrets = secrets
@@ -152,13 +160,23 @@ class AppRegistry:
     ) -> AppRecord:
         """Create the next version of `name` and move traffic to it; the old version drains.
 
-        Everything that can fail (names, secrets, labels) is checked before anything changes, so
-        a bad manifest leaves the serving version untouched. `restore_version` serves a version
-        already in the store (server restart) instead of recording a new one.
+        Everything that can fail (names, secrets, mounts, image builds, labels) is checked before
+        anything changes, so a bad manifest or a failing build leaves the serving version untouched.
+        `restore_version` serves a version already in the store (server restart) instead of
+        recording a new one.
         """
         validate_app_name(name)
         web_specs = [f for f in spec.functions if f.web is not None]
         envs = {f.tag: self._secrets.resolve(f.secrets) for f in spec.functions}
+        requests = {f.tag: self._request(name, f, source, envs[f.tag]) for f in spec.functions}
+        layouts: dict[ImageSpec, ImageLayout] = {}
+        if self._images is not None:
+            # Built before the lock: a long build must not hold up other apps. Images the CLI had
+            # built already (POST /v1/images/build) are found in the cache at once.
+            layouts = await self._images.build_app(spec, step_force=False)
+            requests = {
+                tag: dataclasses.replace(r, image=layouts[r.function.image]) for tag, r in requests.items()
+            }
         dev_suffix = self._settings.dev_suffix if kind == "ephemeral" else None
         async with self._lock:
             record = self._apps.get((kind, name))
@@ -169,7 +187,7 @@ class AppRegistry:
             pools = {
                 f.tag: FunctionPool(
                     f,
-                    self._launcher(record.log_key, name, f, source, envs[f.tag]),
+                    self._launcher(record.log_key, requests[f.tag]),
                     max_queue=self._settings.queue_limit,
                 )
                 for f in spec.functions
@@ -188,7 +206,9 @@ class AppRegistry:
             else:
                 number = restore_version
             record.versions = number
-            version = Version(number, spec, source, endpoints, pools)
+            version = Version(number, spec, source, endpoints, pools, requests=tuple(requests.values()))
+            for request in version.requests:
+                self._backend.prepare(request)
             old = record.current if record.state is AppState.RUNNING else None
             # Zero downtime: functions that have containers now get warm ones in the new version
             # before traffic moves to it.
@@ -229,6 +249,7 @@ class AppRegistry:
             current = record.current
         if current is not None:
             await asyncio.gather(*(p.close() for p in current.pools.values()))
+            self._release(current)
         self._logs.write(record.log_key, "-", "-", "system", f"app {name} stopped")
         self._logs.end(record.log_key)
         log.info("app=%s event=stopped", name)
@@ -390,16 +411,54 @@ class AppRegistry:
                             "Stop that app or choose another label=..."
                         )
 
-    def _launcher(
-        self, log_key: str, app_name: str, fn: FunctionSpec, source: Source, env: dict[str, str]
-    ) -> Callable[[], ContainerHandle]:
-        request = ContainerRequest(
+    def _request(
+        self, app_name: str, fn: FunctionSpec, source: Source, env: dict[str, str]
+    ) -> ContainerRequest:
+        """What a container of `fn` needs, with its local mounts resolved on this machine.
+
+        A deployed version's mounts come from its bundle (`mounts/<remote path>`); `cove serve`
+        mounts the user's paths themselves, so edits show up in the next container.
+        """
+        src = Path(source.source_dir)
+        bundled = src.name == "src" and src.parent.parent == self._settings.home / "bundles"
+        mounts: list[tuple[str, str]] = []
+        extra_source: list[tuple[str, str]] = []
+        for step in fn.image.steps:
+            if not step.kind.startswith("add_local") or step.arg("copy", False):
+                continue
+            if step.kind == "add_local_python_source":
+                if not bundled:  # a bundle has them in src/ already
+                    paths = [p for p in step.arg("paths", ()) if p]
+                    extra_source += [(p, f"{HOME}/{os.path.basename(p)}") for p in paths]
+                continue
+            remote = str(step.arg("remote_path"))
+            local = (
+                str(src.parent / "mounts" / remote.lstrip("/")) if bundled else str(step.arg("local_path"))
+            )
+            if not os.path.exists(local):
+                raise InvalidError(
+                    f"Image.{step.kind}(): {step.arg('local_path')} does not exist"
+                    + (" in the uploaded bundle" if bundled else "")
+                    + f", so it cannot be mounted at {remote}."
+                )
+            mounts.append((local, remote))
+        return ContainerRequest(
             app_name=app_name,
             function=fn,
             module_file=source.module_file,
             source_dir=source.source_dir,
             env=env,
+            mounts=tuple(mounts),
+            extra_source=tuple(extra_source),
         )
+
+    def _release(self, version: Version) -> None:
+        for request in version.requests:
+            self._backend.release(request)
+        version.requests = ()
+
+    def _launcher(self, log_key: str, request: ContainerRequest) -> Callable[[], ContainerHandle]:
+        fn = request.function
         logs = self._logs
 
         def sink(container_id: str, stream: Stream, line: str) -> None:
@@ -415,6 +474,7 @@ class AppRegistry:
     def _retire(self, version: Version) -> None:
         async def drain() -> None:
             await asyncio.gather(*(p.drain() for p in version.pools.values()), return_exceptions=True)
+            self._release(version)
 
         task = asyncio.ensure_future(drain())
         self._retiring.add(task)

@@ -26,14 +26,41 @@ class ContainerState(enum.Enum):
 
 
 @dataclass(frozen=True)
+class ImageLayout:
+    """A built image, as a backend runs it: host paths of its parts and what the recipe sets.
+
+    `files` are baked copies (copy=True) as (host path, container path); `interpreter` are the host
+    paths the virtualenv's base Python needs, made visible at the same place.
+    """
+
+    key: str
+    build_id: str
+    venv: str
+    interpreter: tuple[str, ...] = ()
+    rootfs: str | None = None
+    files: tuple[tuple[str, str], ...] = ()
+    env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    workdir: str | None = None
+
+
+@dataclass(frozen=True)
 class ContainerRequest:
-    """What a backend needs to start one container of a function."""
+    """What a backend needs to start one container of a function.
+
+    Without an `image` the container runs on the server's own interpreter, unsandboxed (tests of
+    the pool and gateway use that). `mounts` are (host path, container path) pairs of
+    `add_local_file`/`add_local_dir`, and `extra_source` those of `add_local_python_source` that
+    live outside `source_dir`; both are mounted read-only.
+    """
 
     app_name: str
     function: FunctionSpec
     module_file: str
     source_dir: str
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # secrets: never in repr
+    image: ImageLayout | None = None
+    mounts: tuple[tuple[str, str], ...] = ()
+    extra_source: tuple[tuple[str, str], ...] = ()
 
 
 class StartupError(Exception):
@@ -70,6 +97,12 @@ class Backend(Protocol):
     """Starts containers. The local backend runs worker processes; others may run elsewhere."""
 
     async def start(self) -> None: ...
+
+    def prepare(self, request: ContainerRequest) -> None:
+        """A version that may launch `request` is live: keep a warm spare ready for it."""
+
+    def release(self, request: ContainerRequest) -> None:
+        """That version is gone: its spares may go."""
 
     def launch(self, request: ContainerRequest, log: LogSink) -> ContainerHandle:
         """Begin starting a container; readiness is awaited through the handle."""

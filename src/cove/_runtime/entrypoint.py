@@ -7,7 +7,7 @@ lets the supervisor keep a spare worker ready, so a cold start skips the ~300 ms
 
 Protocol on the control channel (JSON lines):
     supervisor -> worker  {"op": "start", "container_id", "function", "module_file", "source_dir",
-                           "socket", "env"}
+                           "workdir", "socket", "env"}
     worker -> supervisor  {"event": "ready"} | {"event": "failed", "reason": "..."}
 """
 
@@ -105,7 +105,7 @@ async def _serve(message: dict[str, Any], channel: _Channel) -> int:
     os.environ["MODAL_IS_REMOTE"] = "1"
     os.environ["COVE_CONTAINER_ID"] = message["container_id"]
     os.environ["MODAL_TASK_ID"] = message["container_id"]
-    os.chdir(message["source_dir"])
+    os.chdir(message.get("workdir") or message["source_dir"])  # the image's workdir, if it sets one
     install_modal_compat()
 
     try:

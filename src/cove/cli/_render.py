@@ -7,9 +7,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.markup import escape
+from rich.spinner import Spinner
 from rich.table import Table
+from rich.text import Text
 
 # soft_wrap: a URL must stay on one line whatever the terminal width, so it can be copied.
 out = Console(soft_wrap=True, highlight=False)
@@ -92,3 +95,57 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> 
     for row in rows:
         grid.add_row(*(escape(str(c)) for c in row))
     out.print(grid)
+
+
+class BuildDisplay:
+    """Image build progress: one line per image and step; the build's output below a spinner in a
+    terminal (the last lines only), or every line, dimmed, when the output is not a terminal."""
+
+    _SHOWN_LINES = 8
+
+    def __init__(self) -> None:
+        self._live: Live | None = None
+        self._lines: list[str] = []
+        self._title = ""
+
+    def event(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        image = str(event.get("image", ""))
+        if kind == "image" and not event.get("cached"):
+            out.print(f"[bold]Building image {escape(image)}[/bold] ({event.get('layers')} layers)")
+        elif kind == "step":
+            index, total = event.get("index"), event.get("total")
+            where = f"Step {index}/{total}" if total else "Step"
+            self._title = f"{where}: {event.get('title', '')}"
+            self._lines = []
+            out.print(f"  → {escape(self._title)}")
+            self._refresh()
+        elif kind == "log":
+            line = str(event.get("line", ""))
+            if out.is_terminal:
+                self._lines = [*self._lines[-(self._SHOWN_LINES - 1) :], line]
+                self._refresh()
+            else:
+                out.print(f"    {line}", style="dim", markup=False, highlight=False)
+        elif kind == "built":
+            self._stop()
+            success(f"Built image {image} in {event.get('seconds')}s.")
+
+    def _refresh(self) -> None:
+        if not out.is_terminal:
+            return
+        view = Group(Spinner("dots", text=Text(self._title)), Text("\n".join(self._lines), style="dim"))
+        if self._live is None:
+            self._live = Live(view, console=out, transient=True, refresh_per_second=8)
+            self._live.start()
+        else:
+            self._live.update(view)
+
+    def _stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def close(self) -> None:
+        self._stop()
+        sys.stdout.flush()

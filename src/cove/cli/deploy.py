@@ -11,6 +11,7 @@ import click
 from cove import exception
 from cove._bundle import make_bundle
 from cove.cli import _render as render
+from cove.cli._build import build_images
 from cove.cli._client import ensure_server
 from cove.cli._load import AppRef, LoadError, WarmLoader
 from cove.config import Settings
@@ -54,6 +55,7 @@ def deploy(app_ref: str, name: str | None, tag: str) -> None:
         bundle = make_bundle(loaded.spec, loaded.module_file)
         bundle_id = client.request("POST", "/v1/bundles", content=bundle)["bundle_id"]
         render.success(f"Uploaded sources ({_size(len(bundle))}, bundle {bundle_id[:12]}).")
+        build_images(client, loaded.spec_json)
         render.info("Deploying: new containers warm up before traffic moves to them...")
         app = client.request(
             "PUT",

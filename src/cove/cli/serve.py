@@ -16,6 +16,7 @@ import watchfiles
 
 from cove import exception
 from cove.cli import _render as render
+from cove.cli._build import build_images
 from cove.cli._client import ControlClient, ensure_server
 from cove.cli._load import AppRef, Loaded, LoadError, WarmLoader
 from cove.config import Settings, env
@@ -49,6 +50,7 @@ class _Session:
         self.started_at = time.time()  # logs from here on are shown, even those before `follow` starts
 
     def publish(self, loaded: Loaded) -> dict[str, Any]:
+        build_images(self.client, loaded.spec_json)
         body = {
             "spec": loaded.spec_json,
             "source": {"module_file": loaded.module_file, "source_dir": loaded.source_dir},
@@ -131,7 +133,7 @@ def serve(app_ref: str, name: str | None, timeout: float | None) -> None:
             timer = threading.Timer(timeout, session.time_out)
             timer.daemon = True
             timer.start()
-        _watch(session, loader, ref, loaded.source_dir)
+        _watch(session, loader, ref, loaded.source_dir, mounted_paths(loaded.spec_json, loaded.source_dir))
     except KeyboardInterrupt:
         pass
     except exception.Error as exc:
@@ -152,10 +154,26 @@ def serve(app_ref: str, name: str | None, timeout: float | None) -> None:
     render.success("App stopped.")
 
 
-def _watch(session: _Session, loader: WarmLoader, ref: AppRef, directory: str) -> None:
+def mounted_paths(spec: dict[str, Any], directory: str) -> list[str]:
+    """Local paths the app's images mount or copy (add_local_*) that live outside `directory`:
+    `cove serve` watches them too, so editing a mounted file reloads the app."""
+    found: set[str] = set()
+    for fn in spec.get("functions", ()):
+        for step in (fn.get("image") or {}).get("steps", ()):
+            args = dict(step.get("args", ()))
+            if step.get("kind") in ("add_local_file", "add_local_dir"):
+                found.add(str(args.get("local_path")))
+            elif step.get("kind") == "add_local_python_source":
+                found.update(str(p) for p in args.get("paths", ()) if p)
+    inside = os.path.join(os.path.abspath(directory), "")
+    return sorted(p for p in found if os.path.exists(p) and not os.path.join(p, "").startswith(inside))
+
+
+def _watch(session: _Session, loader: WarmLoader, ref: AppRef, directory: str, extra: list[str]) -> None:
     # step=30 ms: changes are reported once the directory has been quiet that long.
     for changes in watchfiles.watch(
         directory,
+        *extra,
         watch_filter=SourceFilter(),
         stop_event=session.stop_event,
         step=30,
