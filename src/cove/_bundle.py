@@ -32,6 +32,7 @@ IGNORED_DIRS = frozenset(
         ".pytest_cache",
         ".ruff_cache",
         ".tox",
+        ".cove",
     }
 )
 IGNORED_SUFFIXES = (".pyc", ".pyo", ".swp", "~")
@@ -39,10 +40,16 @@ MAX_BUNDLE_BYTES = 256 * 1024 * 1024
 
 
 def _walk(root: Path, ignore: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Regular files under `root` worth shipping: sockets, FIFOs and devices (a COVE_HOME inside
+    the app's folder has a server socket) and tool directories are skipped."""
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in IGNORED_DIRS)
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in IGNORED_DIRS and not (Path(dirpath) / d / "server.sock").exists()
+        )
         for filename in sorted(filenames):
             path = Path(dirpath) / filename
+            if not path.is_file():
+                continue
             relative = str(path.relative_to(root))
             if filename.endswith(IGNORED_SUFFIXES):
                 continue

@@ -57,3 +57,27 @@ def test_secret_ref_repr_never_shows_values() -> None:
     ref = SecretRef(values=(("AUTH_TOKEN", "hunter2"),))
     assert "hunter2" not in repr(ref)
     assert "hunter2" not in repr(_sample())
+
+
+def test_bundle_skips_sockets_and_a_cove_home_inside_the_app(tmp_path) -> None:
+    """A COVE_HOME inside the app's folder (with its live server socket) is not bundled."""
+    import io
+    import socket
+    import tarfile
+
+    from cove._bundle import make_bundle
+
+    app_file = tmp_path / "app.py"
+    app_file.write_text("print('hi')\n")
+    home = tmp_path / "state"
+    home.mkdir()
+    (home / "cove.db").write_text("x")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(home / "server.sock"))
+    try:
+        (tmp_path / "fifo.sock").symlink_to(home / "server.sock")
+        data = make_bundle(AppSpec(name="a"), str(app_file))
+    finally:
+        listener.close()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        assert tar.getnames() == ["src/app.py"]
