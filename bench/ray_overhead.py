@@ -129,7 +129,7 @@ def main() -> int:
                     cove.port, PATH, hot[backend], connections, args.duration, args.python_load
                 )
         for backend, cove in coves.items():
-            cove.cli("app", "stop", "hot")
+            cove.cli("app", "stop", "hot", "--yes")
             host = cove.deploy("cold", cove_square("cold", options="scaledown_window=2"))
             for _ in range(args.runs):
                 cove.wait_containers(0, "cold", timeout=60)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from cove._control.apps import AppRegistry
+from cove._gateway.connpool import TCP_SCHEME
 from cove._gateway.upstream import UpstreamError
 from cove._payload import (
     CALL_ID_HEADER,
@@ -182,7 +183,7 @@ class CallRegistry:
         try:
             response = await asyncio.wait_for(
                 entry.client.post(
-                    f"http://container{CALL_PATH}",
+                    CALL_PATH,
                     content=payload,
                     headers={
                         "content-type": CONTENT_TYPE,
@@ -232,8 +233,11 @@ class CallRegistry:
     def _client_for(self, address: str) -> _ContainerClient:
         entry = self._clients.get(address)
         if entry is None:
+            # A local container listens on a unix socket; a Ray container on `tcp://HOST:PORT`.
+            tcp = address.removeprefix(TCP_SCHEME) if address.startswith(TCP_SCHEME) else None
             client = httpx.AsyncClient(
-                transport=httpx.AsyncHTTPTransport(uds=address),
+                transport=httpx.AsyncHTTPTransport() if tcp else httpx.AsyncHTTPTransport(uds=address),
+                base_url=f"http://{tcp}" if tcp else "http://container",
                 # The function's own timeout bounds a call (asyncio.wait_for above), not httpx.
                 timeout=httpx.Timeout(None, connect=30.0),
             )
