@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import getpass
+import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from cove.exception import InvalidError
 
@@ -22,9 +25,38 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "COVE_LOGLEVEL": ("INFO", "log level of the server and CLI"),
     "COVE_QUEUE_LIMIT": ("2000", "requests waiting for a container, per function, before 503"),
     "COVE_HTTP_TIMEOUT": ("150", "seconds before a slow web request gets Modal's 303 to poll for its result"),
+    # -- gateway policy (issues 5 and 7): rate limit, client addresses, hostile-input limits
+    "COVE_RATE_LIMIT_RPS": ("200", "workspace rate limit in requests/s at the gateway (0: off); 429 past it"),
+    "COVE_RATE_LIMIT_BURST_S": ("5", "seconds' worth of COVE_RATE_LIMIT_RPS sent at once"),
+    "COVE_TRUSTED_PROXIES": (None, "comma-separated IPs/CIDRs of proxies whose X-Forwarded-For is believed"),
+    "COVE_MAX_BODY_BYTES": (str(4 * 1024**3), "largest request body in bytes, streamed (413 past it)"),
+    "COVE_MAX_HEAD_BYTES": ("65536", "largest request line plus headers in bytes (431 past it)"),
+    "COVE_MAX_REQUEST_LINE_BYTES": ("16384", "longest request target in bytes (414 past it)"),
+    "COVE_HEADER_TIMEOUT_S": ("10", "seconds a client has to send a whole request head (408 past it)"),
+    "COVE_KEEPALIVE_TIMEOUT_S": ("75", "seconds an idle keep-alive client connection stays open"),
+    "COVE_MAX_CONNECTIONS": ("10000", "client connections the gateway keeps open (503 past it)"),
+    # -- end of gateway policy
     "COVE_IS_REMOTE": (None, "set to 1 inside containers: `cove.is_local()` is then False"),
+    "COVE_IMAGE_CACHE": (None, "built images and their layers; default COVE_HOME/images (may be shared)"),
+    "COVE_FORCE_BUILD": (None, "1: `cove serve`/`cove deploy` rebuild every image layer"),
+    "COVE_SANDBOX": (
+        "auto",
+        "`auto`: containers run under bubblewrap where it works; `off`: plain processes",
+    ),
+    "COVE_DEBIAN_MIRROR": (
+        "http://deb.debian.org/debian",
+        "Debian mirror for the root filesystem of apt_install/run_commands images (debootstrap)",
+    ),
     "COVE_SERVER_URL": (None, "control plane URL for the client library, e.g. http://10.0.0.5:9000"),
     "COVE_TOKEN": (None, "bearer token sent to COVE_SERVER_URL (create one with `cove token create`)"),
+    "COVE_BACKEND": (
+        "local",
+        "where the server runs containers: `local` (this machine) or `ray` (a Ray cluster)",
+    ),
+    "COVE_RAY_ADDRESS": (
+        None,
+        "Ray cluster of the ray backend, e.g. 10.0.0.5:6379; default: Ray's own lookup",
+    ),
 }
 
 
@@ -34,6 +66,8 @@ def env(name: str) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
 
+
+BackendName = Literal["local", "ray"]
 
 _SLUG_RE = re.compile(r"[^a-z0-9-]+")
 _DEV_SUFFIX_RE = re.compile(r"^[a-zA-Z0-9]{1,8}$")
@@ -55,6 +89,64 @@ def _positive_float(name: str) -> float:
     return value
 
 
+SandboxSetting = Literal["auto", "off"]
+
+
+def _path(text: str | None) -> Path | None:
+    return Path(os.path.expanduser(text)).resolve() if text else None
+
+
+def _choice(name: str, choices: tuple[str, ...]) -> str:
+    value = (env(name) or choices[0]).lower()
+    if value not in choices:
+        raise InvalidError(f"{name} must be one of {', '.join(choices)}; got {value!r}.")
+    return value
+
+
+def force_build() -> bool:
+    """COVE_FORCE_BUILD=1 (Modal's MODAL_FORCE_BUILD): rebuild every image layer on this deploy."""
+    return (env("COVE_FORCE_BUILD") or "").lower() in ("1", "true", "yes")
+
+
+# -- gateway policy (issues 5 and 7)
+
+
+def _gateway_number(name: str, *, integer: bool = False, zero: bool = False) -> float:
+    """A numeric gateway setting: positive (or zero when `zero`), whole when `integer`."""
+    text = (env(name) or "").strip()
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise InvalidError(f"{name} must be {kind}, got {text!r}.") from None
+    if not math.isfinite(value) or not (value >= 0 if zero else value > 0):
+        raise InvalidError(f"{name} must be {'zero or more' if zero else 'positive'}, got {text!r}.")
+    return value
+
+
+def _trusted_proxies(name: str) -> tuple[str, ...]:
+    entries = tuple(entry.strip() for entry in (env(name) or "").split(",") if entry.strip())
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise InvalidError(
+                f"{name} entry {entry!r} is not an IP address or CIDR network; e.g. 10.0.0.0/8,::1."
+            ) from None
+    return entries
+
+
+# -- end of gateway policy
+
+
+def backend_name(value: str, where: str) -> BackendName:
+    """`value` as a backend name, or an error naming `where` it came from and the choices."""
+    if value not in get_args(BackendName):
+        choices = ", ".join(get_args(BackendName))
+        raise InvalidError(f"{where} must be one of {choices}; got {value!r}.")
+    return value  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved settings of one process. Build with `Settings.from_env()`."""
@@ -67,7 +159,23 @@ class Settings:
     dev_suffix: str
     log_level: str
     http_timeout_s: float = 150.0
+    # -- gateway policy (issues 5 and 7); see ENVIRONMENT
+    rate_limit_rps: float = 200.0  # 0: no rate limit
+    rate_limit_burst_s: float = 5.0
+    trusted_proxies: tuple[str, ...] = ()
+    max_body_bytes: int = 4 * 1024**3
+    max_head_bytes: int = 64 * 1024
+    max_request_line_bytes: int = 16 * 1024
+    header_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 75.0
+    max_connections: int = 10_000
+    # -- end of gateway policy
     queue_limit: int = 2000
+    backend: BackendName = "local"
+    ray_address: str | None = None
+    image_cache: Path | None = None
+    sandbox: SandboxSetting = "auto"
+    debian_mirror: str = "http://deb.debian.org/debian"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -92,8 +200,31 @@ class Settings:
             dev_suffix=dev_suffix.lower(),
             log_level=(env("COVE_LOGLEVEL") or "INFO").upper(),
             http_timeout_s=_positive_float("COVE_HTTP_TIMEOUT"),
+            # -- gateway policy (issues 5 and 7)
+            rate_limit_rps=_gateway_number("COVE_RATE_LIMIT_RPS", zero=True),
+            rate_limit_burst_s=_gateway_number("COVE_RATE_LIMIT_BURST_S"),
+            trusted_proxies=_trusted_proxies("COVE_TRUSTED_PROXIES"),
+            max_body_bytes=int(_gateway_number("COVE_MAX_BODY_BYTES", integer=True)),
+            max_head_bytes=int(_gateway_number("COVE_MAX_HEAD_BYTES", integer=True)),
+            max_request_line_bytes=int(_gateway_number("COVE_MAX_REQUEST_LINE_BYTES", integer=True)),
+            header_timeout_s=_gateway_number("COVE_HEADER_TIMEOUT_S"),
+            keepalive_timeout_s=_gateway_number("COVE_KEEPALIVE_TIMEOUT_S"),
+            max_connections=int(_gateway_number("COVE_MAX_CONNECTIONS", integer=True)),
+            # -- end of gateway policy
             queue_limit=int(_positive_float("COVE_QUEUE_LIMIT")),
+            backend=backend_name(env("COVE_BACKEND") or "local", "COVE_BACKEND"),
+            ray_address=env("COVE_RAY_ADDRESS"),
+            image_cache=Path(os.path.expanduser(cache)).resolve()
+            if (cache := env("COVE_IMAGE_CACHE"))
+            else None,
+            sandbox=_choice("COVE_SANDBOX", ("auto", "off")),  # type: ignore[arg-type]
+            debian_mirror=env("COVE_DEBIAN_MIRROR") or "http://deb.debian.org/debian",
         )
+
+    @property
+    def images_dir(self) -> Path:
+        """Where built images live: COVE_IMAGE_CACHE, else COVE_HOME/images."""
+        return self.image_cache or self.home / "images"
 
     @property
     def control_socket(self) -> Path:

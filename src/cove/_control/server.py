@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,13 @@ from cove._control.apps import AppRegistry
 from cove._control.auth import TokenAuthMiddleware
 from cove._control.bundles import BundleStore
 from cove._control.calls import CallRegistry
+from cove._control.images import ImageBuilder
 from cove._control.logs import LogHub
 from cove._control.secrets import SecretStore
 from cove._control.store import Store
-from cove._gateway import Gateway
-from cove._labels import endpoint_url
+from cove._dashboard import Dashboard
+from cove._gateway import Gateway, Limits
+from cove._runtime.backend import Backend
 from cove._runtime.local import LocalBackend
 from cove.config import Settings
 from cove.exception import Error
@@ -52,6 +55,15 @@ def control_socket_alive(path: Path) -> bool:
     return True
 
 
+def make_backend(settings: Settings) -> Backend:
+    """The runtime backend `settings.backend` names; Ray is imported only when it is asked for."""
+    if settings.backend == "ray":
+        from cove._runtime.ray_backend import RayBackend
+
+        return RayBackend(settings.home, address=settings.ray_address)
+    return LocalBackend(settings.home, sandbox_setting=settings.sandbox)
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),
@@ -62,9 +74,16 @@ def configure_logging(level: str) -> None:
 
 
 async def serve(
-    settings: Settings, *, ready_fd: int | None = None, listen: tuple[str, int] | None = None
+    settings: Settings,
+    *,
+    ready_fd: int | None = None,
+    listen: tuple[str, int] | None = None,
+    on_started: Callable[[str], None] | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT or an API stop request; then stop in order."""
+    """Run until SIGTERM/SIGINT or an API stop request; then stop in order.
+
+    `on_started(dashboard_url)` is called once everything listens (`cove server` prints it).
+    """
     settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     sock_path = settings.control_socket
     if control_socket_alive(sock_path):
@@ -84,20 +103,46 @@ async def serve(
     bundles = BundleStore(settings.home / "bundles")
     logs = LogHub(settings.home / "logs")
     secrets = SecretStore(settings.home / "secrets")
-    backend = LocalBackend(settings.home)
-    gateway = Gateway(host=settings.host, port=settings.port, http_timeout_s=settings.http_timeout_s)
+    backend = make_backend(settings)
+    gateway = Gateway(
+        host=settings.host,
+        port=settings.port,
+        http_timeout_s=settings.http_timeout_s,
+        # -- gateway policy (issues 5 and 7)
+        limits=Limits(
+            max_body_bytes=settings.max_body_bytes,
+            max_head_bytes=settings.max_head_bytes,
+            max_request_line_bytes=settings.max_request_line_bytes,
+            header_timeout_s=settings.header_timeout_s,
+            idle_timeout_s=settings.keepalive_timeout_s,
+            max_connections=settings.max_connections,
+        ),
+        rate_limit_rps=settings.rate_limit_rps,
+        rate_limit_burst_s=settings.rate_limit_burst_s,
+        verify_proxy_token=lambda token_id, secret: store.check_token(token_id, secret, "proxy"),
+        trusted_proxies=settings.trusted_proxies,
+    )
     await gateway.start()
+    dashboard = Dashboard(settings.home / "dashboard.sock", gateway, settings.base_domain)
     await backend.start()
+    # Images are built on this machine for the local backend's containers.
+    images = (
+        ImageBuilder(settings.images_dir, secrets, mirror=settings.debian_mirror)
+        if settings.backend == "local"
+        else None
+    )
     registry = AppRegistry(
         settings,
         backend,
         secrets,
         logs,
-        publish_routes=gateway.set_routes,
+        publish_routes=dashboard.publish,
         gateway_port=lambda: gateway.port,
         store=store,
+        images=images,
     )
     await registry.restore()
+    await dashboard.start(registry, logs, store)
     calls = CallRegistry(registry)
 
     def health() -> dict[str, Any]:
@@ -106,11 +151,19 @@ async def serve(
             "gateway_host": settings.host,
             "workspace": settings.workspace,
             "base_domain": settings.base_domain,
-            "dashboard_url": endpoint_url(f"dashboard.{settings.base_domain}", gateway.port),
+            "dashboard_url": dashboard.url,
         }
 
     api = build_api(
-        registry, logs, secrets, store, bundles, health, stop.set, extra_routes=call_routes(registry, calls)
+        registry,
+        logs,
+        secrets,
+        store,
+        bundles,
+        health,
+        stop.set,
+        extra_routes=call_routes(registry, calls),
+        images=images,
     )
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(sock_path))
@@ -135,12 +188,15 @@ async def serve(
         json.dumps({"pid": os.getpid(), "gateway_port": gateway.port, "socket": str(sock_path)})
     )
     log.info(
-        "event=started pid=%d gateway=http://%s:%d control=%s",
+        "event=started pid=%d gateway=http://%s:%d control=%s dashboard=%s",
         os.getpid(),
         settings.host,
         gateway.port,
         sock_path,
+        dashboard.url,
     )
+    if on_started is not None:
+        on_started(dashboard.url)
     if ready_fd is not None:
         with contextlib.suppress(OSError):
             os.write(ready_fd, json.dumps({"gateway_port": gateway.port}).encode() + b"\n")
@@ -159,6 +215,7 @@ async def serve(
             if task is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(task, timeout=5)
+        await dashboard.close()  # its log streams end, so the gateway drains quickly
         await gateway.close(timeout_s=10)
         await registry.close()
         await backend.close()
@@ -180,9 +237,15 @@ async def _serve_control(server: uvicorn.Server, listener: socket.socket) -> Non
     await server.shutdown(sockets=[listener])
 
 
-def run(settings: Settings, *, ready_fd: int | None = None, listen: tuple[str, int] | None = None) -> None:
+def run(
+    settings: Settings,
+    *,
+    ready_fd: int | None = None,
+    listen: tuple[str, int] | None = None,
+    on_started: Callable[[str], None] | None = None,
+) -> None:
     """Entry point for `cove server`: configure logging and run `serve` on uvloop."""
     import uvloop
 
     configure_logging(settings.log_level)
-    uvloop.run(serve(settings, ready_fd=ready_fd, listen=listen))
+    uvloop.run(serve(settings, ready_fd=ready_fd, listen=listen, on_started=on_started))

@@ -131,6 +131,7 @@ class BaseExchange:
         "_response_done",
         "_rheaders",
         "_route",
+        "_status",
         "_target",
         "_task",
         "_terminated",
@@ -147,6 +148,7 @@ class BaseExchange:
         "is_head",
         "keep_alive",
         "lease",
+        "started",
         "upgrade",
         "websocket",
     )
@@ -191,6 +193,8 @@ class BaseExchange:
         self.lease: Lease | None = None
         self.conn: UpstreamConnection | None = None
         self._route: Route | None = None
+        self.started = 0.0  # time.monotonic() when the head was parsed (set by the connection)
+        self._status = 0  # of an answer of the gateway's own (the container's: in the parser)
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[bool] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -301,6 +305,7 @@ class BaseExchange:
         call_id = calls.start()
         keep = self.keep_alive and not down.closing  # the request is complete
         data = see_other(redirect_location(self._target, call_id), keep_alive=keep, http_10=self.http_10)
+        self._status = 303
         if self._out:  # an interim 1xx not flushed yet
             data = b"".join((*self._out, data))
             self._out.clear()
@@ -402,6 +407,7 @@ class BaseExchange:
     def _respond(self, status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> None:
         """Answer with a platform error of our own."""
         _log.debug("refused status=%d message=%s", status, message)
+        self._status = status
         if self._call is not None:  # detached: the error is the call's result
             self._record(error_result(status, message, headers))
             return
@@ -501,6 +507,21 @@ class BaseExchange:
         out.clear()
         if not self._client_gone:
             self.down.transport.write(data)
+
+    # -- for metrics (read by the client connection when the exchange finishes)
+
+    @property
+    def route(self) -> Route | None:
+        """The route this request was forwarded on (None: answered before routing, or refused)."""
+        return self._route
+
+    @property
+    def status(self) -> int:
+        """The status of the final answer sent so far; 0 if none was (the client may have left)."""
+        if self._status:
+            return self._status
+        parser = self._parser
+        return parser.get_status_code() if parser is not None and self._head_sent else 0
 
     def _names(self) -> tuple[str, str]:
         route = self._route

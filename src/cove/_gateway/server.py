@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import replace
@@ -30,6 +31,7 @@ from cove._gateway.connpool import ConnectionPool
 from cove._gateway.exchange import PAUSE_PIPELINE, PAUSE_STOPPED, BaseExchange
 from cove._gateway.longpoll import CallStore
 from cove._gateway.messages import RequestHead, error_response
+from cove._gateway.metrics import ABORTED, GatewayMetrics
 from cove._gateway.policy import Limits, Policy
 from cove._gateway.proxy import Exchange
 from cove._gateway.ratelimit import TokenBucket
@@ -167,6 +169,7 @@ class _ClientConnection(asyncio.Protocol):
         return self._gateway._spawn(coro)
 
     def exchange_finished(self, exchange: BaseExchange, keep_alive: bool) -> None:
+        self._gateway._observe(exchange, exchange.status)
         if exchange is not self._current:
             return
         self._current = None
@@ -246,6 +249,7 @@ class _ClientConnection(asyncio.Protocol):
         self._parsing = None
         self._pipeline.clear()
         if current is not None:
+            self._gateway._observe(current, ABORTED)
             current.client_lost()
         self._gateway._forget(self)
 
@@ -301,6 +305,7 @@ class _ClientConnection(asyncio.Protocol):
             keep_alive=parser.should_keep_alive(),
             upgrade=parser.should_upgrade(),
         )
+        exchange.started = time.monotonic()
         self._parsing = exchange
         if self._current is None and not self._pipeline:
             self._current = exchange
@@ -481,6 +486,8 @@ class Gateway:
         self._host = host
         self._requested_port = port
         self._table = RouteTable(routes or {})
+        self.metrics = GatewayMetrics()  # per-function traffic figures, for the dashboard
+        self.metrics.track(routes or {})
         self.max_body_bytes = limits.max_body_bytes
         self._pool = ConnectionPool()
         self._server: asyncio.Server | None = None
@@ -551,6 +558,7 @@ class Gateway:
     def set_routes(self, routes: Mapping[str, Route]) -> None:
         """Swap the whole routing table at once; requests already routed keep their route."""
         self._table = RouteTable(routes)
+        self.metrics.track(routes)
         _log.debug("routes set count=%d", len(self._table))
 
     async def close(self, timeout_s: float = 10.0) -> None:
@@ -583,6 +591,14 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def _observe(self, exchange: BaseExchange, status: int) -> None:
+        """Count a finished (or abandoned) request for its function, if it was routed to one."""
+        route = exchange.route
+        if route is not None:
+            metrics = self.metrics.lookup(route.app_name, route.function_tag)
+            if metrics is not None:
+                metrics.observe(status, exchange.started)
 
     def _forget(self, conn: _ClientConnection) -> None:
         self._connections.discard(conn)

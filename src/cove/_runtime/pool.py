@@ -113,6 +113,8 @@ class FunctionPool:
         self._retry_at = 0.0
         self._backoff_s = _BACKOFF_FIRST_S
         self._ticker: asyncio.Task[None] | None = None
+        #: Called with the startup duration (seconds) each time a container becomes ready.
+        self.on_ready: Callable[[float], None] | None = None
 
     # -- the gateway's side ------------------------------------------------------------------
 
@@ -182,6 +184,11 @@ class FunctionPool:
         self._rescale()
         await slot.handle.wait_exit()
         return True
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a slot now."""
+        return len(self._waiters)
 
     @property
     def container_count(self) -> int:
@@ -314,12 +321,15 @@ class FunctionPool:
         self._failure = None
         self._backoff_s = _BACKOFF_FIRST_S
         self._retry_at = 0.0
+        startup_s = self._clock() - slot.started_at
         log.info(
-            "function=%s container=%s event=ready startup_s=%.3f",
-            self.spec.tag,
-            slot.handle.id,
-            self._clock() - slot.started_at,
+            "function=%s container=%s event=ready startup_s=%.3f", self.spec.tag, slot.handle.id, startup_s
         )
+        if self.on_ready is not None:
+            try:
+                self.on_ready(startup_s)
+            except Exception:
+                log.exception("function=%s event=on_ready_failed", self.spec.tag)
         self._dispatch()
         code = await slot.handle.wait_exit()
         if slot in self._slots:

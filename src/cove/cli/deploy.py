@@ -74,6 +74,7 @@ def deploy(app_ref: str, name: str | None, tag: str) -> None:
         loader.close()
     render.created_objects(app)
     render.success(f"App deployed in {time.monotonic() - started:.2f}s! 🎉 (version v{app['version']})")
+    render.info(f"View at {client.health()['dashboard_url']}")
 
 
 def _size(count: int) -> str:

@@ -127,6 +127,7 @@ def serve(app_ref: str, name: str | None, timeout: float | None) -> None:
         app = session.publish(loaded)
         render.success(f"Initialized app {app_name} ({time.monotonic() - started:.2f}s).")
         render.created_objects(app)
+        render.info(f"View at {client.health()['dashboard_url']}")
         render.serving(loaded.source_dir)
         threading.Thread(target=session.follow, name="cove-serve-logs", daemon=True).start()
         if timeout:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -12,7 +13,7 @@ from cove import exception
 from cove._control import server as control_server
 from cove.cli import _render as render
 from cove.cli._client import ControlClient
-from cove.config import Settings
+from cove.config import Settings, backend_name
 
 _STOP_TIMEOUT_S = 60.0
 
@@ -34,17 +35,44 @@ def _parse_listen(ctx: click.Context, param: click.Parameter, value: str | None)
     callback=_parse_listen,
     help="Also serve the control API on TCP, for clients with a token (`cove token create`).",
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "ray"]),
+    default=None,
+    help="Where containers run: this machine (local, the default; COVE_BACKEND) or a Ray cluster.",
+)
+@click.option(
+    "--ray-address",
+    metavar="HOST:PORT",
+    default=None,
+    help="The Ray cluster of --backend ray (COVE_RAY_ADDRESS; default: Ray's own lookup).",
+)
 @click.pass_context
-def server(ctx: click.Context, ready_fd: int | None, listen: tuple[str, int] | None) -> None:
+def server(
+    ctx: click.Context,
+    ready_fd: int | None,
+    listen: tuple[str, int] | None,
+    backend: str | None,
+    ray_address: str | None,
+) -> None:
     """Run the Cove server (control plane + gateway) in the foreground."""
     if ctx.invoked_subcommand is not None:
         return
     settings = Settings.from_env()
+    if backend is not None:
+        settings = dataclasses.replace(settings, backend=backend_name(backend, "--backend"))
+    if ray_address is not None:
+        settings = dataclasses.replace(settings, ray_address=ray_address)
     if ready_fd is None:
         render.info(f"Cove server for {settings.home}: gateway on http://{settings.host}:{settings.port}")
     try:
-        control_server.run(settings, ready_fd=ready_fd, listen=listen)
-    except control_server.ServerAlreadyRunning as exc:
+        control_server.run(
+            settings,
+            ready_fd=ready_fd,
+            listen=listen,
+            on_started=None if ready_fd is not None else lambda url: render.info(f"View at {url}"),
+        )
+    except exception.Error as exc:  # another server owns COVE_HOME; the backend cannot start
         render.error(str(exc))
         raise SystemExit(1) from None
     except OSError as exc:
