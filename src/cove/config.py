@@ -43,6 +43,8 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
         "auto",
         "`auto`: containers run under bubblewrap where it works; `off`: plain processes",
     ),
+    "COVE_ZYGOTE": ("1", "`1`: containers are forked from warm zygotes; `0`: each is a fresh worker process"),
+    "COVE_ZYGOTE_WINDOW": ("600", "seconds a function zygote outlives its function's last container"),
     "COVE_DEBIAN_MIRROR": (
         "http://deb.debian.org/debian",
         "Debian mirror for the root filesystem of apt_install/run_commands images (debootstrap)",
@@ -175,6 +177,8 @@ class Settings:
     ray_address: str | None = None
     image_cache: Path | None = None
     sandbox: SandboxSetting = "auto"
+    zygote: bool = True
+    zygote_window_s: float = 600.0
     debian_mirror: str = "http://deb.debian.org/debian"
 
     @classmethod
@@ -218,6 +222,8 @@ class Settings:
             if (cache := env("COVE_IMAGE_CACHE"))
             else None,
             sandbox=_choice("COVE_SANDBOX", ("auto", "off")),  # type: ignore[arg-type]
+            zygote=_choice("COVE_ZYGOTE", ("1", "0")) == "1",
+            zygote_window_s=_gateway_number("COVE_ZYGOTE_WINDOW", zero=True),
             debian_mirror=env("COVE_DEBIAN_MIRROR") or "http://deb.debian.org/debian",
         )
 

@@ -61,7 +61,12 @@ def make_backend(settings: Settings) -> Backend:
         from cove._runtime.ray_backend import RayBackend
 
         return RayBackend(settings.home, address=settings.ray_address)
-    return LocalBackend(settings.home, sandbox_setting=settings.sandbox)
+    return LocalBackend(
+        settings.home,
+        sandbox_setting=settings.sandbox,
+        zygote=settings.zygote,
+        zygote_window_s=settings.zygote_window_s,
+    )
 
 
 def configure_logging(level: str) -> None:

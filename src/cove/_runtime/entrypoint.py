@@ -2,19 +2,23 @@
 
 Run as `python -m cove._runtime.entrypoint`. The process starts *warm*: it imports the serving stack
 (uvicorn, FastAPI, Starlette, Pydantic, a2wsgi) first, then blocks on its control channel (the socket
-at file descriptor `COVE_CONTROL_FD`) for one `start` message naming the function to serve. That
-lets the supervisor keep a spare worker ready, so a cold start skips the ~300 ms of framework imports.
+at file descriptor `COVE_CONTROL_FD`) for its first message:
 
-Protocol on the control channel (JSON lines):
     supervisor -> worker  {"op": "start", "container_id", "function", "module_file", "source_dir",
-                           "workdir", "socket", "env"}
-    worker -> supervisor  {"event": "ready"} | {"event": "failed", "reason": "..."}
+                           "workdir", "socket", "env"}      serve that function, once
+                        | {"op": "zygote"}                 become an image zygote (`forkserver`)
+    worker -> supervisor  {"event": "ready", "stamps": {...}} | {"event": "failed", "reason": "..."}
+
+`stamps` are `time.monotonic()` readings of the startup's phases (one clock for every process of
+the machine), for the server's log. The pieces (`enter_container`, `load`, `serve`) are shared with
+containers forked from a zygote, which run them in a different order (see `forkserver`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import inspect
 import json
@@ -22,10 +26,16 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cove._spec import FunctionSpec
+    from cove.functions import UserCode
 
 CONTROL_FD_ENV = "COVE_CONTROL_FD"
 
@@ -47,12 +57,20 @@ def _warm_imports() -> None:
     import cove._runtime.invoke  # noqa: F401
 
 
-class _Channel:
+class Channel:
     """The worker's end of the control socket."""
 
     def __init__(self, fd: int) -> None:
         self._sock = socket.socket(fileno=fd)
         self._file = self._sock.makefile("rb")
+
+    @property
+    def socket(self) -> socket.socket:
+        return self._sock
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
 
     def receive(self) -> dict[str, Any] | None:
         line = self._file.readline()
@@ -77,7 +95,7 @@ def import_user_module(module_file: str, source_dir: str) -> ModuleType:
     return module
 
 
-async def _run_hooks(hooks: list[Callable[[], Any]]) -> None:
+async def run_hooks(hooks: list[Callable[[], Any]]) -> None:
     for hook in hooks:
         result = hook()
         if inspect.isawaitable(result):
@@ -90,16 +108,10 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-async def _serve(message: dict[str, Any], channel: _Channel) -> int:
-    import uvicorn
-
+def enter_container(message: dict[str, Any]) -> None:
+    """Become the container `message` names: its environment (secrets included), ids, working dir."""
     from cove._modal_compat import install as install_modal_compat
-    from cove._runtime import adapters, invoke
-    from cove._spec import function_spec_from_dict
-    from cove.functions import load_user_code
 
-    spec = function_spec_from_dict(message["function"])
-    web = spec.web  # None: a function called with .remote()/.spawn(), served by `invoke`
     os.environ.update(message.get("env") or {})
     os.environ["COVE_IS_REMOTE"] = "1"
     os.environ["MODAL_IS_REMOTE"] = "1"
@@ -108,73 +120,124 @@ async def _serve(message: dict[str, Any], channel: _Channel) -> int:
     os.chdir(message.get("workdir") or message["source_dir"])  # the image's workdir, if it sets one
     install_modal_compat()
 
-    try:
-        module = import_user_module(message["module_file"], message["source_dir"])
-        user = load_user_code(module, spec)
-        await _run_hooks(user.enter_snap)
-        await _run_hooks(user.enter)
-    except BaseException as exc:
-        traceback.print_exc()
-        channel.send(event="failed", reason=_one_line(exc))
-        return 1
 
+@dataclass
+class Loaded:
+    """The user's code as a container runs it: its spec, module and callable with its hooks."""
+
+    spec: FunctionSpec
+    module: ModuleType
+    user: UserCode
+
+
+def load(message: dict[str, Any]) -> Loaded:
+    """Import the user's module and find the function `message` names (raises what the import raises)."""
+    from cove._spec import function_spec_from_dict
+    from cove.functions import load_user_code
+
+    spec = function_spec_from_dict(message["function"])
+    module = import_user_module(message["module_file"], message["source_dir"])
+    return Loaded(spec, module, load_user_code(module, spec))
+
+
+def report_failure(channel: Channel, exc: BaseException) -> int:
+    """A startup failure: the traceback to the logs, one line to the supervisor (the 503's reason)."""
+    traceback.print_exc()
+    channel.send(event="failed", reason=_one_line(exc))
+    return 1
+
+
+async def _serve(message: dict[str, Any], channel: Channel) -> int:
+    """A worker started for one container: load the user's code, then serve it on `message["socket"]`."""
+    stamps = {"received": time.monotonic()}
+    enter_container(message)
+    try:
+        loaded = load(message)
+    except BaseException as exc:
+        return report_failure(channel, exc)
+    stamps["imported"] = time.monotonic()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(message["socket"])
     listener.bind(message["socket"])
     listener.listen(2048)
-    stop = asyncio.Event()
     try:
-        if web is not None and web.kind == "web_server":
-            code = await _serve_web_server(
-                user.call, web.port or 0, web.startup_timeout_s, listener, channel, stop
-            )
-        else:
-            try:
-                if web is None:
-                    app = invoke.call_app(user, spec, module)
-                elif web.kind == "fastapi_endpoint":
-                    app = adapters.fastapi_app(user.call, web)
-                elif web.kind == "asgi_app":
-                    app = adapters.asgi_from_factory(user.call)
-                else:
-                    app = adapters.wsgi_from_factory(user.call)
-            except BaseException as exc:
-                traceback.print_exc()
-                channel.send(event="failed", reason=_one_line(exc))
-                return 1
-            config = uvicorn.Config(
-                adapters.ClientAddressMiddleware(app),
-                loop="none",
-                http="httptools",
-                ws="websockets-sansio",
-                lifespan="auto",
-                proxy_headers=False,
-                server_header=False,
-                access_log=False,
-                log_config=None,
-                ws_max_size=adapters.WS_MAX_MESSAGE_BYTES,
-                ws_per_message_deflate=False,
-                # The gateway pools connections; closing them after 5 s idle would only make it reconnect.
-                timeout_keep_alive=3600,
-                timeout_graceful_shutdown=30,
-            )
-            server = _Server(config, on_ready=lambda: channel.send(event="ready"))
-            await server.serve(sockets=[listener])
-            if not server.started:
-                channel.send(event="failed", reason="ASGI lifespan startup failed")
-                return 1
-            code = 0
+        return await serve(loaded, listener, channel, snap=True, stamps=stamps)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(message["socket"])
+
+
+async def serve(
+    loaded: Loaded, listener: socket.socket, channel: Channel, *, snap: bool, stamps: dict[str, float]
+) -> int:
+    """Run the `@enter` hooks (with `snap`, the `@enter(snap=True)` ones first), build the app and
+    serve it on `listener` until SIGTERM; report readiness, with `stamps`, on `channel`."""
+    import uvicorn
+
+    from cove._runtime import adapters, invoke
+
+    spec, user = loaded.spec, loaded.user
+    web = spec.web  # None: a function called with .remote()/.spawn(), served by `invoke`
+    try:
+        if snap:
+            await run_hooks(user.enter_snap)
+        await run_hooks(user.enter)
+    except BaseException as exc:
+        return report_failure(channel, exc)
+    stamps["entered"] = time.monotonic()
+
+    def ready() -> None:
+        stamps["ready"] = time.monotonic()
+        channel.send(event="ready", stamps=stamps)
+
+    stop = asyncio.Event()
+    try:
+        if web is not None and web.kind == "web_server":
+            return await _serve_web_server(
+                user.call, web.port or 0, web.startup_timeout_s, listener, channel, stop, ready
+            )
+        try:
+            if web is None:
+                app = invoke.call_app(user, spec, loaded.module)
+            elif web.kind == "fastapi_endpoint":
+                app = adapters.fastapi_app(user.call, web)
+            elif web.kind == "asgi_app":
+                app = adapters.asgi_from_factory(user.call)
+            else:
+                app = adapters.wsgi_from_factory(user.call)
+        except BaseException as exc:
+            return report_failure(channel, exc)
+        stamps["built"] = time.monotonic()
+        config = uvicorn.Config(
+            adapters.ClientAddressMiddleware(app),
+            loop="none",
+            http="httptools",
+            ws="websockets-sansio",
+            lifespan="auto",
+            proxy_headers=False,
+            server_header=False,
+            access_log=False,
+            log_config=None,
+            ws_max_size=adapters.WS_MAX_MESSAGE_BYTES,
+            ws_per_message_deflate=False,
+            # The gateway pools connections; closing them after 5 s idle would only make it reconnect.
+            timeout_keep_alive=3600,
+            timeout_graceful_shutdown=30,
+        )
+        server = server_class()(config, on_ready=ready)
+        await server.serve(sockets=[listener])
+        if not server.started:
+            channel.send(event="failed", reason="ASGI lifespan startup failed")
+            return 1
+        return 0
+    finally:
         await _run_exit_hooks(user.exit)
-    return code
 
 
 async def _run_exit_hooks(hooks: list[Callable[[], Any]]) -> None:
     try:
-        await asyncio.wait_for(_run_hooks(hooks), timeout=30)
+        await asyncio.wait_for(run_hooks(hooks), timeout=30)
     except BaseException:
         traceback.print_exc()
 
@@ -184,8 +247,9 @@ async def _serve_web_server(
     port: int,
     startup_timeout_s: float,
     listener: socket.socket,
-    channel: _Channel,
+    channel: Channel,
     stop: asyncio.Event,
+    ready: Callable[[], None],
 ) -> int:
     from cove._runtime import adapters
 
@@ -198,17 +262,17 @@ async def _serve_web_server(
             await result
         await adapters.wait_for_port(port, startup_timeout_s)
     except BaseException as exc:
-        traceback.print_exc()
-        channel.send(event="failed", reason=_one_line(exc))
-        return 1
+        return report_failure(channel, exc)
     server = await adapters.relay_unix_to_tcp(listener, port)
-    channel.send(event="ready")
+    ready()
     await stop.wait()
     server.close()
     return 0
 
 
-def _make_server_class() -> type:
+@functools.cache
+def server_class() -> type:
+    """uvicorn's Server as the container runs it (made once; needs uvicorn, imported warm)."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -238,12 +302,11 @@ def _make_server_class() -> type:
     return Server
 
 
-_Server: Any = None
+def die_with_parent(parent: int | None = None) -> None:
+    """Ask Linux to SIGTERM us when our parent dies (even by SIGKILL), so no container outlives the server.
 
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM us when the server dies (even by SIGKILL), so no container outlives it."""
-    parent = os.getppid()
+    `parent`: the pid our parent had (a forked child knows it for sure; else read now)."""
+    parent = os.getppid() if parent is None else parent
     try:
         import ctypes
 
@@ -257,18 +320,21 @@ def _die_with_parent() -> None:
 
 
 def main() -> int:
-    global _Server
     fd_text = os.environ.pop(CONTROL_FD_ENV, None)
     if fd_text is None:
         print("cove: the container entrypoint is started by the Cove server, not by hand.", file=sys.stderr)
         return 2
-    _die_with_parent()
-    channel = _Channel(int(fd_text))
+    die_with_parent()
+    channel = Channel(int(fd_text))
     _warm_imports()
-    _Server = _make_server_class()
+    server_class()
     message = channel.receive()
+    if message is not None and message.get("op") == "zygote":
+        from cove._runtime import forkserver
+
+        return forkserver.run_image_zygote(channel)
     if message is None or message.get("op") != "start":
-        return 0  # the supervisor discarded this spare
+        return 0  # the supervisor discarded this worker
     import uvloop
 
     return uvloop.run(_serve(message, channel))

@@ -1,0 +1,295 @@
+"""Spawning worker processes: on the image's interpreter, inside a bubblewrap sandbox where it runs.
+
+A worker (`python -m cove._runtime.entrypoint`) imports the serving stack, then waits on its control
+socket for its first message: a `start` (it serves one container) or `zygote` (it forks them, see
+`zygote`). `Spawner.spawn` returns it once the process (and, sandboxed, its namespaces and network)
+exists; the caller sends the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cove._runtime import procfs, sandbox
+from cove._runtime.backend import StartupError
+from cove._runtime.isolation import Host, Placement, attach_network, stop_network
+from cove._runtime.limits import Applied, Limiter
+from cove._runtime.sandbox import Limits
+
+log = logging.getLogger("cove.runtime")
+
+#: Unix socket paths are limited to 107 bytes (sun_path); keep ours well below.
+_MAX_SOCKET_DIR = 80
+
+
+def socket_dir(home: Path) -> Path:
+    """A directory for container sockets: under COVE_HOME when the path is short enough."""
+    candidate = home / "run"
+    if len(str(candidate)) > _MAX_SOCKET_DIR:
+        candidate = Path(tempfile.gettempdir()) / f"cove-{os.getuid()}-{abs(hash(str(home))) % 10**8}"
+    candidate.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return candidate
+
+
+def exit_code(code: int, sandboxed: bool) -> int:
+    """bwrap reports a command killed by signal N as 128+N; show it as -N, as for a plain process."""
+    if sandboxed and 128 < code <= 128 + 64:
+        return -(code - 128)
+    return code
+
+
+class Spawned:
+    """A worker process this server started, with what it owns on the host (run dir, cgroup, network).
+
+    The server signals the worker itself (`signal_pid`): sandboxed, that is the only child of the
+    sandbox's init, since neither bwrap nor its init forwards signals.
+    """
+
+    via = "process"
+
+    def __init__(
+        self,
+        worker_id: str,
+        process: asyncio.subprocess.Process,
+        channel: socket.socket,
+        *,
+        address: str,
+        cleanup: list[Path],
+        limits: Applied,
+        limiter: Limiter,
+    ) -> None:
+        self.id = worker_id
+        self.process = process
+        self.channel = channel
+        self.address = address
+        self.sandboxed = False
+        self.init_pid = process.pid  # sandboxed: the sandbox's init (bwrap's --info-fd child-pid)
+        self.cleanup = cleanup
+        self.limits = limits
+        self.limiter = limiter
+        self.network_pid_file: Path | None = None
+        self.start_message: dict[str, Any] | None = None
+        assert process.stdout is not None and process.stderr is not None
+        self.stdout: asyncio.StreamReader = process.stdout
+        self.stderr: asyncio.StreamReader = process.stderr
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def signal_pid(self) -> int:
+        if self.sandboxed:
+            return procfs.only_child(self.init_pid) or self.process.pid
+        return self.process.pid
+
+    def exit_code_now(self) -> int | None:
+        """The exit code if the process has exited (a zombie not yet reaped), without waiting."""
+        status = procfs.zombie_status(self.process.pid)
+        return None if status is None else exit_code(status, self.sandboxed)
+
+    async def wait(self) -> int:
+        return exit_code(await self.process.wait(), self.sandboxed)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+
+    async def started(self) -> dict[str, Any] | None:
+        """Send the `start` message (set by the caller) and return the worker's first event."""
+        reader, writer = await asyncio.open_connection(sock=self.channel)
+        try:
+            writer.write(json.dumps(self.start_message).encode() + b"\n")
+            await writer.drain()
+            line = await reader.readline()
+            event: dict[str, Any] = json.loads(line) if line else {}
+            return event or None
+        finally:
+            writer.close()
+
+    def release(self) -> None:
+        """Remove what the worker owned on the host, once its process has exited."""
+        if self.network_pid_file is not None:
+            stop_network(self.network_pid_file)
+        self.limiter.release(self.limits)
+        for path in self.cleanup:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    async def discard(self) -> None:
+        """Stop a worker that is not needed (closing its channel makes it exit); kill it if it lingers."""
+        self.channel.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), timeout=5)
+        except TimeoutError:
+            self.kill()
+            await self.process.wait()
+        finally:
+            self.release()
+
+
+class Spawner:
+    """Starts workers for placements, plain or sandboxed, with their cpu/memory limits applied."""
+
+    def __init__(self, host: Host, limiter: Limiter, sockets: Path) -> None:
+        self._host = host
+        self._limiter = limiter
+        self._sockets = sockets
+
+    def address(self, placement: Placement, worker_id: str) -> str:
+        """Where a spawned worker's HTTP socket is, on the host."""
+        if placement.needs is None:
+            return str(self._sockets / f"{worker_id}.sock")
+        return str(self._sockets / worker_id / "http.sock")
+
+    @staticmethod
+    def inner_socket(placement: Placement, address: str) -> str:
+        """The same socket as the worker sees it."""
+        return address if placement.needs is None else sandbox.SOCKET
+
+    async def spawn(self, placement: Placement, worker_id: str, *, zygote: bool = False) -> Spawned:
+        """Start a worker. A zygote gets no limits (its forks get their own) and keeps CAP_SETFCAP in
+        its sandbox, so that its forks may map root in user namespaces of their own (`namespaces`)."""
+        parent, child = socket.socketpair()
+        try:
+            if placement.needs is None:
+                return await self._spawn_plain(placement, worker_id, parent, child, zygote)
+            return await self._spawn_sandboxed(placement, worker_id, parent, child, zygote)
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+
+    def _limits(self, placement: Placement, worker_id: str, zygote: bool) -> Applied:
+        if zygote:
+            return Applied(Limits())
+        return self._limiter.apply(worker_id, placement.cpu, placement.memory_mib)
+
+    async def _spawn_plain(
+        self, placement: Placement, worker_id: str, parent: socket.socket, child: socket.socket, zygote: bool
+    ) -> Spawned:
+        env = dict(placement.plain_env)
+        env["COVE_CONTROL_FD"] = str(child.fileno())
+        env["PYTHONUNBUFFERED"] = "1"
+        limits = self._limits(placement, worker_id, zygote)
+        argv = sandbox.with_limits([placement.python, "-m", "cove._runtime.entrypoint"], limits.limits)
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            pass_fds=(child.fileno(),),
+            env=env,
+            # Own session: a Ctrl-C at the server's terminal must not reach containers directly;
+            # the server stops them in order.
+            start_new_session=True,
+        )
+        address = self.address(placement, worker_id)
+        return Spawned(
+            worker_id,
+            process,
+            parent,
+            address=address,
+            cleanup=[Path(address)],
+            limits=limits,
+            limiter=self._limiter,
+        )
+
+    async def _spawn_sandboxed(
+        self, placement: Placement, worker_id: str, parent: socket.socket, child: socket.socket, zygote: bool
+    ) -> Spawned:
+        assert placement.needs is not None and self._host.bwrap is not None
+        run_dir = self._sockets / worker_id
+        run_dir.mkdir(mode=0o700, exist_ok=True)
+        limits = self._limits(placement, worker_id, zygote)
+        info_read, info_write = os.pipe()
+        needs = dataclasses.replace(
+            placement.needs,
+            run_dir=str(run_dir),
+            control_fd=child.fileno(),
+            info_fd=info_write,
+            limits=limits.limits,
+        )
+        argv = sandbox.container_argv(needs, bwrap=self._host.bwrap)
+        if zygote:
+            argv = keep_setfcap(argv)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=(child.fileno(), info_write),
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(info_read)
+            self._limiter.release(limits)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        finally:
+            os.close(info_write)
+        spawned = Spawned(
+            worker_id,
+            process,
+            parent,
+            address=str(run_dir / "http.sock"),
+            cleanup=[run_dir],
+            limits=limits,
+            limiter=self._limiter,
+        )
+        try:
+            info = await asyncio.to_thread(_read_info, info_read)
+            if info is None:
+                code = await process.wait()
+                stderr = (await process.stderr.read()).decode("utf-8", "replace") if process.stderr else ""
+                raise StartupError(f"the sandbox did not start (code {code}): {stderr.strip()[-300:]}")
+            spawned.init_pid = int(info["child-pid"])
+            spawned.sandboxed = True
+            if needs.network == "outbound" and self._host.network_tool is not None:
+                spawned.network_pid_file = self._sockets / f"{worker_id}.net.pid"
+                await attach_network(self._host, spawned.init_pid, spawned.network_pid_file)
+        except BaseException:
+            await spawned.discard()
+            raise
+        return spawned
+
+
+def keep_setfcap(argv: list[str]) -> list[str]:
+    """A container's bwrap argv that keeps CAP_SETFCAP (only) in the sandbox, for a zygote."""
+    for index in range(len(argv) - 1):
+        if argv[index] == "--cap-drop" and argv[index + 1] == "ALL":
+            return [*argv[: index + 2], "--cap-add", "CAP_SETFCAP", *argv[index + 2 :]]
+    raise ValueError("the sandbox argv drops no capabilities; refusing to add one")
+
+
+def _read_info(fd: int) -> dict[str, Any] | None:
+    """bwrap's --info-fd JSON (it names the sandboxed process's host PID), or None if bwrap failed."""
+    data = b""
+    try:
+        while True:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+            with contextlib.suppress(ValueError):
+                parsed = json.loads(data)
+                if isinstance(parsed, dict) and "child-pid" in parsed:
+                    return parsed
+    finally:
+        os.close(fd)
+    return None
