@@ -43,6 +43,7 @@ CONTROL_FD_ENV = "COVE_CONTROL_FD"
 def _warm_imports() -> None:
     """Import the serving stack before any function is known (the cost a cold start avoids)."""
     import a2wsgi  # noqa: F401
+    import anyio._backends._asyncio  # noqa: F401  (what a sync endpoint's first call would import)
     import fastapi
     import fastapi.middleware.cors  # noqa: F401
     import pydantic  # noqa: F401

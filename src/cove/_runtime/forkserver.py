@@ -37,7 +37,7 @@ import time
 import traceback
 from typing import Any
 
-from cove._runtime import entrypoint, namespaces
+from cove._runtime import entrypoint, namespaces, warmup
 from cove._runtime.entrypoint import Loaded
 
 #: How often an idle zygote looks for children the server never asked it to reap.
@@ -89,58 +89,13 @@ def run_image_zygote(channel: entrypoint.Channel) -> int:
 
     # `python -m` ran the entrypoint as __main__; this is its importable twin, warmed for the forks.
     entrypoint.server_class()
-    _warm_up_fastapi()
-    channel.send(event="ready")
-    return _serve_forks(_Conduit(channel.socket), None)
-
-
-def _warm_up_fastapi() -> None:
-    """Build two FastAPI apps and serve each a request, once, in the image zygote.
-
-    The first route a process adds and the first request it serves pay for FastAPI's and Pydantic's
-    lazily built machinery (about 25 ms); paid here, every fork starts with it built.
-    """
-    import asyncio
-
-    import pydantic
-
-    from cove._runtime import adapters
-    from cove._spec import WebSpec
-
-    class Item(pydantic.BaseModel):
-        x: int
-        name: str = ""
-
-    # Coroutines: a sync endpoint would start anyio's worker threads, and a zygote forks with one
-    # thread only (what another thread held at the fork would stay held in the child).
-    async def read(x: int, q: str | None = None) -> dict[str, int]:
-        return {"x": x}
-
-    async def create(item: Item) -> Item:
-        return item
-
-    async def drive(app: Any, method: str, query: bytes, body: bytes) -> None:
-        scope = {"type": "http", "method": method, "path": "/", "raw_path": b"/", "query_string": query}
-        scope.update(headers=[(b"content-type", b"application/json")], http_version="1.1", scheme="http")
-        scope.update(server=("zygote", 80), client=("zygote", 1), root_path="")
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            pass
-
-        await app(scope, receive, send)
-
-    async def warm() -> None:
-        get, post = WebSpec("fastapi_endpoint"), WebSpec("fastapi_endpoint", "POST")
-        await drive(adapters.fastapi_app(read, get), "GET", b"x=1", b"")
-        await drive(adapters.fastapi_app(create, post), "POST", b"", b'{"x":1}')
-
     try:
-        asyncio.run(warm())
+        warmup.serve_throwaway_apps()
     except Exception:  # an optimisation only
         traceback.print_exc()
+    _warn_about_threads("the image zygote's warm-up")
+    channel.send(event="ready")
+    return _serve_forks(_Conduit(channel.socket), None)
 
 
 def _serve_forks(conduit: _Conduit, loaded: Loaded | None) -> int:
@@ -292,12 +247,13 @@ def _container(
     return int(uvloop.run(entrypoint.serve(loaded, listener, channel, snap=snap, stamps=stamps)))
 
 
-def _warn_about_threads() -> None:
+def _warn_about_threads(started_by: str = "import or @enter(snap=True)") -> None:
+    """Only the forking thread goes on in a fork: say so when a zygote has others."""
     others = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
     if others:
         print(
-            f"cove: warning: threads started at import or in @enter(snap=True) ({', '.join(others)}) do "
-            "not exist in the containers forked from this zygote. Start them in an @enter() hook.",
+            f"cove: warning: threads started by {started_by} ({', '.join(others)}) do not exist in "
+            "the containers forked from this zygote. Start them in an @enter() hook.",
             file=sys.stderr,
             flush=True,
         )
