@@ -4,6 +4,11 @@ Layout of the tar.gz:
     src/...             the app file's directory (on the container's sys.path), plus the packages
                         named by `add_local_python_source` that live elsewhere
     mounts/<abs path>   files and directories of non-copy `add_local_file` / `add_local_dir`
+    files/<id>/<name>   everything else an image step reads: copy=True files and directories,
+                        requirements files, pyproject.toml (`<id>` hashes the path on the user's disk)
+
+`relocate(spec)` rewrites the manifest's local paths to these bundle-relative ones: the server reads
+local files of a deployed app only from its bundle (`resolve_in_bundle`), never from its own disk.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ import hashlib
 import io
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from cove._spec import AppSpec
+from cove._spec import AppSpec, ImageStep
 from cove.exception import InvalidError
 
 #: Directories never worth shipping.
@@ -58,35 +65,101 @@ def _walk(root: Path, ignore: tuple[str, ...] = ()) -> Iterator[Path]:
             yield path
 
 
+def _shipped(local: str) -> str:
+    """Where a file or directory an image step reads lives in the bundle."""
+    return f"files/{hashlib.sha256(local.encode()).hexdigest()[:16]}/{os.path.basename(local) or 'root'}"
+
+
+def move_step_paths(step: ImageStep, move: Callable[[str, str], str]) -> ImageStep:
+    """`step` with each local path it names replaced by `move(where, path)` (see `map_step_paths`)."""
+    kind = step.kind
+    changes: dict[str, Any] = {}
+    if kind in ("pip_install_from_requirements", "pip_install_from_pyproject"):
+        changes["path"] = move("file", str(step.arg("path")))
+    elif kind == "uv_pip_install" and step.arg("requirements"):
+        changes["requirements"] = tuple(move("file", str(r)) for r in step.arg("requirements"))
+    elif kind == "add_local_python_source":
+        changes["paths"] = tuple(move("source", str(p)) if p else p for p in step.arg("paths", ()))
+    elif kind in ("add_local_file", "add_local_dir"):
+        where = "copy" if step.arg("copy", False) else "mount:" + str(step.arg("remote_path"))
+        changes["local_path"] = move(where, str(step.arg("local_path")))
+    if not changes:
+        return step
+    return replace(step, args=tuple((k, changes.get(k, v)) for k, v in step.args))
+
+
+def map_step_paths(spec: AppSpec, move: Callable[[str, str], str]) -> AppSpec:
+    """`spec` with every local path of every image step passed through `move(where, path)`;
+    `where` is "file", "source", "copy" or "mount:<remote path>"."""
+    functions = []
+    for fn in spec.functions:
+        steps = tuple(move_step_paths(step, move) for step in fn.image.steps)
+        functions.append(replace(fn, image=replace(fn.image, steps=steps)))
+    return replace(spec, functions=tuple(functions))
+
+
+def _bundle_path(where: str, local: str) -> str:
+    if where == "source":
+        return f"src/{Path(local).name}"
+    if where.startswith("mount:"):
+        return "mounts/" + where.removeprefix("mount:").lstrip("/")
+    return _shipped(local)
+
+
+def relocate(spec: AppSpec) -> AppSpec:
+    """The manifest as deployed: every local path an image step names points into the bundle that
+    `make_bundle(spec, ...)` makes (paths relative to the bundle's root)."""
+    return map_step_paths(spec, _bundle_path)
+
+
+def resolve_in_bundle(root: Path, path: str, what: str) -> Path:
+    """The file or directory `path` (relative, as `relocate` wrote it) of the bundle unpacked at
+    `root`; a path that is absolute or leads out of it (`..`, a symlink) is refused."""
+    base = root.resolve()
+    target = (base / path).resolve() if path and not os.path.isabs(path) else None
+    if target is None or (target != base and base not in target.parents):
+        raise InvalidError(
+            f"{what}: {path!r} is not inside the uploaded source bundle. A deployed app's image steps "
+            "read local files only from the bundle `cove deploy` uploads with them; deploy with a "
+            "current `cove deploy`, and keep the files its steps name on the deploying machine."
+        )
+    if not target.exists():
+        raise InvalidError(f"{what}: {path!r} is missing from the uploaded source bundle.")
+    return target
+
+
 def make_bundle(spec: AppSpec, module_file: str) -> bytes:
-    """A deterministic tar.gz of the app's sources (same files, same bytes → same bundle hash)."""
+    """A deterministic tar.gz of the app's sources and of every local file its image steps read
+    (same files, same bytes → same bundle hash); see `relocate` for the manifest that goes with it."""
     source_dir = Path(module_file).parent
     entries: dict[str, Path] = {}
+    directories: set[str] = set()  # shipped even when empty, so the step finds them
     for path in _walk(source_dir):
         entries[f"src/{path.relative_to(source_dir)}"] = path
     for fn in spec.functions:
         for step in fn.image.steps:
-            if step.kind == "add_local_python_source":
-                for local in step.arg("paths", ()):
-                    if not local:
-                        continue
-                    local_path = Path(local)
-                    if local_path.is_dir():
-                        for path in _walk(local_path, tuple(step.arg("ignore", ()))):
-                            entries.setdefault(f"src/{local_path.name}/{path.relative_to(local_path)}", path)
-                    else:
-                        entries.setdefault(f"src/{local_path.name}", local_path)
-            elif step.kind in ("add_local_file", "add_local_dir") and not step.arg("copy", False):
-                local_path = Path(step.arg("local_path"))
-                remote = str(step.arg("remote_path")).lstrip("/")
+            ignore = tuple(step.arg("ignore", ()))
+
+            def add_step(where: str, local: str, ignore: tuple[str, ...] = ignore) -> str:
+                local_path = Path(local)
+                name = _bundle_path(where, local)
                 if local_path.is_dir():
-                    for path in _walk(local_path, tuple(step.arg("ignore", ()))):
-                        entries[f"mounts/{remote}/{path.relative_to(local_path)}"] = path
+                    directories.add(name)
+                    for path in _walk(local_path, ignore):
+                        entries.setdefault(f"{name}/{path.relative_to(local_path)}", path)
                 elif local_path.is_file():
-                    entries[f"mounts/{remote}"] = local_path
+                    entries.setdefault(name, local_path)
+                return name
+
+            move_step_paths(step, add_step)
     buffer = io.BytesIO()
     total = 0
     with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name in sorted(directories):
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            tar.addfile(info)
         for name in sorted(entries):
             path = entries[name]
             data = path.read_bytes()

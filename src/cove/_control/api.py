@@ -122,12 +122,18 @@ def build_api(
         body = await request.json()
         spec = app_spec_from_dict(body["spec"])
         force = bool(body.get("force"))
+        root = None
+        if "bundle_id" in body:
+            root = bundles.root(str(body["bundle_id"]))
+        elif request.scope.get("cove.remote"):
+            # The steps' paths would name files on the server's disk: for local clients only.
+            raise exception.InvalidError("Remote clients must upload a source bundle (bundle_id).")
         events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
         async def build() -> None:
             try:
                 if images is not None:
-                    await images.build_app(spec, events.put_nowait, force=force)
+                    await images.build_app(spec, events.put_nowait, force=force, root=root)
                 events.put_nowait({"event": "done"})
             except exception.Error as exc:
                 events.put_nowait({"event": "error", "error": type(exc).__name__, "message": str(exc)})

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from cove._bundle import resolve_in_bundle
 from cove._control.images import ImageBuilder
 from cove._control.logs import LogHub
 from cove._control.secrets import SecretStore
@@ -173,7 +174,7 @@ class AppRegistry:
         if self._images is not None:
             # Built before the lock: a long build must not hold up other apps. Images the CLI had
             # built already (POST /v1/images/build) are found in the cache at once.
-            layouts = await self._images.build_app(spec, step_force=False)
+            layouts = await self._images.build_app(spec, step_force=False, root=self.bundle_root(source))
             requests = {
                 tag: dataclasses.replace(r, image=layouts[r.function.image]) for tag, r in requests.items()
             }
@@ -411,6 +412,14 @@ class AppRegistry:
                             "Stop that app or choose another label=..."
                         )
 
+    def bundle_root(self, source: Source) -> Path | None:
+        """The unpacked bundle a version runs from (every local path of its manifest lies inside
+        it), or None for `cove serve`, whose paths are the user's own on this machine."""
+        src = Path(source.source_dir)
+        if src.name == "src" and src.parent.parent == self._settings.home / "bundles":
+            return src.parent
+        return None
+
     def _request(
         self, app_name: str, fn: FunctionSpec, source: Source, env: dict[str, str]
     ) -> ContainerRequest:
@@ -419,28 +428,25 @@ class AppRegistry:
         A deployed version's mounts come from its bundle (`mounts/<remote path>`); `cove serve`
         mounts the user's paths themselves, so edits show up in the next container.
         """
-        src = Path(source.source_dir)
-        bundled = src.name == "src" and src.parent.parent == self._settings.home / "bundles"
+        root = self.bundle_root(source)
         mounts: list[tuple[str, str]] = []
         extra_source: list[tuple[str, str]] = []
         for step in fn.image.steps:
             if not step.kind.startswith("add_local") or step.arg("copy", False):
                 continue
             if step.kind == "add_local_python_source":
-                if not bundled:  # a bundle has them in src/ already
+                if root is None:  # a bundle has them in src/ already
                     paths = [p for p in step.arg("paths", ()) if p]
                     extra_source += [(p, f"{HOME}/{os.path.basename(p)}") for p in paths]
                 continue
             remote = str(step.arg("remote_path"))
-            local = (
-                str(src.parent / "mounts" / remote.lstrip("/")) if bundled else str(step.arg("local_path"))
-            )
-            if not os.path.exists(local):
-                raise InvalidError(
-                    f"Image.{step.kind}(): {step.arg('local_path')} does not exist"
-                    + (" in the uploaded bundle" if bundled else "")
-                    + f", so it cannot be mounted at {remote}."
-                )
+            what = f"Image.{step.kind}()"
+            if root is not None:
+                local = str(resolve_in_bundle(root, str(step.arg("local_path")), what))
+            else:
+                local = str(step.arg("local_path"))
+                if not os.path.exists(local):
+                    raise InvalidError(f"{what}: {local} does not exist, so it cannot be mounted at {remote}")
             mounts.append((local, remote))
         return ContainerRequest(
             app_name=app_name,

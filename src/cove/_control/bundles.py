@@ -36,13 +36,18 @@ class BundleStore:
             shutil.rmtree(staging, ignore_errors=True)  # another upload of the same bytes won
         return digest
 
-    def source(self, digest: str, module_path: str) -> Source:
-        """Where a version built from bundle `digest` runs: its `src/` dir and the app file in it."""
+    def root(self, digest: str) -> Path:
+        """The directory bundle `digest` is unpacked in (the root of its manifest's local paths)."""
         if not digest.isalnum():
             raise InvalidError(f"Invalid bundle id {digest!r}.")
-        src = self._dir / digest / "src"
-        if not src.is_dir():
+        root = self._dir / digest
+        if not (root / "src").is_dir():
             raise NotFoundError(f"Bundle {digest} was not uploaded. Upload it first (POST /v1/bundles).")
+        return root
+
+    def source(self, digest: str, module_path: str) -> Source:
+        """Where a version built from bundle `digest` runs: its `src/` dir and the app file in it."""
+        src = self.root(digest) / "src"
         module_file = (src / module_path).resolve()
         if src.resolve() not in module_file.parents or not module_file.is_file():
             raise InvalidError(f"{module_path!r} is not a file of bundle {digest}.")

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cove._bundle import IGNORED_DIRS, IGNORED_SUFFIXES
+from cove._bundle import IGNORED_DIRS, IGNORED_SUFFIXES, move_step_paths, resolve_in_bundle
 from cove._control.secrets import SecretStore
 from cove._runtime import sandbox
 from cove._runtime.backend import ImageLayout
@@ -304,11 +304,29 @@ def rootfs_key(mirror: str) -> str:
     return _hash("rootfs", SUITE, "minbase", ROOTFS_INCLUDE, mirror)
 
 
-def make_plan(spec: ImageSpec, *, mirror: str, force: bool = False, step_force: bool = True) -> Plan:
+def _localize(step: ImageStep, root: Path | None) -> ImageStep:
+    """`step` with its local paths resolved inside the bundle at `root` (a deployed app: refused
+    if they lead out of it), or as they are (`root` None: `cove serve` on the server's machine)."""
+    if root is None:
+        return step
+    what = f"Image.{step.kind}()"
+    return move_step_paths(step, lambda where, path: str(resolve_in_bundle(root, path, what)))
+
+
+def make_plan(
+    spec: ImageSpec,
+    *,
+    mirror: str,
+    force: bool = False,
+    step_force: bool = True,
+    root: Path | None = None,
+) -> Plan:
     """Resolve a recipe: find its interpreter, read the files its steps name, key every layer.
 
     `force` rebuilds every layer; `step_force` honours the steps' own `force_build=True` (a
-    publish right after the CLI's build turns it off, so the image is not built twice).
+    publish right after the CLI's build turns it off, so the image is not built twice). With `root`
+    (a deployed app's unpacked bundle) the steps' paths are relative to it and may not leave it;
+    layer keys hash those relative paths, so a new bundle with the same files reuses the layers.
     """
     version = spec.python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
     interpreter = find_interpreter(version)
@@ -335,6 +353,7 @@ def make_plan(spec: ImageSpec, *, mirror: str, force: bool = False, step_force: 
             continue
         if step.kind.startswith("add_local") and not step.arg("copy", False):
             continue  # mounted at container start, not built
+        keyed, step = step, _localize(step, root)
         forced = forced or (step_force and step.force_build)
         extra: list[Any] = []
         packages: tuple[str, ...] = ()
@@ -355,11 +374,11 @@ def make_plan(spec: ImageSpec, *, mirror: str, force: bool = False, step_force: 
             for local, remote in _copy_targets(step):
                 extra.append((remote, _digest_path(Path(local), ignore)))
                 files.append((remote.lstrip("/"), remote))
-        key = _hash(key, spec_to_dict(step), extra)
+        key = _hash(key, spec_to_dict(keyed), extra)
         layers.append(
             Layer(
                 key,
-                _title(step),
+                _title(keyed),
                 step,
                 needs_rootfs=base_rootfs is not None,
                 force=forced,
@@ -511,8 +530,10 @@ class ImageBuilder:
 
     # -- public ------------------------------------------------------------------------------------
 
-    def plan(self, spec: ImageSpec, *, force: bool = False, step_force: bool = True) -> Plan:
-        return make_plan(spec, mirror=self._mirror, force=force, step_force=step_force)
+    def plan(
+        self, spec: ImageSpec, *, force: bool = False, step_force: bool = True, root: Path | None = None
+    ) -> Plan:
+        return make_plan(spec, mirror=self._mirror, force=force, step_force=step_force, root=root)
 
     def built(self, plan: Plan) -> ImageLayout | None:
         """The image of `plan` if it is already built (and nothing forces a rebuild)."""
@@ -521,21 +542,35 @@ class ImageBuilder:
         return self._layout(plan)
 
     async def build_app(
-        self, spec: AppSpec, emit: Emit | None = None, *, force: bool = False, step_force: bool = True
+        self,
+        spec: AppSpec,
+        emit: Emit | None = None,
+        *,
+        force: bool = False,
+        step_force: bool = True,
+        root: Path | None = None,
     ) -> dict[ImageSpec, ImageLayout]:
-        """Build every image an app's functions need (each recipe once)."""
+        """Build every image an app's functions need (each recipe once); `root`: see `make_plan`."""
         layouts: dict[ImageSpec, ImageLayout] = {}
         for fn in spec.functions:
             if fn.image not in layouts:
-                layouts[fn.image] = await self.build(fn.image, emit, force=force, step_force=step_force)
+                layouts[fn.image] = await self.build(
+                    fn.image, emit, force=force, step_force=step_force, root=root
+                )
         return layouts
 
     async def build(
-        self, spec: ImageSpec, emit: Emit | None = None, *, force: bool = False, step_force: bool = True
+        self,
+        spec: ImageSpec,
+        emit: Emit | None = None,
+        *,
+        force: bool = False,
+        step_force: bool = True,
+        root: Path | None = None,
     ) -> ImageLayout:
         """Build `spec` (only the layers not cached) and return the image; raise `ImageBuildError`."""
         emit = emit or (lambda event: None)
-        plan = await asyncio.to_thread(self.plan, spec, force=force, step_force=step_force)
+        plan = await asyncio.to_thread(self.plan, spec, force=force, step_force=step_force, root=root)
         ready = self.built(plan)
         if ready is not None:
             emit({"event": "image", "image": plan.key[:12], "cached": True, "layers": len(plan.layers)})

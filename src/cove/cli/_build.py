@@ -10,7 +10,7 @@ from cove.cli._client import ControlClient
 from cove.config import force_build
 
 
-def build_images(client: ControlClient, spec_json: dict[str, Any]) -> None:
+def build_images(client: ControlClient, spec_json: dict[str, Any], bundle_id: str | None = None) -> None:
     """Build the images of `spec_json` (cached ones return at once), streaming build output.
 
     Raises the server's Cove error (e.g. `ImageBuildError` naming the failed step, its exit code
@@ -18,11 +18,12 @@ def build_images(client: ControlClient, spec_json: dict[str, Any]) -> None:
     """
     if client.remote_url:
         return
+    body: dict[str, Any] = {"spec": spec_json, "force": force_build()}
+    if bundle_id is not None:
+        body["bundle_id"] = bundle_id
     display = render.BuildDisplay()
     try:
-        for event in client.stream_lines(
-            "POST", "/v1/images/build", json={"spec": spec_json, "force": force_build()}
-        ):
+        for event in client.stream_lines("POST", "/v1/images/build", json=body):
             if event.get("event") == "error":
                 cls = getattr(exception, str(event.get("error")), None)
                 if not (isinstance(cls, type) and issubclass(cls, exception.Error)):

@@ -9,7 +9,8 @@ import time
 import click
 
 from cove import exception
-from cove._bundle import make_bundle
+from cove._bundle import make_bundle, relocate
+from cove._spec import spec_to_dict
 from cove.cli import _render as render
 from cove.cli._build import build_images
 from cove.cli._client import ensure_server
@@ -52,16 +53,18 @@ def deploy(app_ref: str, name: str | None, tag: str) -> None:
             render.error(NO_NAME.format(file=os.path.relpath(ref.file)))
             raise SystemExit(1)
         render.success(f"Loaded app {app_name} ({len(loaded.spec.functions)} functions).")
+        # The server reads the files image steps name from the bundle only, at these paths.
         bundle = make_bundle(loaded.spec, loaded.module_file)
+        spec_json = spec_to_dict(relocate(loaded.spec))
         bundle_id = client.request("POST", "/v1/bundles", content=bundle)["bundle_id"]
         render.success(f"Uploaded sources ({_size(len(bundle))}, bundle {bundle_id[:12]}).")
-        build_images(client, loaded.spec_json)
+        build_images(client, spec_json, bundle_id)
         render.info("Deploying: new containers warm up before traffic moves to them...")
         app = client.request(
             "PUT",
             f"/v1/apps/deployed/{app_name}",
             json={
-                "spec": loaded.spec_json,
+                "spec": spec_json,
                 "bundle_id": bundle_id,
                 "module_path": os.path.relpath(loaded.module_file, loaded.source_dir),
                 "tag": tag,
