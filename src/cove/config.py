@@ -45,6 +45,10 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     ),
     "COVE_ZYGOTE": ("1", "`1`: containers are forked from warm zygotes; `0`: each is a fresh worker process"),
     "COVE_ZYGOTE_WINDOW": ("600", "seconds a function zygote outlives its function's last container"),
+    "COVE_LOG_MAX_BYTES": (
+        str(16 * 1024**2),
+        "size in bytes at which an app's log file is rotated (one previous file, NAME.log.1, is kept)",
+    ),
     "COVE_DEBIAN_MIRROR": (
         "http://deb.debian.org/debian",
         "Debian mirror for the root filesystem of apt_install/run_commands images (debootstrap)",
@@ -180,6 +184,7 @@ class Settings:
     zygote: bool = True
     zygote_window_s: float = 600.0
     debian_mirror: str = "http://deb.debian.org/debian"
+    log_max_bytes: int = 16 * 1024**2
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -225,6 +230,7 @@ class Settings:
             zygote=_choice("COVE_ZYGOTE", ("1", "0")) == "1",
             zygote_window_s=_gateway_number("COVE_ZYGOTE_WINDOW", zero=True),
             debian_mirror=env("COVE_DEBIAN_MIRROR") or "http://deb.debian.org/debian",
+            log_max_bytes=int(_gateway_number("COVE_LOG_MAX_BYTES", integer=True)),
         )
 
     @property

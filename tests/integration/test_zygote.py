@@ -210,11 +210,14 @@ def test_asgi_app_scales_from_zero_through_the_function_zygote(
         assert seen["imported_by"] == seen["pid"]
 
 
-def test_an_import_error_is_a_503_naming_it(tmp_path: Path, cove_env: CoveEnv, mode: str) -> None:
-    """A module that fails to import in the container: 503 with the exception's first line, the
-    traceback in the app's logs (not in the response)."""
-    urls = _deploy(cove_env, tmp_path / "broken_import.py", BROKEN_IMPORT)
-    response = host_request("GET", urls["broken-import-hello"])
+def test_an_import_error_is_a_503_naming_it(tmp_path: Path, cove_env: CoveEnv, mode: str, serve) -> None:
+    """A module that fails to import in the container: under `cove serve`, 503 with the exception's
+    first line, the traceback in the app's logs (not in the response). (`cove deploy` refuses such
+    a version: tests/faults/test_deploy_faults.py.)"""
+    app_file = tmp_path / "broken_import.py"
+    app_file.write_text(BROKEN_IMPORT)
+    (url,) = serve(str(app_file)).urls(1)
+    response = host_request("GET", url)
     assert response.status_code == 503
     assert response.text.startswith("cove: hello failed to start: RuntimeError: DATABASE_URL is not set")
     assert "Traceback" not in response.text

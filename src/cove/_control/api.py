@@ -21,6 +21,7 @@ from cove._control.bundles import BundleStore
 from cove._control.images import ImageBuilder
 from cove._control.logs import LogHub
 from cove._control.secrets import SecretStore
+from cove._control.storage import StorageError
 from cove._control.store import Store
 from cove._spec import app_spec_from_dict
 
@@ -32,6 +33,7 @@ _STATUS = {
     exception.InvalidError: 400,
     exception.AuthError: 401,
     exception.ResourceExhaustedError: 429,
+    StorageError: 507,
 }
 
 

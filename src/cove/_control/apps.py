@@ -27,7 +27,7 @@ from cove._runtime.pool import ContainerInfo, FunctionPool
 from cove._runtime.sandbox import HOME
 from cove._spec import AppSpec, FunctionSpec, ImageSpec
 from cove.config import Settings
-from cove.exception import InvalidError, NotFoundError
+from cove.exception import ExecutionError, InvalidError, NotFoundError
 
 log = logging.getLogger("cove.apps")
 
@@ -35,6 +35,12 @@ _APP_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 AppKind = Literal["ephemeral", "deployed"]
 #: How long a new version's first containers may take before traffic moves anyway.
 _WARM_TIMEOUT_S = 60.0
+#: Lines of a failed container's stderr shown by a deploy it failed.
+_FAILURE_LINES = 20
+
+
+class StartupFailedError(ExecutionError):
+    """A new version's containers failed to start, so it did not go live."""
 
 
 class AppState(enum.Enum):
@@ -161,8 +167,11 @@ class AppRegistry:
     ) -> AppRecord:
         """Create the next version of `name` and move traffic to it; the old version drains.
 
-        Everything that can fail (names, secrets, mounts, image builds, labels) is checked before
-        anything changes, so a bad manifest or a failing build leaves the serving version untouched.
+        Everything that can fail (names, secrets, mounts, image builds, labels, a web function's
+        first container) is checked before anything changes, and the store records the version
+        and makes it current in one transaction just before the routes swap: a bad manifest, a
+        failing build, code that fails at import, a full disk or a crash leaves the serving
+        version untouched.
         `restore_version` serves a version already in the store (server restart) instead of
         recording a new one.
         """
@@ -181,42 +190,64 @@ class AppRegistry:
         dev_suffix = self._settings.dev_suffix if kind == "ephemeral" else None
         async with self._lock:
             record = self._apps.get((kind, name))
+            created = record is None
             if record is None:
                 record = self._apps[(kind, name)] = AppRecord(name=name, kind=kind)
-            endpoints = tuple(self._endpoint(name, f, dev_suffix) for f in web_specs)
-            self._check_conflicts(kind, name, endpoints)
-            pools = {
-                f.tag: FunctionPool(
-                    f,
-                    self._launcher(record.log_key, requests[f.tag]),
-                    max_queue=self._settings.queue_limit,
-                )
-                for f in spec.functions
-            }
-            if restore_version is None:
-                number = self._store.add_version(
-                    kind,
-                    name,
-                    spec,
-                    source.module_file,
-                    source.source_dir,
-                    tag=tag,
-                    deployed_by=getpass.getuser(),
-                    rollback_of=rollback_of,
-                )
-            else:
-                number = restore_version
+            started = time.time()
+            pools: dict[str, FunctionPool] = {}
+            version: Version | None = None
+            try:
+                endpoints = tuple(self._endpoint(name, f, dev_suffix) for f in web_specs)
+                self._check_conflicts(kind, name, endpoints)
+                pools = {
+                    f.tag: FunctionPool(
+                        f,
+                        self._launcher(record.log_key, requests[f.tag]),
+                        max_queue=self._settings.queue_limit,
+                    )
+                    for f in spec.functions
+                }
+                number = restore_version or self._store.next_version(kind, name)
+                version = Version(number, spec, source, endpoints, pools, requests=tuple(requests.values()))
+                for request in version.requests:
+                    self._backend.prepare(request)
+                old = record.current if record.state is AppState.RUNNING else None
+                # Zero downtime: functions that have containers now get warm ones in the new version
+                # before traffic moves to it. A deploy also proves that each web function can start
+                # (one container each, which then serves): a version whose code fails at import
+                # never goes live. (`cove serve` shows such failures in its log stream instead.)
+                deploying = kind == "deployed" and restore_version is None
+                for fn_tag, pool in pools.items():
+                    was_busy = (
+                        old is not None and fn_tag in old.pools and old.pools[fn_tag].container_count > 0
+                    )
+                    probe = deploying and pool.spec.web is not None
+                    pool.start(warm=1 if was_busy or probe else 0)
+                await asyncio.gather(*(p.wait_started(_WARM_TIMEOUT_S) for p in pools.values()))
+                await asyncio.sleep(0)  # let each pool record how its containers' starts ended
+                if deploying:
+                    self._check_started(record, version, old, started)
+                if restore_version is None:
+                    # One transaction: after a crash the store names the old or the new version.
+                    self._store.add_version(
+                        kind,
+                        name,
+                        spec,
+                        source.module_file,
+                        source.source_dir,
+                        tag=tag,
+                        deployed_by=getpass.getuser(),
+                        rollback_of=rollback_of,
+                        number=number,
+                    )
+            except BaseException:
+                await asyncio.gather(*(p.close() for p in pools.values()), return_exceptions=True)
+                if version is not None:
+                    self._release(version)
+                if created:
+                    self._apps.pop((kind, name), None)
+                raise
             record.versions = number
-            version = Version(number, spec, source, endpoints, pools, requests=tuple(requests.values()))
-            for request in version.requests:
-                self._backend.prepare(request)
-            old = record.current if record.state is AppState.RUNNING else None
-            # Zero downtime: functions that have containers now get warm ones in the new version
-            # before traffic moves to it.
-            for tag, pool in pools.items():
-                was_busy = old is not None and tag in old.pools and old.pools[tag].container_count > 0
-                pool.start(warm=1 if was_busy else 0)
-            await asyncio.gather(*(p.wait_started(_WARM_TIMEOUT_S) for p in pools.values()))
             old = record.current
             record.current = version
             record.state = AppState.RUNNING
@@ -236,13 +267,31 @@ class AppRegistry:
                 self._retire(old)
         return record
 
+    def _check_started(self, record: AppRecord, version: Version, old: Version | None, since: float) -> None:
+        """Raise if a web function of `version` failed to start a container (nothing went live)."""
+        for tag, pool in version.pools.items():
+            reason = pool.startup_failure
+            if reason is None or pool.spec.web is None:
+                continue
+            output = [
+                r.line
+                for r in self._logs.recent(record.log_key)
+                if r.ts >= since and r.function == tag and r.stream == "stderr"
+            ][-_FAILURE_LINES:]
+            kept = f"v{old.number} keeps serving." if old is not None else "Nothing was deployed."
+            raise StartupFailedError(
+                f"v{version.number} of app {record.name!r} did not go live: function {tag} failed to "
+                f"start: {reason}. {kept} Fix the error and deploy again"
+                + (". Its output:\n" + "\n".join(f"  {line}" for line in output) if output else ".")
+            )
+
     async def stop(self, name: str, kind: AppKind | None = None) -> AppRecord:
         async with self._lock:
             record = self.get(name, kind)
             if record.state is AppState.STOPPED:
                 return record
+            self._store.set_stopped(record.kind, name)  # first: if it fails, nothing changed
             record.state = AppState.STOPPED
-            self._store.set_stopped(record.kind, name)
             record.session = None
             record.session_changed.set()
             record.session_changed = asyncio.Event()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cove._bundle import bundle_id, extract_bundle
 from cove._control.apps import Source
+from cove._control.storage import StorageError, writing
 from cove.exception import InvalidError, NotFoundError
 
 
@@ -24,9 +25,14 @@ class BundleStore:
         target = self._dir / digest
         if target.is_dir():
             return digest
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self._dir))
+        with writing(self._dir):
+            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self._dir))
         try:
-            extract_bundle(data, staging)
+            with writing(self._dir):
+                extract_bundle(data, staging)
+        except StorageError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         except Exception as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise InvalidError(f"The uploaded source bundle is not a valid tar.gz: {exc}") from exc

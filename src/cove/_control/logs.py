@@ -1,10 +1,19 @@
-"""Container logs: kept per app in a bounded ring and a file, and fanned out to followers."""
+"""Container logs: kept per app in a bounded ring and a file, and fanned out to followers.
+
+An app's file `NAME.log` is rotated to `NAME.log.1` (replacing the one before) when it reaches
+`max_bytes`, so logs take at most about twice that per app; reading starts from both files.
+A write the disk refuses (full) is dropped from the file but stays in the ring: logging never
+fails the operation that logs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
+import logging
+import os
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass
@@ -13,6 +22,9 @@ from typing import IO
 
 _RING = 2000
 _FOLLOWER_QUEUE = 10000
+DEFAULT_MAX_BYTES = 16 * 1024**2
+
+log = logging.getLogger("cove.logs")
 
 
 @dataclass(frozen=True)
@@ -33,8 +45,10 @@ class LogRecord:
 class LogHub:
     """Per-app rings of recent lines, an append-only file per app, and live followers."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._dir = directory
+        self._max_bytes = max_bytes
+        self._failing: set[str] = set()  # apps whose last file write failed (warned once)
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._rings: dict[str, collections.deque[LogRecord]] = {}
         self._files: dict[str, IO[str]] = {}
@@ -45,14 +59,33 @@ class LogHub:
         if app not in self._rings:
             self._rings[app] = collections.deque(self._read_file(app), maxlen=_RING)
         self._rings[app].append(record)
-        file = self._files.get(app)
-        if file is None:
-            file = self._files[app] = open(self._dir / f"{app}.log", "a", encoding="utf-8")  # noqa: SIM115
-        file.write(record.to_json() + "\n")
-        file.flush()
+        self._append(app, record.to_json() + "\n")
         for queue in self._followers.get(app, ()):
             if queue.qsize() < _FOLLOWER_QUEUE:
                 queue.put_nowait(record)
+
+    def _append(self, app: str, text: str) -> None:
+        file = self._files.get(app)
+        try:
+            if file is None:
+                file = self._files[app] = open(self._dir / f"{app}.log", "a", encoding="utf-8")  # noqa: SIM115
+            file.write(text)
+            file.flush()
+            if file.tell() >= self._max_bytes:
+                file.close()
+                del self._files[app]
+                os.replace(self._dir / f"{app}.log", self._dir / f"{app}.log.1")
+        except OSError as exc:
+            if file is not None and not file.closed:
+                # Drop the partial line from the buffer, so the next write starts a clean one.
+                self._files.pop(app, None)
+                with contextlib.suppress(OSError):
+                    file.close()
+            if app not in self._failing:
+                self._failing.add(app)
+                log.warning("app=%s event=log_write_failed error=%r", app, exc)
+            return
+        self._failing.discard(app)
 
     def recent(self, app: str, tail: int | None = None) -> list[LogRecord]:
         if app not in self._rings:
@@ -62,16 +95,19 @@ class LogHub:
 
     def _read_file(self, app: str) -> list[LogRecord]:
         """After a server restart the ring starts from the app's log file."""
-        path = self._dir / f"{app}.log"
-        if not path.exists():
-            return []
+        lines: collections.deque[str] = collections.deque(maxlen=_RING)
+        for path in (self._dir / f"{app}.log.1", self._dir / f"{app}.log"):
+            try:
+                with open(path, encoding="utf-8", errors="replace") as file:
+                    lines.extend(file)
+            except FileNotFoundError:
+                continue
         records = []
-        with open(path, encoding="utf-8", errors="replace") as file:
-            for line in collections.deque(file, maxlen=_RING):
-                try:
-                    records.append(LogRecord(**json.loads(line)))
-                except (ValueError, TypeError):
-                    continue
+        for line in lines:
+            try:
+                records.append(LogRecord(**json.loads(line)))
+            except (ValueError, TypeError):
+                continue
         return records
 
     async def follow(

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cove._control.storage import writing
 from cove._spec import SecretRef
 from cove.exception import AlreadyExistsError, InvalidError, NotFoundError
 
@@ -69,10 +70,17 @@ class SecretStore:
             raise AlreadyExistsError(f"Secret {name!r} already exists. Use --force to overwrite it.")
         record = {"name": name, "created_at": time.time(), "values": dict(values)}
         tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            json.dump(record, file)
-        os.replace(tmp, path)
+        try:
+            with writing(path):
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as file:
+                    json.dump(record, file)
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(tmp, path)  # atomic: the old secret or the new one, never half of either
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return SecretInfo(name, tuple(values), record["created_at"])  # type: ignore[arg-type]
 
     def get(self, name: str) -> dict[str, str]:

@@ -98,15 +98,15 @@ async def serve(
         )
     with contextlib.suppress(FileNotFoundError):
         sock_path.unlink()
+    store = Store(settings.home / "cove.db")  # first: a damaged database stops the start here
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    store = Store(settings.home / "cove.db")
     bundles = BundleStore(settings.home / "bundles")
-    logs = LogHub(settings.home / "logs")
+    logs = LogHub(settings.home / "logs", max_bytes=settings.log_max_bytes)
     secrets = SecretStore(settings.home / "secrets")
     backend = make_backend(settings)
     gateway = Gateway(

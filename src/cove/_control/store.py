@@ -6,6 +6,7 @@ once, in a transaction, when a server opens an older database.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from cove._control.storage import StorageError, corrupt_database, is_disk_full, no_space, writing
 from cove._spec import AppSpec, app_spec_from_dict, spec_to_dict
 from cove.exception import NotFoundError
 
@@ -96,14 +98,45 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         fresh = not path.exists()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        if fresh:
-            os.chmod(path, 0o600)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        try:
+            with writing(path):
+                self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+                if fresh:
+                    os.chmod(path, 0o600)
+                self._db.row_factory = sqlite3.Row
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                self._migrate()
+                self._db.execute("SELECT COUNT(*) FROM apps").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise corrupt_database(path, exc) from None
+        self._inode = os.stat(path).st_ino
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        """Run one statement; a full disk, a damaged or a deleted database file is a `StorageError`."""
+        try:
+            alive = os.stat(self.path).st_ino == self._inode
+        except FileNotFoundError:
+            alive = False
+        if not alive:
+            raise StorageError(
+                f"the Cove database {self.path} was deleted or replaced while the server ran, so what it "
+                "records now would be lost. Restart the server (`cove server stop`, then any `cove` "
+                "command); apps deployed before must then be deployed again."
+            )
+        try:
+            return self._db.execute(sql, params)
+        except sqlite3.DatabaseError as exc:
+            if is_disk_full(exc):
+                raise no_space(self.path, exc) from None
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            raise corrupt_database(self.path, exc) from None
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already (disk full)
+            self._db.execute("ROLLBACK")
 
     @property
     def schema_version(self) -> int:
@@ -138,16 +171,17 @@ class Store:
         tag: str = "",
         deployed_by: str = "",
         rollback_of: int | None = None,
+        number: int | None = None,
     ) -> int:
-        """Record a new version and make it the app's current one; returns its number."""
+        """Record a new version and make it the app's current one, in one transaction (a crash
+        leaves either the old or the new version current); returns its number (`number`, if
+        given, must be `next_version`)."""
         now = time.time()
-        self._db.execute("BEGIN IMMEDIATE")
+        self._execute("BEGIN IMMEDIATE")
         try:
-            row = self._db.execute(
-                "SELECT MAX(number) FROM versions WHERE kind = ? AND name = ?", (kind, name)
-            ).fetchone()
-            number = int(row[0] or 0) + 1
-            self._db.execute(
+            if number is None:
+                number = self.next_version(kind, name)
+            self._execute(
                 "INSERT INTO versions (kind, name, number, spec, module_file, source_dir, tag, deployed_by,"
                 " rollback_of, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -163,21 +197,28 @@ class Store:
                     now,
                 ),
             )
-            self._db.execute(
+            self._execute(
                 "INSERT INTO apps (kind, name, state, current_version, created_at)"
                 " VALUES (?, ?, 'running', ?, ?)"
                 " ON CONFLICT (kind, name) DO UPDATE SET state = 'running',"
                 " current_version = excluded.current_version, stopped_at = NULL",
                 (kind, name, number, now),
             )
-            self._db.execute("COMMIT")
+            self._execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
         return number
 
+    def next_version(self, kind: AppKind, name: str) -> int:
+        """The number the next version of an app will get."""
+        row = self._execute(
+            "SELECT MAX(number) FROM versions WHERE kind = ? AND name = ?", (kind, name)
+        ).fetchone()
+        return int(row[0] or 0) + 1
+
     def set_stopped(self, kind: AppKind, name: str) -> None:
-        self._db.execute(
+        self._execute(
             "UPDATE apps SET state = 'stopped', stopped_at = ? WHERE kind = ? AND name = ?",
             (time.time(), kind, name),
         )
@@ -186,16 +227,16 @@ class Store:
         """Mark every running app of `kind` stopped (ephemeral apps do not outlive their server)."""
         names = [
             r["name"]
-            for r in self._db.execute("SELECT name FROM apps WHERE kind = ? AND state = 'running'", (kind,))
+            for r in self._execute("SELECT name FROM apps WHERE kind = ? AND state = 'running'", (kind,))
         ]
-        self._db.execute(
+        self._execute(
             "UPDATE apps SET state = 'stopped', stopped_at = ? WHERE kind = ? AND state = 'running'",
             (time.time(), kind),
         )
         return names
 
     def apps(self) -> list[StoredApp]:
-        rows = self._db.execute("SELECT * FROM apps ORDER BY created_at").fetchall()
+        rows = self._execute("SELECT * FROM apps ORDER BY created_at").fetchall()
         return [
             StoredApp(
                 r["kind"], r["name"], r["state"], r["current_version"], r["created_at"], r["stopped_at"]
@@ -204,7 +245,7 @@ class Store:
         ]
 
     def version(self, kind: AppKind, name: str, number: int) -> StoredVersion:
-        row = self._db.execute(
+        row = self._execute(
             "SELECT * FROM versions WHERE kind = ? AND name = ? AND number = ?", (kind, name, number)
         ).fetchone()
         if row is None:
@@ -212,7 +253,7 @@ class Store:
         return _version(row)
 
     def versions(self, kind: AppKind, name: str) -> list[StoredVersion]:
-        rows = self._db.execute(
+        rows = self._execute(
             "SELECT * FROM versions WHERE kind = ? AND name = ? ORDER BY number", (kind, name)
         ).fetchall()
         return [_version(r) for r in rows]
@@ -224,25 +265,25 @@ class Store:
         prefix_id, prefix_secret = ("wk-", "ws-") if kind == "proxy" else ("ak-", "as-")
         token_id = prefix_id + secrets.token_hex(8)
         secret = prefix_secret + secrets.token_urlsafe(24)
-        self._db.execute(
+        self._execute(
             "INSERT INTO tokens (id, kind, secret_sha256, created_at) VALUES (?, ?, ?, ?)",
             (token_id, kind, _sha256(secret), time.time()),
         )
         return token_id, secret
 
     def check_token(self, token_id: str, secret: str, kind: TokenKind) -> bool:
-        row = self._db.execute(
+        row = self._execute(
             "SELECT secret_sha256 FROM tokens WHERE id = ? AND kind = ? AND revoked_at IS NULL",
             (token_id, kind),
         ).fetchone()
         return row is not None and secrets.compare_digest(row["secret_sha256"], _sha256(secret))
 
     def tokens(self) -> list[TokenInfo]:
-        rows = self._db.execute("SELECT * FROM tokens ORDER BY created_at").fetchall()
+        rows = self._execute("SELECT * FROM tokens ORDER BY created_at").fetchall()
         return [TokenInfo(r["id"], r["kind"], r["created_at"], r["revoked_at"]) for r in rows]
 
     def revoke_token(self, token_id: str) -> None:
-        cursor = self._db.execute(
+        cursor = self._execute(
             "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), token_id)
         )
         if cursor.rowcount == 0:

@@ -186,6 +186,11 @@ class FunctionPool:
         return True
 
     @property
+    def startup_failure(self) -> str | None:
+        """Why the last container failed to start, if none has become ready since (else None)."""
+        return self._failure
+
+    @property
     def queued(self) -> int:
         """Requests waiting for a slot now."""
         return len(self._waiters)

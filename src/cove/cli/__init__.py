@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
+from cove import exception
+from cove.cli import _render as render
 from cove.cli.app import app
 from cove.cli.container import container
 from cove.cli.deploy import deploy
@@ -13,7 +17,18 @@ from cove.cli.server import server
 from cove.cli.token import token
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """Every command ends a Cove error the same way: one readable message and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except exception.Error as exc:
+            render.error(str(exc))
+            raise SystemExit(1) from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cove")
 def main() -> None:
     """Cove: serverless Python web endpoints on your own machines."""

@@ -132,6 +132,9 @@ def start_background_server(settings: Settings) -> int:
             if not chunk:  # the server exited before it was ready
                 code = process.wait()
                 tail = _tail(log_path)
+                last = tail.rsplit("\n", 1)[-1]
+                if last.startswith("Error: "):  # the server said why in one line: say just that
+                    raise exception.ConnectionError(f"The Cove server could not start: {last[7:]}")
                 raise exception.ConnectionError(
                     f"The Cove server exited during startup (code {code}). Last lines of {log_path}:\n{tail}"
                 )

@@ -13,7 +13,7 @@ from cove._bundle import make_bundle, relocate
 from cove._spec import spec_to_dict
 from cove.cli import _render as render
 from cove.cli._build import build_images
-from cove.cli._client import ensure_server
+from cove.cli._client import ControlClient, ensure_server
 from cove.cli._load import AppRef, LoadError, WarmLoader
 from cove.config import Settings
 
@@ -59,17 +59,22 @@ def deploy(app_ref: str, name: str | None, tag: str) -> None:
         bundle_id = client.request("POST", "/v1/bundles", content=bundle)["bundle_id"]
         render.success(f"Uploaded sources ({_size(len(bundle))}, bundle {bundle_id[:12]}).")
         build_images(client, spec_json, bundle_id)
+        before = _live_version(client, app_name)
         render.info("Deploying: new containers warm up before traffic moves to them...")
-        app = client.request(
-            "PUT",
-            f"/v1/apps/deployed/{app_name}",
-            json={
-                "spec": spec_json,
-                "bundle_id": bundle_id,
-                "module_path": os.path.relpath(loaded.module_file, loaded.source_dir),
-                "tag": tag,
-            },
-        )
+        try:
+            app = client.request(
+                "PUT",
+                f"/v1/apps/deployed/{app_name}",
+                json={
+                    "spec": spec_json,
+                    "bundle_id": bundle_id,
+                    "module_path": os.path.relpath(loaded.module_file, loaded.source_dir),
+                    "tag": tag,
+                },
+            )
+        except exception.ConnectionError:
+            render.error(_connection_lost(client, app_name, before))
+            raise SystemExit(1) from None
     except exception.Error as exc:
         render.error(str(exc))
         raise SystemExit(1) from None
@@ -78,6 +83,38 @@ def deploy(app_ref: str, name: str | None, tag: str) -> None:
     render.created_objects(app)
     render.success(f"App deployed in {time.monotonic() - started:.2f}s! 🎉 (version v{app['version']})")
     render.info(f"View at {client.health()['dashboard_url']}")
+
+
+def _live_version(client: ControlClient, app_name: str) -> int:
+    """The version of deployed app `app_name` serving now (0: none)."""
+    try:
+        app = client.request("GET", f"/v1/apps/{app_name}", params={"kind": "deployed"})
+    except exception.NotFoundError:
+        return 0
+    return int(app["version"]) if app.get("state") != "stopped" else 0
+
+
+def _connection_lost(client: ControlClient, app_name: str, before: int) -> str:
+    """What to tell the user when the server went away during the deploy's switch: the server moves
+    traffic and records the version in one step, so either `before` or the new version is live.
+    A local server is started again (as every command does) to say which."""
+    was = f"v{before}" if before else "no version"
+    lost = "Lost the connection to the Cove server during the deploy"
+    if client.remote_url:
+        return (
+            f"{lost} ({client.remote_url}). A deploy switches versions all-or-nothing: {was} of "
+            f"{app_name} stays live unless the new one had gone live; once the server is back, "
+            f"`cove app history {app_name}` shows which."
+        )
+    render.warning(f"{lost}; starting it again to see which version is live...")
+    try:
+        now = _live_version(ensure_server(Settings.from_env()), app_name)
+    except exception.Error as exc:
+        return f"{lost}, and it does not start again: {exc}"
+    if now > before:
+        return f"{lost}, after the new version went live: v{now} of {app_name} is live now."
+    live = f"v{now} of {app_name} is live" if now else f"{app_name} has no live version"
+    return f"{lost}, before the new version went live: {live} now. Run `cove deploy` again."
 
 
 def _size(count: int) -> str:
