@@ -1,0 +1,74 @@
+"""`relocate` and `resolve_in_bundle`: a deployed manifest's paths point into its bundle, and only there."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+import cove
+from cove._bundle import extract_bundle, make_bundle, relocate, resolve_in_bundle
+from cove.exception import InvalidError
+
+
+def test_relocated_paths_are_the_bundles_own(tmp_path: Path) -> None:
+    """Every path an image step names is rewritten to a relative path the bundle holds."""
+    outside = tmp_path / "outside"
+    (outside / "data").mkdir(parents=True)
+    (outside / "data" / "a.txt").write_text("a")
+    (outside / "requirements.txt").write_text("humanize\n")
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    module = app_dir / "main.py"
+    module.write_text("")
+    image = (
+        cove.Image.debian_slim()
+        .pip_install_from_requirements(str(outside / "requirements.txt"))
+        .add_local_dir(str(outside / "data"), "/data", copy=True)
+        .add_local_dir(str(outside / "data"), "/mounted")
+    )
+    app = cove.App("paths", image=image)
+
+    @app.function(serialized=True)
+    def noop() -> None: ...
+
+    spec = app._manifest()
+    bundle = tmp_path / "bundle"
+    extract_bundle(make_bundle(spec, str(module)), bundle)
+    relocated = relocate(spec)
+    paths = [
+        value
+        for step in relocated.functions[0].image.steps
+        for key, value in step.args
+        if key in ("path", "local_path")
+    ]
+    assert len(paths) == 3
+    for path in paths:
+        assert not os.path.isabs(path)
+        assert resolve_in_bundle(bundle, path, "step").exists()
+    assert resolve_in_bundle(bundle, paths[1], "step").joinpath("a.txt").read_text() == "a"
+
+
+@pytest.mark.parametrize("path", ["/etc", "../secrets", "files/../../secrets", "", "link/x"])
+def test_paths_out_of_the_bundle_are_refused(tmp_path: Path, path: str) -> None:
+    """Absolute paths, `..` and symlinks that lead out of the bundle are refused, naming the path."""
+    root = tmp_path / "bundle"
+    (tmp_path / "secrets" / "x").mkdir(parents=True)
+    root.mkdir()
+    (root / "link").symlink_to(tmp_path / "secrets")
+    with pytest.raises(InvalidError, match="is not inside the uploaded source bundle"):
+        resolve_in_bundle(root, path, "Image.add_local_dir()")
+
+
+def test_a_bundle_with_a_link_out_of_it_does_not_unpack(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        link = tarfile.TarInfo("files/x")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "../../secrets"
+        tar.addfile(link)
+    with pytest.raises(tarfile.TarError):
+        extract_bundle(buffer.getvalue(), tmp_path / "bundle")
