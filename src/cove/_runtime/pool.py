@@ -113,8 +113,31 @@ class FunctionPool:
         self._retry_at = 0.0
         self._backoff_s = _BACKOFF_FIRST_S
         self._ticker: asyncio.Task[None] | None = None
-        #: Called with the startup duration (seconds) each time a container becomes ready.
-        self.on_ready: Callable[[float], None] | None = None
+        self._on_ready: Callable[[float], None] | None = None
+        self._unreported: list[float] = []  # startups before `on_ready` was set (a deploy's first)
+
+    @property
+    def on_ready(self) -> Callable[[float], None] | None:
+        """Called with the startup duration (seconds) each time a container becomes ready; set
+        after a deploy started the version's first containers, it is told of those at once."""
+        return self._on_ready
+
+    @on_ready.setter
+    def on_ready(self, callback: Callable[[float], None] | None) -> None:
+        self._on_ready = callback
+        unreported, self._unreported = self._unreported, []
+        for startup_s in unreported if callback is not None else ():
+            self._report_ready(startup_s)
+
+    def _report_ready(self, startup_s: float) -> None:
+        if self._on_ready is None:
+            if len(self._unreported) < 16:  # bounded: a pool nobody watches keeps only a few
+                self._unreported.append(startup_s)
+            return
+        try:
+            self._on_ready(startup_s)
+        except Exception:
+            log.exception("function=%s event=on_ready_failed", self.spec.tag)
 
     # -- the gateway's side ------------------------------------------------------------------
 
@@ -330,11 +353,7 @@ class FunctionPool:
         log.info(
             "function=%s container=%s event=ready startup_s=%.3f", self.spec.tag, slot.handle.id, startup_s
         )
-        if self.on_ready is not None:
-            try:
-                self.on_ready(startup_s)
-            except Exception:
-                log.exception("function=%s event=on_ready_failed", self.spec.tag)
+        self._report_ready(startup_s)
         self._dispatch()
         code = await slot.handle.wait_exit()
         if slot in self._slots:

@@ -57,20 +57,26 @@ class ControlClient:
 
     def stream_lines(self, method: str, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
         """Yield one JSON object per line of a streaming response until the server ends it."""
-        with (
-            httpx.Client(
-                transport=httpx.HTTPTransport(uds=str(self.settings.control_socket)),
-                base_url="http://cove",
-                timeout=httpx.Timeout(10.0, read=None),
-            ) as client,
-            client.stream(method, path, **kwargs) as response,
-        ):
-            if response.status_code >= 400:
-                response.read()
-                _decode(response)
-            for line in response.iter_lines():
-                if line.strip():
-                    yield json.loads(line)
+        try:
+            with (
+                httpx.Client(
+                    transport=httpx.HTTPTransport(uds=str(self.settings.control_socket)),
+                    base_url="http://cove",
+                    timeout=httpx.Timeout(10.0, read=None),
+                ) as client,
+                client.stream(method, path, **kwargs) as response,
+            ):
+                if response.status_code >= 400:
+                    response.read()
+                    _decode(response)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except httpx.TransportError as exc:
+            raise exception.ConnectionError(
+                f"Lost the connection to the Cove server at {self.where}: {exc}. "
+                "Is it running? Start it with `cove server`."
+            ) from exc
 
     def health(self) -> dict[str, Any]:
         return self.request("GET", "/v1/health")  # type: ignore[no-any-return]
