@@ -37,6 +37,8 @@ AppKind = Literal["ephemeral", "deployed"]
 _WARM_TIMEOUT_S = 60.0
 #: Lines of a failed container's stderr shown by a deploy it failed.
 _FAILURE_LINES = 20
+#: How long a failed deploy waits for the failed container's last stderr lines.
+_OUTPUT_GRACE_S = 2.0
 
 
 class StartupFailedError(ExecutionError):
@@ -226,7 +228,7 @@ class AppRegistry:
                 await asyncio.gather(*(p.wait_started(_WARM_TIMEOUT_S) for p in pools.values()))
                 await asyncio.sleep(0)  # let each pool record how its containers' starts ended
                 if deploying:
-                    self._check_started(record, version, old, started)
+                    await self._check_started(record, version, old, started)
                 if restore_version is None:
                     # One transaction: after a crash the store names the old or the new version.
                     self._store.add_version(
@@ -267,22 +269,32 @@ class AppRegistry:
                 self._retire(old)
         return record
 
-    def _check_started(self, record: AppRecord, version: Version, old: Version | None, since: float) -> None:
+    async def _check_started(
+        self, record: AppRecord, version: Version, old: Version | None, since: float
+    ) -> None:
         """Raise if a web function of `version` failed to start a container (nothing went live)."""
         for tag, pool in version.pools.items():
             reason = pool.startup_failure
             if reason is None or pool.spec.web is None:
                 continue
-            output = [
-                r.line
-                for r in self._logs.recent(record.log_key)
-                if r.ts >= since and r.function == tag and r.stream == "stderr"
-            ][-_FAILURE_LINES:]
+
+            def output(tag: str = tag) -> list[str]:
+                lines = self._logs.recent(record.log_key)
+                return [r.line for r in lines if r.ts >= since and r.function == tag and r.stream == "stderr"]
+
+            # The failure can overtake the container's last stderr lines (another pipe): give them a
+            # moment to arrive, on this failure path only.
+            deadline = time.monotonic() + _OUTPUT_GRACE_S
+            while not any(line.startswith(reason.split(":")[0]) for line in output()):
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+            shown = output()[-_FAILURE_LINES:]
             kept = f"v{old.number} keeps serving." if old is not None else "Nothing was deployed."
             raise StartupFailedError(
                 f"v{version.number} of app {record.name!r} did not go live: function {tag} failed to "
                 f"start: {reason}. {kept} Fix the error and deploy again"
-                + (". Its output:\n" + "\n".join(f"  {line}" for line in output) if output else ".")
+                + (". Its output:\n" + "\n".join(f"  {line}" for line in shown) if shown else ".")
             )
 
     async def stop(self, name: str, kind: AppKind | None = None) -> AppRecord:
