@@ -11,6 +11,7 @@ import pytest
 
 import cove
 from cove._bundle import extract_bundle, make_bundle, relocate, resolve_in_bundle
+from cove._control.images import _localize
 from cove.exception import InvalidError
 
 
@@ -72,3 +73,21 @@ def test_a_bundle_with_a_link_out_of_it_does_not_unpack(tmp_path: Path) -> None:
         tar.addfile(link)
     with pytest.raises(tarfile.TarError):
         extract_bundle(buffer.getvalue(), tmp_path / "bundle")
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        cove.Image.debian_slim().pip_install("x", extra_options="-r /root/.cove/secrets/db.json"),
+        cove.Image.debian_slim().pip_install("x", extra_options="--constraint=/etc/passwd"),
+        cove.Image.debian_slim().pip_install("x", find_links="/root/.cove"),
+        cove.Image.debian_slim().pip_install("x", index_url="file:///root/.cove"),
+    ],
+)
+def test_pip_options_naming_server_paths_are_refused_in_a_deployed_image(
+    tmp_path: Path, image: cove.Image
+) -> None:
+    """Options that make uv read the server's files (-r, -c, local find-links or index) are refused."""
+    step = image._spec.steps[-1]
+    with pytest.raises(InvalidError, match=r"server|http"):
+        _localize(step, tmp_path)

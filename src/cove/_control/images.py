@@ -49,7 +49,7 @@ from cove._runtime.backend import ImageLayout
 from cove._runtime.isolation import probe_bwrap
 from cove._runtime.sandbox import Bind, BuildNeeds
 from cove._spec import AppSpec, ImageSpec, ImageStep, SecretRef, spec_to_dict
-from cove.exception import ImageBuildError
+from cove.exception import ImageBuildError, InvalidError
 
 log = logging.getLogger("cove.images")
 
@@ -310,7 +310,35 @@ def _localize(step: ImageStep, root: Path | None) -> ImageStep:
     if root is None:
         return step
     what = f"Image.{step.kind}()"
+    _refuse_server_paths(step, what)
     return move_step_paths(step, lambda where, path: str(resolve_in_bundle(root, path, what)))
+
+
+#: uv options that read a file or directory named on the command line.
+_PATH_OPTIONS = frozenset(
+    {"-r", "-c", "-e", "-f", "--requirement", "--constraint", "--override", "--editable", "--find-links"}
+    | {"--build-constraint", "--config-file"}
+)
+
+
+def _refuse_server_paths(step: ImageStep, what: str) -> None:
+    """A deployed step's pip options may name URLs, never paths on the server's disk."""
+    for name in ("index_url", "extra_index_url", "find_links"):
+        value = step.arg(name)
+        if value and not str(value).startswith(("http://", "https://")):
+            raise InvalidError(
+                f"{what}: {name}={value!r} is not an http(s) URL. A deployed image reads local files "
+                "only from its uploaded bundle; serve the packages over HTTP, or ship them with "
+                "add_local_dir(..., copy=True)."
+            )
+    for option in shlex.split(str(step.arg("extra_options") or "")):
+        flag = option.split("=", 1)[0]
+        if flag in _PATH_OPTIONS or (flag.startswith(("-r", "-c", "-e", "-f")) and not flag.startswith("--")):
+            raise InvalidError(
+                f"{what}: extra_options {option!r} would read a file on the server. A deployed image "
+                "reads local files only from its uploaded bundle: use pip_install_from_requirements() "
+                "or uv_pip_install(requirements=[...]), which ship the files."
+            )
 
 
 def make_plan(
