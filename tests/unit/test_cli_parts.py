@@ -47,3 +47,17 @@ def test_app_ref_rejects_missing_and_non_python_files(tmp_path: Path) -> None:
 )
 def test_source_filter_ignores_editor_and_tool_files(path: str, watched: bool) -> None:
     assert SourceFilter()(Change.modified, path) is watched
+
+
+def test_the_cli_does_not_import_the_server_stack() -> None:
+    """`cove --help` and client commands load no server modules (each would cost every command)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom cove.cli import main\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    server_stack = {"uvicorn", "starlette", "jinja2", "httptools", "fastapi", "uvloop"}
+    assert server_stack & set(loaded.stdout.split()) == set()

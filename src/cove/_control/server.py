@@ -15,6 +15,7 @@ from typing import Any
 
 import uvicorn
 
+from cove import _probe
 from cove._control.api import build_api
 from cove._control.api_calls import call_routes
 from cove._control.apps import AppRegistry
@@ -40,19 +41,7 @@ class ServerAlreadyRunning(Error):
 
 
 def state_file(settings: Settings) -> Path:
-    return settings.home / "server.json"
-
-
-def control_socket_alive(path: Path) -> bool:
-    """True if a server answers on the control socket (a stale socket file refuses connections)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
+    return _probe.state_file(settings.home)
 
 
 def make_backend(settings: Settings) -> Backend:
@@ -91,7 +80,7 @@ async def serve(
     """
     settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     sock_path = settings.control_socket
-    if control_socket_alive(sock_path):
+    if _probe.control_socket_alive(sock_path):
         raise ServerAlreadyRunning(
             f"A Cove server is already running for {settings.home} (socket {sock_path}). "
             "Stop it with `cove server stop`."
