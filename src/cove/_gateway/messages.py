@@ -62,6 +62,7 @@ class RequestHead(NamedTuple):
     forwarded_for: bytes | None = None  # the client's X-Forwarded-For chain, several joined by ", "
     forwarded_proto: bytes | None = None  # the client's X-Forwarded-Proto
     credentials: list[tuple[bytes, bytes]] | None = None  # (lowercased name, value), see `auth.py`
+    session_id: bytes | None = None  # `Modal-Session-ID` (HTTP servers' session affinity); forwarded too
 
 
 class ResponseHead(NamedTuple):
@@ -108,6 +109,7 @@ def scan_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
     forwarded_for: bytes | None = None
     forwarded_proto: bytes | None = None
     credentials: list[tuple[bytes, bytes]] | None = None
+    session_id: bytes | None = None
     drop_bearer = False
     for name, value in headers:
         lname = name.lower()
@@ -133,6 +135,8 @@ def scan_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
             host_count += 1
         elif lname == b"content-length":
             content_length = int(value)  # llhttp accepted it: digits, and one value only
+        elif lname == b"modal-session-id":
+            session_id = value.strip() or None
         elif lname == b"authorization" and is_proxy_bearer(value):
             credentials = [(lname, value)] if credentials is None else [*credentials, (lname, value)]
             drop_bearer = True
@@ -154,6 +158,7 @@ def scan_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
         forwarded_for,
         forwarded_proto,
         credentials,
+        session_id,
     )
 
 

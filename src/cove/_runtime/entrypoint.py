@@ -194,9 +194,16 @@ async def serve(
 
     stop = asyncio.Event()
     try:
-        if web is not None and web.kind == "web_server":
+        if web is not None and web.relays_port:  # web_server, or an http_server its @enter started
             return await _serve_web_server(
-                user.call, web.port or 0, web.startup_timeout_s, listener, channel, stop, ready
+                user.call,
+                web.port or 0,
+                web.startup_timeout_s,
+                listener,
+                channel,
+                stop,
+                ready,
+                grace_s=web.exit_grace_period_s,
             )
         try:
             if web is None:
@@ -251,7 +258,11 @@ async def _serve_web_server(
     channel: Channel,
     stop: asyncio.Event,
     ready: Callable[[], None],
+    *,
+    grace_s: float = 0.0,
 ) -> int:
+    """Call the function (a no-op for an http_server, whose @enter started the server), wait for
+    `port`, relay until SIGTERM; then give open connections up to `grace_s` to finish."""
     from cove._runtime import adapters
 
     loop = asyncio.get_running_loop()
@@ -264,10 +275,13 @@ async def _serve_web_server(
         await adapters.wait_for_port(port, startup_timeout_s)
     except BaseException as exc:
         return report_failure(channel, exc)
-    server = await adapters.relay_unix_to_tcp(listener, port)
+    open_connections: set[asyncio.Task[Any]] = set()
+    server = await adapters.relay_unix_to_tcp(listener, port, connections=open_connections)
     ready()
     await stop.wait()
     server.close()
+    if grace_s > 0 and open_connections:
+        await asyncio.wait(set(open_connections), timeout=grace_s)
     return 0
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cove._gateway.upstream import UpstreamError
+from cove._runtime.affinity import SessionTable
 from cove._runtime.autoscaler import ContainerView, ScalingPolicy, decide
 from cove._runtime.backend import ContainerHandle, ContainerState, StartupError
 from cove._spec import FunctionSpec
@@ -23,6 +24,8 @@ _BACKOFF_FIRST_S = 1.0
 _BACKOFF_MAX_S = 30.0
 #: How often idle containers are checked against `scaledown_window`, at most.
 _TICK_MAX_S = 1.0
+#: What an HTTP server's refusals (503 while cold, 429 at capacity) tell clients to wait, in seconds.
+_RETRY_AFTER = (("Retry-After", "1"),)
 
 Launcher = Callable[[], ContainerHandle]
 
@@ -87,6 +90,11 @@ class FunctionPool:
 
     Implements the gateway's `Upstream`. Every change of demand or of containers asks the pure
     autoscaler (`cove._runtime.autoscaler.decide`) what to start and what to stop.
+
+    An HTTP server's pool (`@app.server`, `modal.experimental.http_server`) has no queue, as on
+    Modal: `acquire` answers at once, with a container chosen by session (`cove._runtime.affinity`)
+    or the least busy one, `503` while no container is ready (counting as demand, so one starts)
+    and `429` when all are at `max_concurrency` (its `max_inputs`).
     """
 
     def __init__(
@@ -113,12 +121,17 @@ class FunctionPool:
         self._retry_at = 0.0
         self._backoff_s = _BACKOFF_FIRST_S
         self._ticker: asyncio.Task[None] | None = None
+        self._no_queue = spec.web is not None and spec.web.kind == "http_server"
+        self._sessions = SessionTable(clock=clock)
+        self._refused_demand = 0  # an HTTP server refused a request (cold or full): wants one more container
         #: Called with the startup duration (seconds) each time a container becomes ready.
         self.on_ready: Callable[[float], None] | None = None
 
     # -- the gateway's side ------------------------------------------------------------------
 
-    async def acquire(self) -> _Lease:
+    async def acquire(self, session: bytes | None = None) -> _Lease:
+        if self._no_queue:
+            return self._acquire_now(session)
         slot = self._free_slot()
         if slot is not None:
             self._take(slot)
@@ -142,6 +155,45 @@ class FunctionPool:
                     self._waiters.remove(waiter)
                 self._check_quiet()
             raise
+        return _Lease(self, slot)
+
+    def _acquire_now(self, session: bytes | None) -> _Lease:
+        """An HTTP server's request: a slot now, or a refusal now (it never waits)."""
+        tag = self.spec.tag
+        if self._closed or self._draining:
+            raise UpstreamError(503, f"cove: {tag} is shutting down", _RETRY_AFTER)
+        ready = {s.handle.id: s for s in self._slots if s.state is ContainerState.READY}
+        if not ready:
+            self._refused_demand = max(self._refused_demand, 1)
+            self._rescale()
+            if self._failure is not None and self.container_count == 0:
+                raise UpstreamError(
+                    503,
+                    f"cove: {tag} failed to start: {self._failure} (details: cove app logs)",
+                    _RETRY_AFTER,
+                )
+            raise UpstreamError(
+                503,
+                f"cove: {tag} has no ready container yet (one is starting); retry shortly",
+                _RETRY_AFTER,
+            )
+        limit = self.spec.max_inputs
+        slot: _Slot | None
+        if session is not None:
+            chosen = self._sessions.choose(session, ready, lambda cid: ready[cid].in_flight < limit)
+            slot = ready[chosen] if chosen is not None else None
+        else:
+            slot = self._free_slot()
+        if slot is None:
+            self._refused_demand = 1
+            self._rescale()
+            raise UpstreamError(
+                429,
+                f"cove: every container of {tag} is serving max_concurrency={limit} requests; retry shortly",
+                _RETRY_AFTER,
+            )
+        self._take(slot)
+        self._rescale()
         return _Lease(self, slot)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -261,7 +313,7 @@ class FunctionPool:
             )
             for s in live
         ]
-        decision = decide(now, views, len(self._waiters), self.policy)
+        decision = decide(now, views, len(self._waiters) + self._refused_demand, self.policy)
         start = decision.start
         if self._draining and not self._waiters:
             start = 0  # an old version only finishes its queue
@@ -301,6 +353,7 @@ class FunctionPool:
         except StartupError as exc:
             slot.state = ContainerState.FAILED
             self._forget(slot)
+            self._refused_demand = 0  # the next request tries again (after the backoff)
             self._failure = exc.reason
             self._retry_at = self._clock() + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
@@ -318,6 +371,7 @@ class FunctionPool:
             return
         slot.state = ContainerState.READY
         slot.idle_since = self._clock()
+        self._refused_demand = 0
         self._failure = None
         self._backoff_s = _BACKOFF_FIRST_S
         self._retry_at = 0.0
