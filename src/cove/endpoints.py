@@ -419,13 +419,22 @@ def http_server_spec(
         requires_proxy_auth=requires_proxy_auth,
         port=_check_port(decorator, port),
         startup_timeout_s=_check_seconds(decorator, "startup_timeout", startup_timeout),
-        exit_grace_period_s=_check_seconds(
-            decorator,
-            "exit_grace_period",
-            0 if exit_grace_period is None else exit_grace_period,
-            allow_zero=True,
-        ),
+        exit_grace_period_s=_check_grace(decorator, exit_grace_period),
     )
+
+
+#: Modal's limit on `exit_grace_period`: one hour.
+MAX_EXIT_GRACE_S = 3600.0
+
+
+def _check_grace(decorator: str, value: object) -> float:
+    grace = _check_seconds(decorator, "exit_grace_period", 0 if value is None else value, allow_zero=True)
+    if grace > MAX_EXIT_GRACE_S:
+        raise InvalidError(
+            f"The `exit_grace_period` argument of @{decorator} must be at most "
+            f"{MAX_EXIT_GRACE_S:.0f} seconds (one hour), got {value!r}."
+        )
+    return grace
 
 
 def http_server(

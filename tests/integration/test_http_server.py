@@ -86,7 +86,7 @@ SERVER = {SERVER!r}
 
 
 @app.cls(max_containers=1, scaledown_window=60)
-@modal.experimental.http_server(port=8000, proxy_regions=["us-east"], startup_timeout=30)
+@modal.experimental.http_server(port=8000, proxy_regions=["us-east"], exit_grace_period=20)
 @modal.concurrent(max_inputs=1)
 class Flash:
     @modal.enter()
@@ -178,7 +178,8 @@ def test_cold_server_answers_503_then_serves_and_refuses_beyond_max_concurrency(
 ) -> None:
     """No queue: while cold, 503 with Retry-After (and a container starts); once warm, a request
     beyond the container's max concurrency at max_containers is refused with 429, not queued.
-    `@app.server` requires proxy auth unless `unauthenticated=True`."""
+    `@app.server` requires proxy auth unless `unauthenticated=True`. Stopping the app gives the
+    request in flight its `exit_grace_period` to finish."""
     (tmp_path / "edge.py").write_text(EDGE_APP)
     urls = _deploy(cove_env, tmp_path / "edge.py")
     flash = next(u for u in urls if "edge-flash" in u)
@@ -191,14 +192,18 @@ def test_cold_server_answers_503_then_serves_and_refuses_beyond_max_concurrency(
     first = _until(lambda: _served_ok(flash), "the cold start the 503 began")
     assert isinstance(first, httpx.Response)
 
+    denied = _get(private)
+    assert denied.status_code == 401, denied.text
+
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        slow = pool.submit(_get, flash, None, 3.0)
+        slow = pool.submit(_get, flash, None, 6.0)
         _until(lambda: any(c["in_flight"] == 1 for c in _containers(cove_env)), "the slow request in flight")
         refused = _get(flash)
         assert refused.status_code == 429, refused.text
         assert refused.headers["Retry-After"] == "1"
         assert "max_concurrency=1" in refused.text
-        assert slow.result().status_code == 200
-
-    denied = _get(private)
-    assert denied.status_code == 401, denied.text
+        # exit_grace_period: stopping the app lets the request in flight finish.
+        assert not slow.done()
+        cove_env.run("app", "stop", "edge", "--yes")
+        finished = slow.result()
+        assert finished.status_code == 200, finished.text

@@ -111,18 +111,11 @@ async def wait_for_port(port: int, timeout_s: float, host: str = "127.0.0.1") ->
             return
 
 
-async def relay_unix_to_tcp(
-    listener: socket.socket,
-    port: int,
-    host: str = "127.0.0.1",
-    *,
-    connections: set[asyncio.Task[Any]] | None = None,
-) -> asyncio.Server:
+async def relay_unix_to_tcp(listener: socket.socket, port: int, host: str = "127.0.0.1") -> asyncio.Server:
     """Serve `listener` by piping every connection's bytes to `host:port` and back.
 
     A byte relay keeps whatever the user's server speaks (HTTP/1.1, WebSocket upgrades, SSE)
-    intact; the gateway has already added `X-Forwarded-For`. `connections`, if given, holds the
-    task of each open connection (an http_server's `exit_grace_period` waits for them).
+    intact; the gateway has already added `X-Forwarded-For`.
     """
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -138,10 +131,6 @@ async def relay_unix_to_tcp(
                     writer.write_eof()
 
     async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if connections is not None and task is not None:
-            connections.add(task)
-            task.add_done_callback(connections.discard)
         try:
             up_r, up_w = await asyncio.open_connection(host, port)
         except OSError:

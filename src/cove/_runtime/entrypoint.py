@@ -196,14 +196,7 @@ async def serve(
     try:
         if web is not None and web.relays_port:  # web_server, or an http_server its @enter started
             return await _serve_web_server(
-                user.call,
-                web.port or 0,
-                web.startup_timeout_s,
-                listener,
-                channel,
-                stop,
-                ready,
-                grace_s=web.exit_grace_period_s,
+                user.call, web.port or 0, web.startup_timeout_s, listener, channel, stop, ready
             )
         try:
             if web is None:
@@ -258,11 +251,10 @@ async def _serve_web_server(
     channel: Channel,
     stop: asyncio.Event,
     ready: Callable[[], None],
-    *,
-    grace_s: float = 0.0,
 ) -> int:
     """Call the function (a no-op for an http_server, whose @enter started the server), wait for
-    `port`, relay until SIGTERM; then give open connections up to `grace_s` to finish."""
+    `port`, then relay until SIGTERM. (An http_server's `exit_grace_period` is the pool's: it sends
+    SIGTERM once the requests in flight are done, or the period is over.)"""
     from cove._runtime import adapters
 
     loop = asyncio.get_running_loop()
@@ -275,13 +267,10 @@ async def _serve_web_server(
         await adapters.wait_for_port(port, startup_timeout_s)
     except BaseException as exc:
         return report_failure(channel, exc)
-    open_connections: set[asyncio.Task[Any]] = set()
-    server = await adapters.relay_unix_to_tcp(listener, port, connections=open_connections)
+    server = await adapters.relay_unix_to_tcp(listener, port)
     ready()
     await stop.wait()
     server.close()
-    if grace_s > 0 and open_connections:
-        await asyncio.wait(set(open_connections), timeout=grace_s)
     return 0
 
 

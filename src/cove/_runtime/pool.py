@@ -217,11 +217,19 @@ class FunctionPool:
         await self.close()
 
     async def close(self) -> None:
-        """Stop now: fail queued requests, stop containers (in-flight requests get their 502)."""
+        """Stop now: fail queued requests, stop containers (in-flight requests get their 502).
+
+        An HTTP server's requests in flight first get its `exit_grace_period` to finish (Modal's
+        "time to finish up requests when closing down"); new ones are refused meanwhile.
+        """
         self._closed = True
         if self._ticker is not None:
             self._ticker.cancel()
         self._fail_waiters(f"cove: {self.spec.tag} was stopped", prefix=False)
+        grace_s = self.spec.web.exit_grace_period_s if self._no_queue and self.spec.web is not None else 0.0
+        if grace_s > 0 and not self._quiet.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._quiet.wait(), grace_s)
         slots, self._slots = self._slots, []
         await asyncio.gather(*(s.handle.stop() for s in slots), return_exceptions=True)
         for task in list(self._tasks):
