@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from cove._runtime.isolation import probe_bwrap
-from tests.integration.conftest import URL_RE, CoveEnv, host_request
+from tests.integration.conftest import EXAMPLES, URL_RE, CoveEnv, ServeProcess, host_request
 
 pytestmark = [
     pytest.mark.integration,
@@ -207,3 +207,15 @@ def test_cold_server_answers_503_then_serves_and_refuses_beyond_max_concurrency(
         cove_env.run("app", "stop", "edge", "--yes")
         finished = slow.result()
         assert finished.status_code == 200, finished.text
+
+
+def test_the_example_serves_under_cove_serve_with_a_dev_url(serve: Callable[..., ServeProcess]) -> None:
+    """`cove serve examples/http_server.py`: the server answers on its -dev URL once a container is
+    ready (503 before), and one session's requests reach one container."""
+    proc = serve(str(EXAMPLES / "http_server.py"))
+    (url,) = proc.urls(1)
+    assert url.startswith("http://test--http-server-echo-dev.localhost:")
+    _until(lambda: _served_ok(url), "the example's server to answer")
+    bodies = [_get(url, "alice").json() for _ in range(3)]
+    assert {b["session"] for b in bodies} == {"alice"}
+    assert len({b["container"] for b in bodies}) == 1
