@@ -26,6 +26,8 @@ from __future__ import annotations
 import types
 from typing import Any, ClassVar, Generic, TypeVar
 
+from cove import _remote
+from cove._remote import RemoteTarget
 from cove._spec import FunctionSpec
 from cove.exception import InvalidError
 
@@ -39,15 +41,40 @@ class Server(Generic[T]):
     """A class registered with `@app.server()` (or `@app.cls()` + `modal.experimental.http_server`)."""
 
     _cove_app_decorator: ClassVar[str] = "@app.server"
+    _target: RemoteTarget | None = None  # a server of a deployed app, looked up by name
 
     def __init__(self, user_cls: type[T], members: Any, spec: FunctionSpec) -> None:
         self._user_cls = user_cls
         self._members = members
         self._spec = spec
 
+    @classmethod
+    def from_name(
+        cls, app_name: str, name: str, *, environment_name: str | None = None, client: object = None
+    ) -> Server[Any]:
+        """The server class `name` of the deployed app `app_name` (looked up on first use)."""
+        _remote.check_cls_name(app_name, name)
+        remote: Server[Any] = cls.__new__(cls)
+        remote._target = RemoteTarget(app_name, name)
+        return remote
+
+    def get_url(self) -> str:
+        """The server's URL (of a deployed app: `Server.from_name(app, name).get_url()`)."""
+        if self._target is None:
+            raise InvalidError(
+                f"The URL of {self!r} is known once it is served: use the URL `cove serve`/`cove deploy` "
+                f"printed, or cove.Server.from_name(app_name, {self._spec.tag!r}).get_url()."
+            )
+        url = self._target.web_url()
+        if url is None:
+            raise InvalidError(
+                f"{self._target.app_name}.{self._target.tag} is not an HTTP server; it has no URL."
+            )
+        return url
+
     @property
     def tag(self) -> str:
-        return self._spec.tag
+        return self._target.tag if self._target is not None else self._spec.tag
 
     @property
     def spec(self) -> FunctionSpec:
@@ -61,15 +88,16 @@ class Server(Generic[T]):
         return server_user_code(self._user_cls, self._members)
 
     def __getattr__(self, name: str) -> Any:
-        spec = self.__dict__.get("_spec")
-        if spec is not None and name in ("remote", "spawn", "map", "local", "remote_gen"):
+        if name in ("remote", "spawn", "map", "local", "remote_gen"):
             raise InvalidError(
-                f"Server {spec.tag!r} only serves HTTP: it has no .{name}(). "
+                f"{self!r} only serves HTTP: it has no .{name}(). "
                 "Send requests to its URL (printed by `cove serve`/`cove deploy`)."
             )
         raise AttributeError(name)
 
     def __repr__(self) -> str:
+        if self._target is not None:
+            return f"cove.Server.from_name({self._target.app_name!r}, {self._target.tag!r})"
         return f"cove.Server({self._spec.tag!r})"
 
 

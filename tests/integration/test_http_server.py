@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -143,6 +145,9 @@ def test_sessions_stick_to_containers_spread_when_scaled_and_move_when_theirs_go
     (tmp_path / "sticky.py").write_text(STICKY_APP)
     (url,) = _deploy(cove_env, tmp_path / "sticky.py")
     assert url.startswith("http://test--sticky-api.localhost:")
+    lookup = "import cove; print(cove.Server.from_name('sticky', 'Api').get_url())"
+    found = subprocess.run([sys.executable, "-c", lookup], env=cove_env.env, capture_output=True, text=True)
+    assert found.stdout.strip() == url, found.stderr
     _until(lambda: _served_ok(url), "the first container to serve")
 
     # Two requests at once on one target_concurrency=1 container: both served, a second container starts.

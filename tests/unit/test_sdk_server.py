@@ -101,10 +101,15 @@ def test_target_concurrency_defaults_to_max_concurrency_else_one() -> None:
     assert plain.web is not None and plain.web.port == 8000
 
 
-def test_a_server_has_no_remote_calls() -> None:
+def test_a_server_has_no_remote_calls_and_its_url_comes_from_the_deployed_app() -> None:
     module = load_module(SERVER_SAMPLE)
-    with pytest.raises(InvalidError, match=r"only serves HTTP: it has no \.remote\(\)"):
+    with pytest.raises(InvalidError, match=r"cove\.Server\('Api'\) only serves HTTP: it has no \.remote\(\)"):
         module.Api.remote()
+    with pytest.raises(InvalidError, match=r"cove\.Server\.from_name\(app_name, 'Api'\)\.get_url\(\)"):
+        module.Api.get_url()
+    assert repr(cove.Server.from_name("edge", "Api")) == "cove.Server.from_name('edge', 'Api')"
+    with pytest.raises(InvalidError, match="must be a class name"):
+        cove.Server.from_name("edge", "Api.start")
 
 
 @pytest.mark.parametrize(
