@@ -47,7 +47,8 @@ class WebSpec:
     requires_proxy_auth: bool = False
     port: int | None = None  # web_server, http_server
     startup_timeout_s: float = 5.0  # web_server, http_server
-    exit_grace_period_s: float = 0.0  # http_server: time open connections get when a container stops
+    exit_grace_period_s: float = 0.0  # http_server: time requests in flight get when it stops
+    sessioned: bool = False  # http_server with @modal.sessioned(): every request needs a session token
 
     @property
     def relays_port(self) -> bool:
@@ -197,6 +198,7 @@ def web_spec_from_dict(raw: dict[str, Any]) -> WebSpec:
         port=raw.get("port"),
         startup_timeout_s=float(raw.get("startup_timeout_s", 5.0)),
         exit_grace_period_s=float(raw.get("exit_grace_period_s", 0.0)),
+        sessioned=bool(raw.get("sessioned", False)),
     )
 
 

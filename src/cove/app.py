@@ -19,6 +19,7 @@ import inspect
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar, cast
 
 from cove._options import check_image, check_no_volumes, check_secrets, parse_options
@@ -387,6 +388,11 @@ class App:
             cls_name = user_cls.__name__
             if partial.web is not None:  # modal.experimental.http_server: the class is one server
                 _check_server_class("modal.experimental.http_server", cls_name, members)
+                if partial.flags & Flags.SESSIONED:
+                    raise InvalidError(
+                        f"@modal.sessioned() can only be applied to a Server: use @app.server() on "
+                        f"{cls_name!r} instead of @app.cls() with modal.experimental.http_server."
+                    )
                 spec = opts.spec(
                     "@app.cls",
                     tag=cls_name,
@@ -550,7 +556,7 @@ class App:
                 tag=name,
                 module_attr=name,
                 method_name=None,
-                web=web,
+                web=replace(web, sessioned=bool(partial.flags & Flags.SESSIONED)),
                 is_generator=False,
                 max_inputs=cap or UNCAPPED_INPUTS,
                 target_inputs=target if target is not None else (cap or 1),
@@ -565,6 +571,11 @@ class App:
 
 
 def _check_max_inputs(where: str, name: str, partial: PartialFunction[..., Any]) -> None:
+    if partial.flags & Flags.SESSIONED:
+        raise InvalidError(
+            f"@modal.sessioned() can only be applied to a Server: use @app.server() on {name!r} "
+            f"instead of {where}()."
+        )
     if partial.flags & Flags.CONCURRENT and partial.max_inputs is None:
         raise InvalidError(
             f"@cove.concurrent on {name!r} needs max_inputs, e.g. @cove.concurrent(max_inputs=10"

@@ -49,6 +49,7 @@ class Flags(enum.IntFlag):
     EXIT = enum.auto()  # @exit()
     BATCHED = enum.auto()
     CONCURRENT = enum.auto()
+    SESSIONED = enum.auto()  # @sessioned() on an @app.server class
 
     @classmethod
     def lifecycle(cls) -> Flags:
@@ -488,6 +489,39 @@ def http_server(
     return wrapper
 
 
+def sessioned(_warn_parentheses_missing: object = None) -> Callable[[type[T]], PartialFunction[..., T]]:
+    """Sticky Sessions for an `@app.server()` class (Modal 1.5): every request carries a session token.
+
+    ```python
+    @app.server(port=8000)
+    @cove.sessioned()
+    class Room:
+        @cove.enter()
+        def start(self): ...
+
+    session = cove.Server.from_name("rooms", "Room").sessions.start(idle_timeout=600)
+    requests.get(url, headers={"Modal-Authorization": f"Bearer {session.token}"})
+    ```
+
+    All requests of a session reach the container it was started on, until it is terminated
+    (`server.sessions.terminate(token)`) or has had no request in flight for `idle_timeout`
+    seconds; that container is not scaled down while it holds a live session. Requests without a
+    token are refused (401), as are unknown or ended ones (404) and those of a session whose
+    container is gone (410: start a new session).
+    """
+    _reject_positional("sessioned", _warn_parentheses_missing)
+
+    def wrapper(target: type[T]) -> PartialFunction[..., T]:
+        raw, partial = _unwrap("sessioned", target, allow_class=True)
+        if not inspect.isclass(raw):
+            raise InvalidError(
+                f"@cove.sessioned() decorates a Server class (under @app.server()), not {_name(raw)!r}."
+            )
+        return cast("PartialFunction[..., T]", replace(partial, flags=partial.flags | Flags.SESSIONED))
+
+    return wrapper
+
+
 def _check_regions(where: str, regions: object) -> None:
     if regions is None:
         return
@@ -659,6 +693,7 @@ __all__ = [
     "fastapi_endpoint",
     "http_server",
     "method",
+    "sessioned",
     "web_endpoint",
     "web_server",
     "wsgi_app",

@@ -23,10 +23,14 @@ A Server only serves HTTP: it has no `.remote()` and its class no `@method`s or 
 
 from __future__ import annotations
 
+import json
 import types
+from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
+from urllib.parse import quote
 
 from cove import _remote
+from cove._client import control_plane
 from cove._remote import RemoteTarget
 from cove._spec import FunctionSpec
 from cove.exception import InvalidError
@@ -73,6 +77,16 @@ class Server(Generic[T]):
         return url
 
     @property
+    def sessions(self) -> ServerSessions:
+        """Sticky sessions of a `@sessioned` server of a deployed app: `.start()`, `.terminate(token)`."""
+        if self._target is None:
+            raise InvalidError(
+                "Sessions live on a deployed server: use "
+                f"cove.Server.from_name(app_name, {self.tag!r}).sessions."
+            )
+        return ServerSessions(self._target.app_name, self._target.tag)
+
+    @property
     def tag(self) -> str:
         return self._target.tag if self._target is not None else self._spec.tag
 
@@ -101,6 +115,40 @@ class Server(Generic[T]):
         return f"cove.Server({self._spec.tag!r})"
 
 
+@dataclass(frozen=True)
+class ServerSession:
+    """A started sticky session: send `Modal-Authorization: Bearer {token}` with its requests."""
+
+    token: str
+    container_id: str
+    idle_timeout: float
+
+    def __repr__(self) -> str:  # the token is a secret
+        return f"cove.ServerSession(container_id={self.container_id!r}, idle_timeout={self.idle_timeout})"
+
+
+class ServerSessions:
+    """`Server.from_name(app, name).sessions` (Modal's `server.sessions`)."""
+
+    def __init__(self, app_name: str, tag: str) -> None:
+        self._path = f"/v1/servers/{quote(app_name, safe='')}/{quote(tag, safe='')}/sessions"
+
+    def start(self, idle_timeout: float = 600) -> ServerSession:
+        """Start a session on one container; it ends after `idle_timeout` s with no request in flight."""
+        body = json.dumps({"idle_timeout": idle_timeout}).encode()
+        reply = (
+            control_plane()
+            .request("POST", self._path, content=body, content_type="application/json", read_timeout_s=600)
+            .json()
+        )
+        return ServerSession(reply["token"], reply["container_id"], float(reply["idle_timeout"]))
+
+    def terminate(self, token: str) -> bool:
+        """End the session now; False if it had ended already (or never existed)."""
+        reply = control_plane().request("DELETE", f"{self._path}/{quote(token, safe='')}").json()
+        return bool(reply["terminated"])
+
+
 def server_user_code(user_cls: type, members: Any) -> Any:
     """The container's view of a server class: a fresh instance's lifecycle hooks, nothing to call."""
     from cove.functions import UserCode
@@ -118,4 +166,4 @@ def server_user_code(user_cls: type, members: Any) -> Any:
     )
 
 
-__all__ = ["UNCAPPED_INPUTS", "Server", "server_user_code"]
+__all__ = ["UNCAPPED_INPUTS", "Server", "ServerSession", "ServerSessions", "server_user_code"]

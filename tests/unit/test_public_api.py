@@ -29,6 +29,7 @@ EXPECTED = [
     "is_local",
     "method",
     "parameter",
+    "sessioned",
     "web_endpoint",
     "web_server",
     "wsgi_app",

@@ -360,6 +360,7 @@ class AppRegistry:
                     timeout_s=spec.timeout_s,
                     requires_proxy_auth=endpoint.requires_proxy_auth,
                     session_affinity=endpoint.kind == "http_server",
+                    sessioned=spec.web is not None and spec.web.sessioned,
                 )
                 for host in (endpoint.host, *endpoint.custom_domains):
                     key = host_key(host)

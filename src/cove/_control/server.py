@@ -17,6 +17,7 @@ import uvicorn
 
 from cove._control.api import build_api
 from cove._control.api_calls import call_routes
+from cove._control.api_sessions import session_routes
 from cove._control.apps import AppRegistry
 from cove._control.auth import TokenAuthMiddleware
 from cove._control.bundles import BundleStore
@@ -167,7 +168,7 @@ async def serve(
         bundles,
         health,
         stop.set,
-        extra_routes=call_routes(registry, calls),
+        extra_routes=[*call_routes(registry, calls), *session_routes(registry)],
         images=images,
     )
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -135,7 +135,9 @@ class Exchange(BaseExchange):
         if head.expect is not None and not self.http_10 and not self._request_done:
             self._continue_sent = True
             down.transport.write(CONTINUE)
-        session = head.session_id if found.session_affinity else None
+        session = (
+            head.session_token if found.sessioned else head.session_id if found.session_affinity else None
+        )
         self._task = down.spawn(self._run(upstream, found.timeout_s, found.session_affinity, session))
 
     def _origin_form(self) -> bool:

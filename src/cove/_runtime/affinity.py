@@ -11,6 +11,9 @@ the session's next requests agree on the new container. A container that is full
 Pins are forgotten after `idle_ttl_s` without a request (Modal's sticky-session default idle
 timeout, 600 s) and the table is bounded (oldest pins go first), so clients inventing session ids
 cannot grow it without bound. No I/O: the clock is passed in.
+
+`StickySessions` is the strong form, Modal's `@modal.sessioned()`: a session started through the
+API is bound to one container for its whole life and keeps that container from scaling down.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import collections
 import hashlib
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 
 #: Modal's default `idle_timeout` of a sticky session.
 DEFAULT_IDLE_TTL_S = 600.0
@@ -102,6 +106,85 @@ __all__ = [
     "DEFAULT_IDLE_TTL_S",
     "DEFAULT_MAX_SESSIONS",
     "SessionTable",
+    "rendezvous_order",
+    "rendezvous_score",
+]
+
+
+@dataclass
+class StickySession:
+    """One `@modal.sessioned()` session: the container it lives on and its activity."""
+
+    container_id: str
+    idle_timeout_s: float
+    in_flight: int = 0
+    last_active: float = 0.0
+
+
+class StickySessions:
+    """Modal's Sticky Sessions (`@modal.sessioned()`): tokens bound to one container for their life.
+
+    A session lives until it is terminated, or until it has had no request in flight for its
+    `idle_timeout_s`; while it lives, its container is not scaled down. Pure: the caller passes the
+    time and makes the tokens.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, StickySession] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def start(self, token: str, container_id: str, idle_timeout_s: float, now: float) -> None:
+        self._sessions[token] = StickySession(container_id, idle_timeout_s, last_active=now)
+
+    def get(self, token: str, now: float) -> StickySession | None:
+        """The live session of `token`, or None (unknown, terminated or expired: then forgotten)."""
+        session = self._sessions.get(token)
+        if session is not None and self._expired(session, now):
+            del self._sessions[token]
+            return None
+        return session
+
+    def begin(self, token: str) -> None:
+        """A request of the session is in flight."""
+        session = self._sessions.get(token)
+        if session is not None:
+            session.in_flight += 1
+
+    def end(self, token: str, now: float) -> None:
+        """A request of the session finished: its idle time counts from now."""
+        session = self._sessions.get(token)
+        if session is not None:
+            session.in_flight = max(0, session.in_flight - 1)
+            session.last_active = now
+
+    def terminate(self, token: str) -> bool:
+        return self._sessions.pop(token, None) is not None
+
+    def drop(self, token: str) -> None:
+        self._sessions.pop(token, None)
+
+    def expire(self, now: float) -> None:
+        for token in [t for t, s in self._sessions.items() if self._expired(s, now)]:
+            del self._sessions[token]
+
+    def count(self, container_id: str, now: float) -> int:
+        """Live sessions on `container_id`."""
+        return sum(
+            1 for s in self._sessions.values() if s.container_id == container_id and not self._expired(s, now)
+        )
+
+    def _expired(self, session: StickySession, now: float) -> bool:
+        return session.in_flight == 0 and now - session.last_active >= session.idle_timeout_s
+
+
+__all__ = [
+    "DEFAULT_IDLE_TTL_S",
+    "DEFAULT_MAX_SESSIONS",
+    "SessionTable",
+    "StickySession",
+    "StickySessions",
     "rendezvous_order",
     "rendezvous_score",
 ]
