@@ -104,6 +104,35 @@ class Private:
 """
 
 
+SESSIONED_APP = f"""
+import subprocess
+import sys
+
+import modal
+
+app = modal.App("rooms")
+
+SERVER = {SERVER!r}
+
+
+@app.server(port=8000, unauthenticated=True, scaledown_window=2)
+@modal.sessioned()
+class Room:
+    @modal.enter()
+    def start(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER])
+"""
+
+
+def _client(cove: CoveEnv, code: str) -> object:
+    """Run `code` in a fresh Python process against the test's server; it prints one JSON value."""
+    found = subprocess.run(
+        [sys.executable, "-c", "import json, cove\n" + code], env=cove.env, capture_output=True, text=True
+    )
+    assert found.returncode == 0, found.stderr
+    return json.loads(found.stdout)
+
+
 def _deploy(cove: CoveEnv, path: Path) -> list[str]:
     result = cove.run("deploy", str(path), timeout=300)
     return URL_RE.findall(result.stdout)
@@ -224,3 +253,42 @@ def test_the_example_serves_under_cove_serve_with_a_dev_url(serve: Callable[...,
     bodies = [_get(url, "alice").json() for _ in range(3)]
     assert {b["session"] for b in bodies} == {"alice"}
     assert len({b["container"] for b in bodies}) == 1
+
+
+START_SESSION = """
+session = cove.Server.from_name("rooms", "Room").sessions.start(idle_timeout=600)
+print(json.dumps([session.token, session.container_id]))
+"""
+
+
+def test_sticky_sessions_pin_requests_keep_their_container_and_end_cleanly(
+    tmp_path: Path, cove_env: CoveEnv
+) -> None:
+    """@modal.sessioned(): no token, 401; a started session's requests reach its container, which
+    outlives its scaledown_window while the session lives; a terminated session answers 404 and its
+    container then scales down; a session whose container was stopped answers 410."""
+    (tmp_path / "rooms.py").write_text(SESSIONED_APP)
+    (url,) = _deploy(cove_env, tmp_path / "rooms.py")
+    assert _get(url).status_code == 401
+
+    token, container = _client(cove_env, START_SESSION)  # type: ignore[misc]
+    auth = {"Modal-Authorization": f"Bearer {token}"}
+    bodies = [host_request("GET", url, headers=auth).json() for _ in range(3)]
+    assert {b["container"] for b in bodies} == {container}
+
+    time.sleep(4)  # twice the scaledown_window: an idle container without a session would be gone
+    assert [c["id"] for c in _containers(cove_env)] == [container]
+    assert host_request("GET", url, headers=auth).json()["container"] == container
+
+    assert _client(
+        cove_env, f"print(json.dumps(cove.Server.from_name('rooms', 'Room').sessions.terminate({token!r})))"
+    )
+    ended = host_request("GET", url, headers=auth)
+    assert ended.status_code == 404, ended.text
+    _until(lambda: not _containers(cove_env), "the container to scale down once its session ended")
+
+    token, container = _client(cove_env, START_SESSION)  # type: ignore[misc]
+    cove_env.run("container", "stop", container)
+    gone = host_request("GET", url, headers={"Modal-Authorization": f"Bearer {token}"})
+    assert gone.status_code == 410, gone.text
+    assert "start a new session" in gone.text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 
-from cove._runtime.affinity import SessionTable, rendezvous_order, rendezvous_score
+from cove._runtime.affinity import SessionTable, StickySessions, rendezvous_order, rendezvous_score
 
 
 class Clock:
@@ -110,3 +110,27 @@ def test_expired_pins_are_dropped_as_new_sessions_arrive() -> None:
     clock.now = 6
     table.choose(b"new", ["ta-1"], always)
     assert len(table) == 1
+
+
+def test_a_sticky_session_lives_while_requests_are_in_flight_and_ends_after_idle_timeout() -> None:
+    sessions = StickySessions()
+    sessions.start("ss-1", "ta-a", idle_timeout_s=10, now=0)
+    sessions.begin("ss-1")
+    assert sessions.get("ss-1", now=100) is not None  # a request in flight: never idle
+    sessions.end("ss-1", now=100)
+    assert sessions.get("ss-1", now=109) is not None
+    assert sessions.count("ta-a", now=109) == 1
+    assert sessions.get("ss-1", now=110) is None
+    assert len(sessions) == 0
+
+
+def test_sticky_sessions_are_terminated_and_expired_and_counted_per_container() -> None:
+    sessions = StickySessions()
+    sessions.start("ss-1", "ta-a", idle_timeout_s=5, now=0)
+    sessions.start("ss-2", "ta-a", idle_timeout_s=50, now=0)
+    sessions.start("ss-3", "ta-b", idle_timeout_s=50, now=0)
+    assert (sessions.count("ta-a", now=1), sessions.count("ta-b", now=1)) == (2, 1)
+    assert sessions.terminate("ss-3") and not sessions.terminate("ss-3")
+    sessions.expire(now=6)
+    assert len(sessions) == 1 and sessions.count("ta-a", now=6) == 1
+    assert sessions.get("ss-2", now=6) is not None

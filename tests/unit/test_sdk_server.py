@@ -154,6 +154,11 @@ def test_a_server_has_no_remote_calls_and_its_url_comes_from_the_deployed_app() 
             r"decorates a class whose @modal\.enter\(\) method starts the server",
         ),
         (
+            "@app.cls()\n@cove.sessioned()\nclass S:\n    @cove.method()\n    def m(self): ...\n",
+            r"@modal\.sessioned\(\) can only be applied to a Server",
+        ),
+        ("@app.server()\n@cove.sessioned()\ndef f(): ...\n", r"decorates a Server class"),
+        (
             "@app.function()\n@cove.concurrent(target_inputs=4)\n@cove.fastapi_endpoint()\ndef f(): ...\n",
             r"needs max_inputs, e\.g\. @cove\.concurrent\(max_inputs=10, target_inputs=4\)",
         ),
@@ -176,3 +181,29 @@ def test_the_gateway_reads_modal_session_id_and_forwards_it() -> None:
     assert head.session_id == b"user-1"
     assert b"Modal-Session-ID: " in head.header_lines
     assert scan_request_headers([(b"Host", b"h")]).session_id is None
+
+
+def test_sessioned_marks_the_server_spec() -> None:
+    module = load_module(
+        """
+        import cove
+        app = cove.App("rooms")
+
+        @app.server(port=8000)
+        @cove.sessioned()
+        class Room:
+            @cove.enter()
+            def start(self): ...
+        """
+    )
+    (spec,) = module.app._manifest().functions
+    assert spec.web is not None and spec.web.sessioned
+    with pytest.raises(InvalidError, match=r"Sessions live on a deployed server"):
+        module.Room.sessions  # noqa: B018
+
+
+def test_the_gateway_takes_a_session_token_from_modal_authorization_and_drops_it() -> None:
+    head = scan_request_headers([(b"Host", b"h"), (b"Modal-Authorization", b"Bearer ss-abc")])
+    assert head.session_token == b"ss-abc"
+    assert b"ss-abc" not in head.header_lines
+    assert scan_request_headers([(b"Modal-Authorization", b"Basic x")]).session_token is None
