@@ -172,7 +172,9 @@ def test_sessions_stick_to_containers_spread_when_scaled_and_move_when_theirs_go
     queued); each Modal-Session-ID then keeps to one container, sessions spread over both, and a
     session whose container is stopped moves to a live one and stays there."""
     (tmp_path / "sticky.py").write_text(STICKY_APP)
-    (url,) = _deploy(cove_env, tmp_path / "sticky.py")
+    deployed = cove_env.run("deploy", str(tmp_path / "sticky.py"), timeout=300).stdout
+    assert "Created server Api" in deployed
+    (url,) = URL_RE.findall(deployed)
     assert url.startswith("http://test--sticky-api.localhost:")
     lookup = "import cove; print(cove.Server.from_name('sticky', 'Api').get_url())"
     found = subprocess.run([sys.executable, "-c", lookup], env=cove_env.env, capture_output=True, text=True)
