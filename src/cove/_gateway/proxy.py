@@ -190,8 +190,9 @@ class Exchange(BaseExchange):
             self.lease = lease
             loop = asyncio.get_running_loop()
             http_s = self.down.http_timeout_s
-            # A WebSocket has no 303: without its 101 within `timeout_s` it is a 504.
-            if http_s < timeout_s and not self.websocket:
+            # A WebSocket has no 303: without its 101 within `timeout_s` it is a 504. Nor has an HTTP
+            # server (`affinity`): Modal's 303 belongs to the Function input system Servers go without.
+            if http_s < timeout_s and not self.websocket and not affinity:
                 self._timer = loop.call_later(http_s, self._on_http_timeout, timeout_s - http_s, timeout_s)
             else:
                 self._timer = loop.call_later(timeout_s, self._on_timeout, timeout_s)
