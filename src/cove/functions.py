@@ -545,9 +545,9 @@ def load_user_code(
         from cove.server import Server, server_user_code
 
         if isinstance(obj, Server):
-            return obj._user_code()  # type: ignore[no-any-return]
+            return obj._user_code()
         if isinstance(obj, Cls):
-            return server_user_code(obj._user_cls, obj._members)  # type: ignore[no-any-return]
+            return server_user_code(obj._user_cls, obj._members)
         raise NotFoundError(
             f"{module.__name__}.{spec.module_attr} is a {type(obj).__name__}, not a server class: "
             "decorate the class with @app.server()."

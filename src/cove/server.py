@@ -16,7 +16,10 @@ functions in how the gateway treats their requests, which `cove._runtime.pool` i
   already serves `max_concurrency` requests;
 - containers are added to keep about `target_concurrency` requests on each;
 - the `Modal-Session-ID` request header keeps a client on one container while it lives
-  (`cove._runtime.affinity`); a new container is chosen when it goes away.
+  (`cove._runtime.affinity`); a new container is chosen when it goes away;
+- with `@cove.sessioned()`, every request carries a sticky session's token
+  (`Modal-Authorization: Bearer ...`, from `Server.from_name(...).sessions.start()`) and reaches
+  that session's container, which is kept while the session lives.
 
 A Server only serves HTTP: it has no `.remote()` and its class no `@method`s or web methods.
 """
@@ -25,8 +28,9 @@ from __future__ import annotations
 
 import json
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from urllib.parse import quote
 
 from cove import _remote
@@ -34,6 +38,9 @@ from cove._client import control_plane
 from cove._remote import RemoteTarget
 from cove._spec import FunctionSpec
 from cove.exception import InvalidError
+
+if TYPE_CHECKING:
+    from cove.functions import ClassMembers, UserCode
 
 T = TypeVar("T")
 
@@ -47,7 +54,7 @@ class Server(Generic[T]):
     _cove_app_decorator: ClassVar[str] = "@app.server"
     _target: RemoteTarget | None = None  # a server of a deployed app, looked up by name
 
-    def __init__(self, user_cls: type[T], members: Any, spec: FunctionSpec) -> None:
+    def __init__(self, user_cls: type[T], members: ClassMembers, spec: FunctionSpec) -> None:
         self._user_cls = user_cls
         self._members = members
         self._spec = spec
@@ -98,7 +105,7 @@ class Server(Generic[T]):
     def specs(self) -> tuple[FunctionSpec, ...]:
         return (self._spec,)
 
-    def _user_code(self) -> Any:
+    def _user_code(self) -> UserCode:
         return server_user_code(self._user_cls, self._members)
 
     def __getattr__(self, name: str) -> Any:
@@ -149,13 +156,13 @@ class ServerSessions:
         return bool(reply["terminated"])
 
 
-def server_user_code(user_cls: type, members: Any) -> Any:
+def server_user_code(user_cls: type, members: ClassMembers) -> UserCode:
     """The container's view of a server class: a fresh instance's lifecycle hooks, nothing to call."""
     from cove.functions import UserCode
 
     instance = user_cls()
 
-    def bind(names: tuple[str, ...]) -> list[Any]:
+    def bind(names: tuple[str, ...]) -> list[Callable[[], Any]]:
         return [types.MethodType(members.hooks[n].raw_f, instance) for n in names]
 
     return UserCode(
