@@ -29,6 +29,8 @@ _BACKOFF_MAX_S = 30.0
 _TICK_MAX_S = 1.0
 #: What an HTTP server's refusals (503 while cold, 429 at capacity) tell clients to wait, in seconds.
 _RETRY_AFTER = (("Retry-After", "1"),)
+#: How long a refused request counts as demand for one more container (its client is due back).
+_REFUSED_DEMAND_S = 5.0
 
 Launcher = Callable[[], ContainerHandle]
 
@@ -130,7 +132,8 @@ class FunctionPool:
         sessioned = self._no_queue and spec.web is not None and spec.web.sessioned
         self._sticky: StickySessions | None = StickySessions() if sessioned else None
         self._ready_waiters: list[asyncio.Future[None]] = []  # session starts waiting for a container
-        self._refused_demand = 0  # an HTTP server refused a request (cold or full): wants one more container
+        # Until then, an HTTP server's refused request (cold or full) counts as demand for a container.
+        self._refused_until = 0.0
         #: Called with the startup duration (seconds) each time a container becomes ready.
         self.on_ready: Callable[[float], None] | None = None
 
@@ -173,7 +176,7 @@ class FunctionPool:
             return self._acquire_sticky(self._sticky, session)
         ready = {s.handle.id: s for s in self._slots if s.state is ContainerState.READY}
         if not ready:
-            self._refused_demand = max(self._refused_demand, 1)
+            self._refused_until = self._clock() + _REFUSED_DEMAND_S
             self._rescale()
             if self._failure is not None and self.container_count == 0:
                 raise UpstreamError(
@@ -194,7 +197,7 @@ class FunctionPool:
         else:
             slot = self._free_slot()
         if slot is None:
-            self._refused_demand = 1
+            self._refused_until = self._clock() + _REFUSED_DEMAND_S
             self._rescale()
             raise UpstreamError(
                 429,
@@ -269,7 +272,7 @@ class FunctionPool:
                 raise InvalidError(
                     f"{self.spec.tag} failed to start: {self._failure} (details: cove app logs)"
                 )
-            self._refused_demand = 1
+            self._refused_until = self._clock() + _REFUSED_DEMAND_S
             self._rescale()
             waiter: asyncio.Future[None] = loop.create_future()
             self._ready_waiters.append(waiter)
@@ -419,7 +422,8 @@ class FunctionPool:
             )
             for s in live
         ]
-        decision = decide(now, views, len(self._waiters) + self._refused_demand, self.policy)
+        refused = 1 if now < self._refused_until else 0
+        decision = decide(now, views, len(self._waiters) + refused, self.policy)
         start = decision.start
         if self._draining and not self._waiters:
             start = 0  # an old version only finishes its queue
@@ -464,7 +468,7 @@ class FunctionPool:
         except StartupError as exc:
             slot.state = ContainerState.FAILED
             self._forget(slot)
-            self._refused_demand = 0  # the next request tries again (after the backoff)
+            self._refused_until = 0.0  # the next request tries again (after the backoff)
             self._failure = exc.reason
             self._retry_at = self._clock() + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
@@ -483,7 +487,7 @@ class FunctionPool:
             return
         slot.state = ContainerState.READY
         slot.idle_since = self._clock()
-        self._refused_demand = 0
+        self._refused_until = 0.0
         self._failure = None
         self._backoff_s = _BACKOFF_FIRST_S
         self._retry_at = 0.0
