@@ -20,7 +20,7 @@ Decorators only record what to run: nothing here starts a process or opens a con
 
 from __future__ import annotations
 
-from cove import exception
+from cove import exception, experimental
 from cove.app import App
 from cove.endpoints import (
     asgi_app,
@@ -30,6 +30,7 @@ from cove.endpoints import (
     exit,
     fastapi_endpoint,
     method,
+    sessioned,
     web_endpoint,
     web_server,
     wsgi_app,
@@ -46,6 +47,7 @@ from cove.functions import (
 )
 from cove.image import Image
 from cove.secret import Secret
+from cove.server import Server
 
 __version__ = "0.1.0"
 
@@ -57,6 +59,7 @@ __all__ = [
     "FunctionCall",
     "Image",
     "Secret",
+    "Server",
     "asgi_app",
     "batched",
     "concurrent",
@@ -65,10 +68,12 @@ __all__ = [
     "enter",
     "exception",
     "exit",
+    "experimental",
     "fastapi_endpoint",
     "is_local",
     "method",
     "parameter",
+    "sessioned",
     "web_endpoint",
     "web_server",
     "wsgi_app",

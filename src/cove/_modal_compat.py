@@ -20,10 +20,12 @@ ALIASES: dict[str, str] = {
     "modal.app": "cove.app",
     "modal.cls": "cove.functions",
     "modal.exception": "cove.exception",
+    "modal.experimental": "cove.experimental",
     "modal.functions": "cove.functions",
     "modal.image": "cove.image",
     "modal.partial_function": "cove.endpoints",
     "modal.secret": "cove.secret",
+    "modal.server": "cove.server",
 }
 
 

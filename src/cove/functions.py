@@ -541,6 +541,17 @@ def load_user_code(
             f"Function {spec.tag!r} is not in module {module.__name__!r}: it has no attribute "
             f"{spec.module_attr!r}. Define it at module level (not inside a function or `if` block)."
         ) from None
+    if spec.web is not None and spec.web.kind == "http_server":
+        from cove.server import Server, server_user_code
+
+        if isinstance(obj, Server):
+            return obj._user_code()
+        if isinstance(obj, Cls):
+            return server_user_code(obj._user_cls, obj._members)
+        raise NotFoundError(
+            f"{module.__name__}.{spec.module_attr} is a {type(obj).__name__}, not a server class: "
+            "decorate the class with @app.server()."
+        )
     if spec.method_name is None:
         if not isinstance(obj, Function):
             raise NotFoundError(

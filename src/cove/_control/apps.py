@@ -359,6 +359,8 @@ class AppRegistry:
                     upstream=version.pools[endpoint.tag] if running else None,
                     timeout_s=spec.timeout_s,
                     requires_proxy_auth=endpoint.requires_proxy_auth,
+                    session_affinity=endpoint.kind == "http_server",
+                    sessioned=spec.web is not None and spec.web.sessioned,
                 )
                 for host in (endpoint.host, *endpoint.custom_domains):
                     key = host_key(host)

@@ -18,6 +18,7 @@ import uvicorn
 from cove import _probe
 from cove._control.api import build_api
 from cove._control.api_calls import call_routes
+from cove._control.api_sessions import session_routes
 from cove._control.apps import AppRegistry
 from cove._control.auth import TokenAuthMiddleware
 from cove._control.bundles import BundleStore
@@ -156,7 +157,7 @@ async def serve(
         bundles,
         health,
         stop.set,
-        extra_routes=call_routes(registry, calls),
+        extra_routes=[*call_routes(registry, calls), *session_routes(registry)],
         images=images,
     )
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

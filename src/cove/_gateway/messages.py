@@ -40,7 +40,7 @@ _REQUEST_DROP: Final = (
     _HOP_BY_HOP
     | _CLAIMS
     | _CREDENTIALS
-    | {b"forwarded", b"expect", b"sec-websocket-extensions", b"x-real-ip"}
+    | {b"forwarded", b"expect", b"sec-websocket-extensions", b"x-real-ip", b"modal-authorization"}
 )
 # A `Connection` header may name extra hop-by-hop headers, but not these: dropping the framing
 # or the Host of a forwarded message would make the other side read a different message.
@@ -62,6 +62,8 @@ class RequestHead(NamedTuple):
     forwarded_for: bytes | None = None  # the client's X-Forwarded-For chain, several joined by ", "
     forwarded_proto: bytes | None = None  # the client's X-Forwarded-Proto
     credentials: list[tuple[bytes, bytes]] | None = None  # (lowercased name, value), see `auth.py`
+    session_id: bytes | None = None  # `Modal-Session-ID` (HTTP servers' session affinity); forwarded too
+    session_token: bytes | None = None  # `Modal-Authorization: Bearer <token>` (sticky sessions); dropped
 
 
 class ResponseHead(NamedTuple):
@@ -94,8 +96,8 @@ def scan_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
     Not forwarded: hop-by-hop headers and those named in `Connection` (but never `Host` or
     `Content-Length`), `Expect` (the gateway answers it), the client's own `X-Forwarded-For`,
     `X-Forwarded-Proto`, `Forwarded` and `X-Real-IP`, proxy credentials (`Modal-Key`,
-    `Modal-Secret`, `Proxy-Authorization`, an `Authorization: Bearer wk-…`) and
-    `Sec-WebSocket-Extensions`.
+    `Modal-Secret`, `Proxy-Authorization`, an `Authorization: Bearer wk-…`), a sticky session's
+    `Modal-Authorization` and `Sec-WebSocket-Extensions`.
     """
     parts: list[bytes] = []
     host: bytes | None = None
@@ -108,6 +110,8 @@ def scan_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
     forwarded_for: bytes | None = None
     forwarded_proto: bytes | None = None
     credentials: list[tuple[bytes, bytes]] | None = None
+    session_id: bytes | None = None
+    session_token: bytes | None = None
     drop_bearer = False
     for name, value in headers:
         lname = name.lower()
@@ -125,6 +129,10 @@ def scan_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
                 forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
             elif lname == b"x-forwarded-proto":
                 forwarded_proto = value
+            elif lname == b"modal-authorization":  # a sticky session's token, for the gateway only
+                scheme, _, token = value.strip().partition(b" ")
+                if scheme.lower() == b"bearer" and token.strip():
+                    session_token = token.strip()
             elif lname in _CREDENTIALS:
                 credentials = [(lname, value)] if credentials is None else [*credentials, (lname, value)]
             continue
@@ -133,6 +141,8 @@ def scan_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
             host_count += 1
         elif lname == b"content-length":
             content_length = int(value)  # llhttp accepted it: digits, and one value only
+        elif lname == b"modal-session-id":
+            session_id = value.strip() or None
         elif lname == b"authorization" and is_proxy_bearer(value):
             credentials = [(lname, value)] if credentials is None else [*credentials, (lname, value)]
             drop_bearer = True
@@ -154,6 +164,8 @@ def scan_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
         forwarded_for,
         forwarded_proto,
         credentials,
+        session_id,
+        session_token,
     )
 
 

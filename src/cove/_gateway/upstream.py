@@ -55,6 +55,14 @@ class Upstream(Protocol):
         ...
 
 
+class SessionUpstream(Protocol):
+    """An HTTP server's pool: `acquire` takes the request's `Modal-Session-ID` (or, for a sessioned
+    server, its `Modal-Authorization` token; None if absent), so one session keeps to one container,
+    and answers at once (it never queues)."""
+
+    async def acquire(self, session: bytes | None = None) -> Lease: ...
+
+
 class UpstreamError(Exception):
     """A refusal from the runtime, answered to the client as is (e.g. 503 with `Retry-After`)."""
 

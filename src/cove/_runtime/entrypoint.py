@@ -194,7 +194,7 @@ async def serve(
 
     stop = asyncio.Event()
     try:
-        if web is not None and web.kind == "web_server":
+        if web is not None and web.relays_port:  # web_server, or an http_server its @enter started
             return await _serve_web_server(
                 user.call, web.port or 0, web.startup_timeout_s, listener, channel, stop, ready
             )
@@ -252,6 +252,9 @@ async def _serve_web_server(
     stop: asyncio.Event,
     ready: Callable[[], None],
 ) -> int:
+    """Call the function (a no-op for an http_server, whose @enter started the server), wait for
+    `port`, then relay until SIGTERM. (An http_server's `exit_grace_period` is the pool's: it sends
+    SIGTERM once the requests in flight are done, or the period is over.)"""
     from cove._runtime import adapters
 
     loop = asyncio.get_running_loop()

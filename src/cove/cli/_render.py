@@ -56,7 +56,8 @@ def created_objects(app: dict[str, Any]) -> None:
         last = index == len(endpoints) - 1
         branch, stem = ("└──", "    ") if last else ("├──", "│   ")
         mark = " 🔑" if endpoint.get("requires_proxy_auth") else ""
-        out.print(f"{branch} [green]✓[/green] Created web function {escape(endpoint['tag'])}{mark}")
+        what = "server" if endpoint.get("kind") == "http_server" else "web function"
+        out.print(f"{branch} [green]✓[/green] Created {what} {escape(endpoint['tag'])}{mark}")
         domains = endpoint.get("custom_domains") or ()
         url_branch = "├──" if domains else "└──"
         out.print(f"{stem}{url_branch} {endpoint['url']}", markup=False)
