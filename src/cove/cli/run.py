@@ -161,16 +161,10 @@ def options_for(function: Callable[..., Any], label: str) -> list[click.Paramete
             declarations = [f"--{dashed}/--no-{dashed}", param.name]
         else:
             declarations = [f"--{dashed}", param.name]
-        required = param.default is inspect.Parameter.empty
-        params.append(
-            click.Option(
-                declarations,
-                type=click_type,
-                required=required,
-                default=None if required else param.default,
-                show_default=not required,
-            )
-        )
+        if param.default is inspect.Parameter.empty:
+            params.append(click.Option(declarations, type=click_type, required=True))
+        else:
+            params.append(click.Option(declarations, type=click_type, default=param.default, show_default=True))
     return params
 
 
