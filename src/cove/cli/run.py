@@ -164,7 +164,9 @@ def options_for(function: Callable[..., Any], label: str) -> list[click.Paramete
         if param.default is inspect.Parameter.empty:
             params.append(click.Option(declarations, type=click_type, required=True))
         else:
-            params.append(click.Option(declarations, type=click_type, default=param.default, show_default=True))
+            params.append(
+                click.Option(declarations, type=click_type, default=param.default, show_default=True)
+            )
     return params
 
 
