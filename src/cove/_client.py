@@ -215,6 +215,11 @@ class ControlPlane:
             client.close()
 
     def _unreachable(self, exc: Exception) -> exception.ConnectionError:
+        if self.socket_path is not None and self.socket_path == config.env("COVE_CONTAINER_API"):
+            return exception.ConnectionError(
+                f"This container could not reach the Cove control plane at {self.socket_path} "
+                f"({type(exc).__name__}: {exc}): the server is stopping or its app was stopped."
+            )
         if self.url:
             return exception.ConnectionError(
                 f"Could not reach the Cove server at {self.url} ({type(exc).__name__}: {exc}). "

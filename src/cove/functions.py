@@ -227,6 +227,9 @@ class Function(Generic[P, R]):
             return self._target.web_url()
         if not self._spec.is_web:
             return None
+        running = _running_target(self._app, self._spec.tag)
+        if running is not None:
+            return running.web_url()
         raise InvalidError(
             f"The URL of {self!r} is known once it is served: use the URL `cove serve`/`cove deploy` "
             f"printed, or cove.Function.from_name(app_name, {self._spec.tag!r}).get_web_url()."
