@@ -257,6 +257,7 @@ class RemoteTarget:
     def map(
         self, inputs: Iterable[tuple[Any, ...]], kwargs: dict[str, Any], return_exceptions: bool
     ) -> Iterator[Any]:
+        self._callable_info(self.info(), "map")
         calls = [self.spawn(args, kwargs) for args in inputs]
         for call in calls:
             try:
@@ -269,6 +270,7 @@ class RemoteTarget:
     async def amap(
         self, inputs: Iterable[tuple[Any, ...]], kwargs: dict[str, Any], return_exceptions: bool
     ) -> AsyncIterator[Any]:
+        self._callable_info(await self.ainfo(), "map")
         calls = [await self.aspawn(args, kwargs) for args in inputs]
         for call in calls:
             try:
