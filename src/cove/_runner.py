@@ -110,7 +110,13 @@ def run(app: App, *, name: str | None = None, show_objects: bool = True) -> Iter
     """Run `app` as an ephemeral app while the block runs (see the module docstring)."""
     from cove._spec import spec_to_dict
     from cove.cli import _render as render
+    from cove.functions import is_local
 
+    if not is_local():
+        raise exception.InvalidError(
+            "app.run() starts an app from your machine; inside a container its app already runs: "
+            "call the functions' .remote() directly."
+        )
     if app._running is not None:
         raise exception.InvalidError(f"{app!r} is already running; app.run() cannot be nested.")
     path = module_file(app)

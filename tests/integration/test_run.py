@@ -3,6 +3,7 @@ or from the user's own Python process, and a deploy from a script."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -39,8 +40,8 @@ def test_cove_run_runs_the_entrypoint_or_a_function_with_args_and_stops_the_app(
     unknown = cove_env.run("run", f"{app_file}::nope", check=False)
     assert unknown.returncode == 1 and "It has: main, shout, square." in unknown.stderr
 
-    listing = cove_env.run("app", "list", "--json").stdout
-    assert '"runner"' in listing and '"stopped"' in listing  # the run's app stopped with it
+    apps = json.loads(cove_env.run("app", "list", "--json").stdout)
+    assert [(a["name"], a["kind"], a["state"]) for a in apps] == [("runner", "ephemeral", "stopped")]
 
 
 SCRIPT = """

@@ -174,6 +174,15 @@ class CallRegistry:
                         for kind, _ in reader.feed(chunk):
                             ended = kind != FRAME_ITEM
                         yield chunk
+            if not ended and reader.pending == 0:
+                yield encode_frame(
+                    FRAME_ERROR,
+                    encode_platform_error(
+                        "ExecutionError",
+                        f"{name} ended its stream of results before its last item ({call_id}). "
+                        f"See `cove app logs {app_name}`.",
+                    ),
+                )
         except TimeoutError:
             broken = True
             log.warning("call=%s function=%s event=timeout timeout_s=%g", call_id, spec.tag, spec.timeout_s)
