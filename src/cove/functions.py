@@ -72,13 +72,32 @@ def _refuse_remote(tag: str, web: bool, name: str, local_hint: str) -> NoReturn:
             f"A webhook function cannot be invoked for remote execution with .{name}. "
             f"Invoke this function via its web url or call it locally: {local_hint}.local()"
         )
-    raise ExecutionError(
+    raise _not_running(tag, name, local_hint)
+
+
+def _not_running(tag: str, name: str, local_hint: str) -> ExecutionError:
+    return ExecutionError(
         f"Function {tag!r} has not been hydrated with the metadata it needs to run on Cove, because the "
         f"App it is defined on is not running. Run it with `cove run FILE::{tag.split('.')[0]}`, inside "
         "`with app.run():`, or from a function of the app while it is served or deployed; or call the "
         f"deployed one with cove.Function.from_name(app_name, {tag!r}).{name}(...) "
         f"(or run it here with {local_hint}.local())."
     )
+
+
+class _NotRunning(RemoteTarget):
+    """The target of a function whose app is not running: any call raises Modal's "not hydrated" error
+    (getting `.remote` itself does not, as on Modal)."""
+
+    def __init__(self, tag: str, how: str, local_hint: str) -> None:
+        super().__init__("", tag)
+        self._error = (tag, how, local_hint)
+
+    def info(self) -> _remote.FunctionInfo:
+        raise _not_running(*self._error)
+
+    async def ainfo(self) -> _remote.FunctionInfo:
+        raise _not_running(*self._error)
 
 
 def _running_target(
@@ -138,11 +157,9 @@ class Function(Generic[P, R]):
     def _remote(self, how: str) -> RemoteTarget:
         if self._target is not None:
             return self._target
-        if not self._spec.is_web:
-            target = _running_target(self._app, self._spec.tag)
-            if target is not None:
-                return target
-        _refuse_remote(self._spec.tag, self._spec.is_web, how, self._spec.tag)
+        if self._spec.is_web:
+            _refuse_remote(self._spec.tag, True, how, self._spec.tag)
+        return _running_target(self._app, self._spec.tag) or _NotRunning(self._spec.tag, how, self._spec.tag)
 
     @property
     def spec(self) -> FunctionSpec:
@@ -243,8 +260,12 @@ class Function(Generic[P, R]):
 
     def __getattr__(self, name: str) -> NoReturn:
         spec = self.__dict__.get("_spec")
-        if name in _REMOTE_METHODS and spec is not None:
-            _refuse_remote(spec.tag, spec.is_web, name, spec.tag)
+        if name in _REMOTE_METHODS and spec is not None and spec.is_web:
+            _refuse_remote(spec.tag, True, name, spec.tag)
+        if name == "spawn_map":
+            raise AttributeError(
+                "cove.Function has no .spawn_map yet; spawn each input with .spawn(...) instead."
+            )
         raise AttributeError(f"'cove.Function' object has no attribute {name!r}")
 
     def __repr__(self) -> str:
@@ -583,12 +604,12 @@ class _BoundMethod:
         spec = self.__dict__.get("_spec")
         if name in _REMOTE_METHODS and spec is not None:
             cls_tag, _, method_name = spec.tag.partition(".")
-            if not spec.is_web:
-                obj = self._obj
-                target = _running_target(obj._cls._app, spec.tag, params=obj._params, method=self._name)
-                if target is not None:
-                    return getattr(Function._from_target(target), name)
-            _refuse_remote(spec.tag, spec.is_web, name, f"{cls_tag}().{method_name}")
+            hint = f"{cls_tag}().{method_name}"
+            if spec.is_web:
+                _refuse_remote(spec.tag, True, name, hint)
+            obj = self._obj
+            target = _running_target(obj._cls._app, spec.tag, params=obj._params, method=self._name)
+            return getattr(Function._from_target(target or _NotRunning(spec.tag, name, hint)), name)
         raise AttributeError(name)
 
     def __repr__(self) -> str:
