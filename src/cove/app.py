@@ -15,12 +15,14 @@ send to the control plane.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast
 
 from cove._options import check_image, check_no_volumes, check_secrets, parse_options
 from cove._spec import AppSpec, FunctionSpec
@@ -115,6 +117,9 @@ class App:
         self._include_source = include_source
         check_no_volumes("App", "volumes", volumes)
         self._registry: dict[str, Function[Any, Any] | Cls[Any] | Server[Any]] = {}
+        self._local_entrypoints: dict[str, LocalEntrypoint[..., Any]] = {}
+        # (name, kind) while the app runs from this process (`app.run()`, `cove run`).
+        self._running: tuple[str, Literal["ephemeral", "deployed"]] | None = None
 
     @property
     def name(self) -> str | None:
@@ -170,6 +175,77 @@ class App:
 
     def __repr__(self) -> str:
         return f"cove.App({self._name!r})" if self._name is not None else "cove.App()"
+
+    @property
+    def registered_entrypoints(self) -> dict[str, LocalEntrypoint[..., Any]]:
+        """The `@app.local_entrypoint()` functions, by name."""
+        return dict(self._local_entrypoints)
+
+    def local_entrypoint(
+        self, _warn_parentheses_missing: object = None, *, name: str | None = None
+    ) -> Callable[[Callable[P, R]], LocalEntrypoint[P, R]]:
+        """Register a function `cove run FILE` runs on this machine while the app runs (Modal's rule).
+
+        Its parameters become command-line options: `def main(n: int, fast: bool = False)` is run
+        as `cove run app.py --n 3 --fast`.
+        """
+        _reject_app_positional("@app.local_entrypoint", _warn_parentheses_missing)
+        if name is not None and (not isinstance(name, str) or not name.isidentifier()):
+            raise InvalidError(f"@app.local_entrypoint(name=...) must be an identifier, got {name!r}.")
+
+        def wrapper(raw_f: Callable[P, R]) -> LocalEntrypoint[P, R]:
+            if not callable(raw_f) or inspect.isclass(raw_f):
+                raise InvalidError(
+                    f"@app.local_entrypoint() decorates a function, got {type(raw_f).__name__} {raw_f!r}."
+                )
+            entrypoint = LocalEntrypoint(raw_f, self)
+            tag = name or raw_f.__name__
+            if tag in self._local_entrypoints:
+                warnings.warn(
+                    f"{self!r} already has a local entrypoint named {tag!r}; the new one replaces it.",
+                    stacklevel=2,
+                )
+            self._local_entrypoints[tag] = entrypoint
+            return entrypoint
+
+        return wrapper
+
+    @contextlib.contextmanager
+    def run(
+        self,
+        *,
+        name: str | None = None,
+        client: object = None,
+        detach: bool = False,
+        interactive: bool = False,
+        environment_name: str | None = None,
+        show_progress: bool = True,
+    ) -> Iterator[App]:
+        """Run the app as an ephemeral app for the block: `with app.run(): f.remote(1)`.
+
+        Its functions run in containers and their `.remote()` calls reach them; container logs
+        stream to this terminal; the app stops when the block ends (or on Ctrl-C). `detach` is
+        accepted and has no effect: the app always stops with the block.
+        """
+        from cove import _runner
+
+        with _runner.run(self, name=name, show_objects=show_progress):
+            yield self
+
+    def deploy(
+        self,
+        *,
+        name: str | None = None,
+        environment_name: str | None = None,
+        tag: str = "",
+        client: object = None,
+        strategy: str = "rolling",
+    ) -> App:
+        """Deploy the app from this process, as `cove deploy` does (a new version of `name`)."""
+        from cove import _runner
+
+        _runner.deploy(self, name=name, tag=tag)
+        return self
 
     def function(
         self,
@@ -294,7 +370,7 @@ class App:
                 max_inputs=partial.max_inputs,
                 target_inputs=partial.target_inputs,
             )
-            function = Function(cast(Callable[P, R], raw_f), spec)
+            function = Function(cast(Callable[P, R], raw_f), spec, app=self)
             self._register(tag, function)
             return function
 
@@ -420,7 +496,7 @@ class App:
                 )
                 for method_name, pf in members.methods.items()
             )
-            registered: Cls[T] = Cls(cast(type[T], user_cls), members, specs)
+            registered: Cls[T] = Cls(cast(type[T], user_cls), members, specs, app=self)
             self._register(cls_name, registered)
             return registered
 
@@ -598,6 +674,24 @@ def _check_server_class(where: str, cls_name: str, members: ClassMembers) -> Non
         )
 
 
+class LocalEntrypoint(Generic[P, R]):
+    """A function registered with `@app.local_entrypoint()`: `cove run` calls it here, with the app running.
+
+    Calling it directly runs it too (without starting the app).
+    """
+
+    def __init__(self, raw_f: Callable[P, R], app: App) -> None:
+        self.raw_f = raw_f
+        self.app = app
+        functools.update_wrapper(self, raw_f)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.raw_f(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"cove.LocalEntrypoint({self.raw_f.__name__!r})"
+
+
 def _reject_app_positional(where: str, arg: object) -> None:
     if arg is None:
         return
@@ -627,4 +721,4 @@ def _unwrap_for_app(where: str, target: object) -> tuple[Any, PartialFunction[..
     return target, PartialFunction(target)
 
 
-__all__ = ["App"]
+__all__ = ["App", "LocalEntrypoint"]

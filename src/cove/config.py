@@ -37,6 +37,12 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "COVE_MAX_CONNECTIONS": ("10000", "client connections the gateway keeps open (503 past it)"),
     # -- end of gateway policy
     "COVE_IS_REMOTE": (None, "set to 1 inside containers: `cove.is_local()` is then False"),
+    "COVE_CONTAINER_API": (
+        None,
+        "set inside containers: their app's scoped control socket, through which they call functions",
+    ),
+    "COVE_APP_NAME": (None, "set inside containers: the name of their app"),
+    "COVE_APP_KIND": (None, "set inside containers: `deployed`, or `ephemeral` (cove serve/run)"),
     "COVE_IMAGE_CACHE": (None, "built images and their layers; default COVE_HOME/images (may be shared)"),
     "COVE_FORCE_BUILD": (None, "1: `cove serve`/`cove deploy` rebuild every image layer"),
     "COVE_SANDBOX": (

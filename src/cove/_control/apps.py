@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -120,7 +120,13 @@ class AppRegistry:
         gateway_port: Callable[[], int],
         store: Store,
         images: ImageBuilder | None = None,
+        api_socket: Callable[[AppKind, str], str] | None = None,
+        api_forget: Callable[[AppKind, str], Awaitable[None]] | None = None,
     ) -> None:
+        """`api_socket(kind, name)` gives the host path of an app's scoped control socket for its
+        containers (`cove._control.container_api`); `api_forget` is called when the app stops."""
+        self._api_socket = api_socket
+        self._api_forget = api_forget
         self._store = store
         self._images = images
         self._settings = settings
@@ -168,7 +174,7 @@ class AppRegistry:
         validate_app_name(name)
         web_specs = [f for f in spec.functions if f.web is not None]
         envs = {f.tag: self._secrets.resolve(f.secrets) for f in spec.functions}
-        requests = {f.tag: self._request(name, f, source, envs[f.tag]) for f in spec.functions}
+        requests = {f.tag: self._request(name, kind, f, source, envs[f.tag]) for f in spec.functions}
         layouts: dict[ImageSpec, ImageLayout] = {}
         if self._images is not None:
             # Built before the lock: a long build must not hold up other apps. Images the CLI had
@@ -250,6 +256,8 @@ class AppRegistry:
         if current is not None:
             await asyncio.gather(*(p.close() for p in current.pools.values()))
             self._release(current)
+        if self._api_forget is not None:
+            await self._api_forget(record.kind, name)
         self._logs.write(record.log_key, "-", "-", "system", f"app {name} stopped")
         self._logs.end(record.log_key)
         log.info("app=%s event=stopped", name)
@@ -309,10 +317,22 @@ class AppRegistry:
         pools = [p for r in self._apps.values() if r.current for p in r.current.pools.values()]
         await asyncio.gather(*(p.close() for p in pools), return_exceptions=True)
 
-    def function_pool(self, app_name: str, tag: str) -> tuple[AppRecord, FunctionPool]:
-        """The pool serving function `tag` of the running deployed app `app_name` (for `.remote()`)."""
-        record = self.get(app_name, "deployed")
+    def function_pool(
+        self, app_name: str, tag: str, kind: AppKind = "deployed"
+    ) -> tuple[AppRecord, FunctionPool]:
+        """The pool serving function `tag` of the running app `app_name` (for `.remote()`): the
+        deployed one, or with `kind="ephemeral"` the one `cove serve`/`cove run` runs."""
+        try:
+            record = self.get(app_name, kind)
+        except NotFoundError:
+            if kind == "deployed":
+                raise
+            raise NotFoundError(
+                f"Ephemeral app {app_name!r} is not running (`cove serve`/`cove run` runs it)."
+            ) from None
         if record.state is AppState.STOPPED or record.current is None:
+            if kind == "ephemeral":
+                raise NotFoundError(f"Ephemeral app {app_name!r} has stopped; run it again.")
             raise NotFoundError(f"App {app_name!r} is stopped. Deploy it again with `cove deploy`.")
         pool = record.current.pools.get(tag)
         if pool is None:
@@ -414,7 +434,7 @@ class AppRegistry:
                         )
 
     def _request(
-        self, app_name: str, fn: FunctionSpec, source: Source, env: dict[str, str]
+        self, app_name: str, kind: AppKind, fn: FunctionSpec, source: Source, env: dict[str, str]
     ) -> ContainerRequest:
         """What a container of `fn` needs, with its local mounts resolved on this machine.
 
@@ -452,6 +472,8 @@ class AppRegistry:
             env=env,
             mounts=tuple(mounts),
             extra_source=tuple(extra_source),
+            app_kind=kind,
+            api_socket=self._api_socket(kind, app_name) if self._api_socket else None,
         )
 
     def _release(self, version: Version) -> None:

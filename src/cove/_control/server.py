@@ -23,6 +23,7 @@ from cove._control.apps import AppRegistry
 from cove._control.auth import TokenAuthMiddleware
 from cove._control.bundles import BundleStore
 from cove._control.calls import CallRegistry
+from cove._control.container_api import ContainerAPIs
 from cove._control.images import ImageBuilder
 from cove._control.logs import LogHub
 from cove._control.secrets import SecretStore
@@ -31,6 +32,7 @@ from cove._dashboard import Dashboard
 from cove._gateway import Gateway, Limits
 from cove._runtime.backend import Backend
 from cove._runtime.local import LocalBackend
+from cove._runtime.spawner import socket_dir
 from cove.config import Settings
 from cove.exception import Error
 
@@ -126,6 +128,7 @@ async def serve(
         if settings.backend == "local"
         else None
     )
+    container_apis = ContainerAPIs(socket_dir(settings.home))
     registry = AppRegistry(
         settings,
         backend,
@@ -135,6 +138,9 @@ async def serve(
         gateway_port=lambda: gateway.port,
         store=store,
         images=images,
+        # Ray's containers are not on this machine: they get no scoped socket (docs/ray.md).
+        api_socket=container_apis.socket_for if settings.backend == "local" else None,
+        api_forget=container_apis.forget,
     )
     await registry.restore()
     await dashboard.start(registry, logs, store)
@@ -160,6 +166,7 @@ async def serve(
         extra_routes=[*call_routes(registry, calls), *session_routes(registry)],
         images=images,
     )
+    container_apis.api = api
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(sock_path))
     # The socket's file mode is the local auth: only the server's user may talk to it.
@@ -206,6 +213,7 @@ async def serve(
         if remote is not None:
             remote.should_exit = True
         await calls.close()  # running calls end; their long polls answer, so the API can stop
+        await container_apis.close()
         for task in (control_task, remote_task):
             if task is not None:
                 with contextlib.suppress(Exception):

@@ -222,6 +222,7 @@ def place(host: Host, request: ContainerRequest) -> Placement:
         env=image.env,
         network=host.network_for(fn.block_network),
         host_is_root=host.is_root,
+        api_dir=os.path.dirname(request.api_socket) if request.api_socket else None,
     )
     # Binds pin inodes: a file replaced by an editor's atomic save is a new inode that an older
     # sandbox would not see, so the inodes are part of what makes a spare fit.

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from cove._bundle import make_bundle
-from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Stream
+from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Stream, app_env
 from cove._runtime.local import new_container_id
 from cove._runtime.ray_node import ContainerActor
 from cove._runtime.ray_options import plan
@@ -331,7 +331,9 @@ class RayBackend:
             "container_id": container_id,
             "function": spec_to_dict(request.function),
             "module_file": os.path.relpath(request.module_file, request.source_dir),
-            "env": dict(request.env),  # secrets: in the start message, never in the runtime_env
+            # secrets: in the start message, never in the runtime_env. No scoped control socket on
+            # Ray (docs/ray.md): calls from inside a container say so.
+            "env": {**request.env, **app_env(request, None)},
         }
         self._containers[container_id] = container
         container._exited.add_done_callback(lambda _: self._containers.pop(container_id, None))

@@ -7,6 +7,7 @@ import click
 from cove.cli.app import app
 from cove.cli.container import container
 from cove.cli.deploy import deploy
+from cove.cli.run import run
 from cove.cli.secret import secret
 from cove.cli.serve import serve
 from cove.cli.server import server
@@ -20,6 +21,7 @@ def main() -> None:
 
 
 main.add_command(serve)
+main.add_command(run)
 main.add_command(deploy)
 main.add_command(app)
 main.add_command(container)
