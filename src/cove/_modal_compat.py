@@ -19,11 +19,14 @@ ALIASES: dict[str, str] = {
     "modal": "cove",
     "modal.app": "cove.app",
     "modal.cls": "cove.functions",
+    "modal.dict": "cove.dict",
     "modal.exception": "cove.exception",
     "modal.functions": "cove.functions",
     "modal.image": "cove.image",
     "modal.partial_function": "cove.endpoints",
+    "modal.queue": "cove.queue",
     "modal.secret": "cove.secret",
+    "modal.volume": "cove.volume",
 }
 
 

@@ -37,6 +37,10 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "COVE_MAX_CONNECTIONS": ("10000", "client connections the gateway keeps open (503 past it)"),
     # -- end of gateway policy
     "COVE_IS_REMOTE": (None, "set to 1 inside containers: `cove.is_local()` is then False"),
+    "COVE_VOLUME_MOUNTS": (
+        None,
+        "set inside containers: JSON {Volume name: mount path} of the mounted Volumes",
+    ),
     "COVE_IMAGE_CACHE": (None, "built images and their layers; default COVE_HOME/images (may be shared)"),
     "COVE_FORCE_BUILD": (None, "1: `cove serve`/`cove deploy` rebuild every image layer"),
     "COVE_SANDBOX": (

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import enum
 import getpass
+import json
 import logging
 import os
 import re
@@ -120,8 +121,10 @@ class AppRegistry:
         gateway_port: Callable[[], int],
         store: Store,
         images: ImageBuilder | None = None,
+        volume_path: Callable[[str, bool], Path] | None = None,
     ) -> None:
         self._store = store
+        self._volume_path = volume_path
         self._images = images
         self._settings = settings
         self._backend = backend
@@ -442,6 +445,7 @@ class AppRegistry:
                     + f", so it cannot be mounted at {remote}."
                 )
             mounts.append((local, remote))
+        volumes, env = self._volumes(fn, env)
         return ContainerRequest(
             app_name=app_name,
             function=fn,
@@ -450,7 +454,26 @@ class AppRegistry:
             env=env,
             mounts=tuple(mounts),
             extra_source=tuple(extra_source),
+            volumes=volumes,
         )
+
+    def _volumes(
+        self, fn: FunctionSpec, env: dict[str, str]
+    ) -> tuple[tuple[tuple[str, str], ...], dict[str, str]]:
+        """The (host directory, container path) of each Volume `fn` mounts, created if it asks so, and
+        the container's environment with `COVE_VOLUME_MOUNTS` ({name: path}) added."""
+        if not fn.volumes:
+            return (), env
+        if self._settings.backend == "ray" or self._volume_path is None:
+            raise InvalidError(
+                f"Function {fn.tag!r} mounts Volumes ({', '.join(v.name for v in fn.volumes)}), which the "
+                f"{self._settings.backend} backend does not support yet: Volumes are directories on the "
+                "server's machine. Use the local backend, or read and write them with the Volume "
+                "methods (listdir, read_file, batch_upload) from the function."
+            )
+        pairs = tuple((str(self._volume_path(v.name, v.create_if_missing)), v.path) for v in fn.volumes)
+        names = {v.name: v.path for v in fn.volumes}
+        return pairs, {**env, "COVE_VOLUME_MOUNTS": json.dumps(names, sort_keys=True)}
 
     def _release(self, version: Version) -> None:
         for request in version.requests:

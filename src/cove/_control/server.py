@@ -17,6 +17,7 @@ import uvicorn
 
 from cove._control.api import build_api
 from cove._control.api_calls import call_routes
+from cove._control.api_objects import ObjectService, object_routes
 from cove._control.apps import AppRegistry
 from cove._control.auth import TokenAuthMiddleware
 from cove._control.bundles import BundleStore
@@ -105,6 +106,8 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
 
     store = Store(settings.home / "cove.db")
+    objects = ObjectService(store, settings.home / "volumes")
+    objects.start()  # ephemeral Dicts, Queues and Volumes do not outlive their server
     bundles = BundleStore(settings.home / "bundles")
     logs = LogHub(settings.home / "logs")
     secrets = SecretStore(settings.home / "secrets")
@@ -145,6 +148,7 @@ async def serve(
         gateway_port=lambda: gateway.port,
         store=store,
         images=images,
+        volume_path=objects.volume_path,
     )
     await registry.restore()
     await dashboard.start(registry, logs, store)
@@ -167,7 +171,7 @@ async def serve(
         bundles,
         health,
         stop.set,
-        extra_routes=call_routes(registry, calls),
+        extra_routes=[*call_routes(registry, calls), *object_routes(objects)],
         images=images,
     )
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -216,6 +220,7 @@ async def serve(
         if remote is not None:
             remote.should_exit = True
         await calls.close()  # running calls end; their long polls answer, so the API can stop
+        objects.close()  # blocked Queue gets answer "nothing yet"; their clients ask the next server
         for task in (control_task, remote_task):
             if task is not None:
                 with contextlib.suppress(Exception):

@@ -50,7 +50,8 @@ class ContainerRequest:
     Without an `image` the container runs on the server's own interpreter, unsandboxed (tests of
     the pool and gateway use that). `mounts` are (host path, container path) pairs of
     `add_local_file`/`add_local_dir`, and `extra_source` those of `add_local_python_source` that
-    live outside `source_dir`; both are mounted read-only.
+    live outside `source_dir`; both are mounted read-only. `volumes` are (host directory, container
+    path) pairs of the Volumes the function mounts, read-write.
     """
 
     app_name: str
@@ -61,6 +62,7 @@ class ContainerRequest:
     image: ImageLayout | None = None
     mounts: tuple[tuple[str, str], ...] = ()
     extra_source: tuple[tuple[str, str], ...] = ()
+    volumes: tuple[tuple[str, str], ...] = ()
 
 
 class StartupError(Exception):
