@@ -151,6 +151,11 @@ def open_file(root: Path, path: str) -> int:
         try:
             fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise exception.InvalidError(
+                    f"/{'/'.join(parts)} in the Volume is a symlink: Cove does not follow symlinks "
+                    "inside Volumes."
+                ) from None
             raise _path_error(exc, "/".join(parts), "") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
@@ -251,7 +256,12 @@ def copy(root: Path, sources: list[str], destination: str, *, recursive: bool) -
                 f"/{'/'.join(src_parts)} is a directory: pass recursive=True (`cove volume cp -r`)."
             )
         target = [*dst_parts, src_parts[-1]] if into_dir else dst_parts
-        for entry in listdir(root, source, recursive=True):
+        found = listdir(root, source, recursive=True)
+        if len(found) == 1 and found[0].type == "symlink" and found[0].path == "/".join(src_parts):
+            raise exception.InvalidError(
+                f"/{found[0].path} in the Volume is a symlink: Cove does not follow symlinks inside Volumes."
+            )
+        for entry in found:  # symlinks inside a copied directory are skipped, never followed
             rel = entry.path.split("/")[len(src_parts) :]
             if entry.type != "file":
                 continue

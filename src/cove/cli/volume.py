@@ -105,6 +105,11 @@ def get(name: str, remote_path: str, local_destination: str, force: bool) -> Non
     (default: the current directory; '-' writes a file to standard output)."""
     connect()
     volume = Volume.from_name(name)
+    if local_destination == "-":
+        for chunk in volume.read_file(remote_path):
+            sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+        return
     entries = volume.listdir(remote_path, recursive=True)
     remote = PurePosixPath("/" + remote_path.strip("/"))
     single = (
@@ -112,15 +117,6 @@ def get(name: str, remote_path: str, local_destination: str, force: bool) -> Non
         and entries[0].type == FileEntryType.FILE
         and PurePosixPath("/" + entries[0].path) == remote
     )
-    if local_destination == "-":
-        if not single:
-            raise exception.InvalidError(
-                f"{remote_path} is a directory: only a file can go to standard output."
-            )
-        for chunk in volume.read_file(remote_path):
-            sys.stdout.buffer.write(chunk)
-        sys.stdout.buffer.flush()
-        return
     destination = Path(local_destination)
     files = [e for e in entries if e.type == FileEntryType.FILE]
     for entry in files:
