@@ -112,6 +112,7 @@ class QueueStore:
             if remaining <= 0 or self._space.closed:
                 return False
             await self._space.wait(object_id, partition, remaining)
+            self._check_alive(object_id)
 
     def _try_put(self, object_id: str, partition: str, values: list[bytes], ttl_s: float) -> bool:
         now = self._clock()
@@ -164,6 +165,7 @@ class QueueStore:
             if remaining <= 0 or self._items.closed:
                 return []
             await self._items.wait(object_id, partition, remaining)
+            self._check_alive(object_id)
 
     def _take(self, object_id: str, partition: str, n: int) -> list[bytes]:
         with self._store.transaction() as db:
@@ -227,6 +229,12 @@ class QueueStore:
             if rows or remaining <= 0 or self._items.closed:
                 return [(int(r[0]), bytes(r[1])) for r in rows]
             await self._items.wait(object_id, partition, remaining)
+            self._check_alive(object_id)
+
+    def _check_alive(self, object_id: str) -> None:
+        """After a wait: the Queue may have been deleted meanwhile (its waiters were woken for that)."""
+        if self._store.db.execute("SELECT 1 FROM objects WHERE id = ?", (object_id,)).fetchone() is None:
+            raise exception.NotFoundError(f"Queue {object_id} was deleted while this request waited on it.")
 
     def partitions(self, object_id: str) -> list[tuple[str, int]]:
         """(partition key, item count) of every live partition, for `cove queue peek`/`len`."""
