@@ -10,14 +10,13 @@ test_objects.py::test_function_writes_to_a_mounted_volume_that_the_cli_then_sees
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import pytest
 
 from tests.integration.conftest import CoveEnv
 from tests.integration.test_objects import client
-from tests.integration.test_objects import cove as cove  # noqa: F401  (the module's server fixture)
+from tests.integration.test_objects import cove as cove  # the module's server fixture
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +76,7 @@ def outside_the_allowlist() -> str:
 
 
 @pytest.fixture(scope="module")
-def deployed(cove: CoveEnv) -> Iterator[CoveEnv]:  # noqa: F811
+def deployed(cove: CoveEnv) -> Iterator[CoveEnv]:
     app_dir = cove.home / "inside-app"
     app_dir.mkdir()
     (app_dir / "objects_inside.py").write_text(APP)
@@ -133,5 +132,5 @@ def test_a_container_cannot_reach_routes_outside_the_allowlist(deployed: CoveEnv
     message = client(
         deployed, 'emit(modal.Function.from_name("objects-inside", "outside_the_allowlist").remote())'
     )
-    assert message != "allowed" and "cove:" in message.lower() or "403" in message
-    assert json.loads(deployed.run("dict", "list", "--json").stdout)
+    assert message != "allowed"
+    assert "cove:" in message or "403" in message, message
