@@ -41,6 +41,8 @@ from cove._control.store import Store
 
 #: Longest a single request waits for a Queue item (or room); clients ask again after it.
 MAX_WAIT_S = 50.0
+#: Largest JSON body (base64 pickles) of one Dict/Queue request.
+MAX_JSON_BYTES = 64 * 1024 * 1024
 
 Handler = Callable[[Request], Awaitable[Response]]
 _PLURAL: dict[ObjectKind, str] = {"dict": "dicts", "queue": "queues", "volume": "volumes"}
@@ -98,16 +100,16 @@ def object_routes(service: ObjectService) -> list[Route]:
     # -- Dict ------------------------------------------------------------------------------------
 
     async def dict_get(request: Request) -> Response:
-        body = await request.json()
+        body = await _json(request)
         value = dicts.get(dict_id(request), _b64(body["key"]))
         return JSONResponse({"found": value is not None, "value": _text(value)})
 
     async def dict_contains(request: Request) -> Response:
-        body = await request.json()
+        body = await _json(request)
         return JSONResponse({"found": dicts.get(dict_id(request), _b64(body["key"])) is not None})
 
     async def dict_put(request: Request) -> Response:
-        body = await request.json()
+        body = await _json(request)
         written = dicts.put(
             dict_id(request),
             _b64(body["key"]),
@@ -117,12 +119,12 @@ def object_routes(service: ObjectService) -> list[Route]:
         return JSONResponse({"written": written})
 
     async def dict_update(request: Request) -> Response:
-        body = await request.json()
+        body = await _json(request)
         dicts.update(dict_id(request), [(_b64(k), _b64(v)) for k, v in body["items"]])
         return JSONResponse({})
 
     async def dict_pop(request: Request) -> Response:
-        body = await request.json()
+        body = await _json(request)
         value = dicts.pop(dict_id(request), _b64(body["key"]))
         return JSONResponse({"found": value is not None, "value": _text(value)})
 
@@ -154,7 +156,7 @@ def object_routes(service: ObjectService) -> list[Route]:
     # -- Queue -----------------------------------------------------------------------------------
 
     async def queue_put(request: Request) -> Response:
-        body = await request.json()
+        body = await _json(request)
         ttl_s = _seconds(body.get("partition_ttl", DEFAULT_PARTITION_TTL_S), "partition_ttl")
         if not 0 < ttl_s <= DEFAULT_PARTITION_TTL_S:
             raise exception.InvalidError(
@@ -171,7 +173,7 @@ def object_routes(service: ObjectService) -> list[Route]:
         return JSONResponse({"put": put})
 
     async def queue_get(request: Request) -> Response:
-        body = await request.json()
+        body = await _json(request)
         n = int(body.get("n", 1))
         if n < 1:
             raise exception.InvalidError(f"n_values must be at least 1, got {n}.")
@@ -189,7 +191,7 @@ def object_routes(service: ObjectService) -> list[Route]:
         return JSONResponse({"len": queues.length(queue_id(request), partition)})
 
     async def queue_clear(request: Request) -> Response:
-        body = await request.json()
+        body = await _json(request)
         partition = None if body.get("all") else check_partition(body.get("partition"))
         queues.clear(queue_id(request), partition)
         return JSONResponse({})
@@ -253,14 +255,14 @@ def object_routes(service: ObjectService) -> list[Route]:
         return JSONResponse({"path": upload.path})
 
     async def volume_rm(request: Request) -> Response:
-        body = await request.json()
+        body = await _json(request)
         await asyncio.to_thread(
             vol.remove, volume_root(request), str(body["path"]), recursive=bool(body.get("recursive"))
         )
         return JSONResponse({})
 
     async def volume_cp(request: Request) -> Response:
-        body = await request.json()
+        body = await _json(request)
         await asyncio.to_thread(
             vol.copy,
             volume_root(request),
@@ -298,14 +300,14 @@ def _common_routes(service: ObjectService, kind: ObjectKind, plural: str) -> lis
         return JSONResponse({"objects": [describe(i) for i in registry.list(kind)]})
 
     async def create(request: Request) -> Response:
-        body = await request.json()
+        body = await _json(request)
         info = registry.create(kind, body["name"])
         if kind == "volume":
             vol.create_dir(service.volumes_root, info.id)
         return JSONResponse(describe(info))
 
     async def lookup(request: Request) -> Response:
-        body = await request.json()
+        body = await _json(request)
         info = registry.lookup(kind, body["name"], create_if_missing=bool(body.get("create_if_missing")))
         return JSONResponse(describe(info))
 
@@ -336,6 +338,17 @@ def _common_routes(service: ObjectService, kind: ObjectKind, plural: str) -> lis
         Route(f"/v1/{plural}/named/{{name}}", _guarded(delete_named), methods=["DELETE"]),
         Route(f"/v1/{plural}/{{id}}", _guarded(delete_by_id), methods=["DELETE"]),
     ]
+
+
+async def _json(request: Request) -> Any:
+    """The JSON body, refused before it is read when it is over `MAX_JSON_BYTES`."""
+    length = request.headers.get("content-length")
+    if length is not None and int(length) > MAX_JSON_BYTES:
+        raise exception.InvalidError(
+            f"The request body is {int(length)} bytes, over the {MAX_JSON_BYTES} byte limit of one "
+            "Dict/Queue request. Send fewer items at once (e.g. smaller update()/put_many() batches)."
+        )
+    return await request.json()
 
 
 def _b64(text: object) -> bytes:

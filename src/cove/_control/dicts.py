@@ -9,9 +9,9 @@ from __future__ import annotations
 from cove import exception
 from cove._control.store import Store
 
-#: Largest pickled key + value of one entry (Modal's limit for a Dict value is 100 MiB; one request
-#: body here carries it whole).
-MAX_ENTRY_BYTES = 100 * 1024 * 1024
+#: Largest pickled key + value of one entry: Cove's limit, so that storing one stays a short step on
+#: the server's event loop (Modal documents none; keep big data in a Volume).
+MAX_ENTRY_BYTES = 16 * 1024 * 1024
 #: Entries per page of `keys()`/`values()`/`items()`.
 PAGE_SIZE = 1000
 
