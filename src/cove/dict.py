@@ -176,7 +176,7 @@ class Dict(ServerObject):
     # -- Modal's methods, blocking with `.aio` ------------------------------------------------------
 
     @property
-    def get(self) -> Method[[Any, Any], Any]:
+    def get(self) -> Method[..., Any]:
         """`d.get(key, default=None)`: the value, or `default` if the key is absent."""
         return Method(self._get)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import queue
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -24,13 +25,13 @@ def connect() -> ControlClient:
 
 
 def cove_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Print a Cove error (not found, invalid path...) as one line and exit 1."""
+    """Print a Cove error (not found, invalid path, a full Queue...) as one line and exit 1."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except exception.Error as exc:
+        except (exception.Error, queue.Full, queue.Empty) as exc:
             render.error(str(exc))
             raise SystemExit(1) from None
 
