@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from cove import exception, experimental
 from cove.app import App
+from cove.dict import Dict
 from cove.endpoints import (
     asgi_app,
     batched,
@@ -46,20 +47,25 @@ from cove.functions import (
     parameter,
 )
 from cove.image import Image
+from cove.queue import Queue
 from cove.secret import Secret
 from cove.server import Server
+from cove.volume import Volume
 
 __version__ = "0.1.0"
 
 __all__ = [
     "App",
     "Cls",
+    "Dict",
     "Error",
     "Function",
     "FunctionCall",
     "Image",
+    "Queue",
     "Secret",
     "Server",
+    "Volume",
     "asgi_app",
     "batched",
     "concurrent",

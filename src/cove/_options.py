@@ -8,15 +8,17 @@ their new names with a `DeprecationError` warning naming the replacement.
 
 from __future__ import annotations
 
+import posixpath
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cove._spec import FunctionSpec, ImageSpec, SecretRef, WebSpec
+from cove._spec import FunctionSpec, ImageSpec, SecretRef, VolumeMount, WebSpec
 from cove.exception import DeprecationError, InvalidError
 from cove.image import Image
 from cove.secret import Secret
+from cove.volume import Volume
 
 MAX_TIMEOUT_S = 24 * 60 * 60
 MIN_SCALEDOWN_S = 2
@@ -54,9 +56,51 @@ def check_secrets(where: str, secrets: object) -> tuple[Secret, ...]:
 def check_no_volumes(where: str, name: str, value: Mapping[str, object] | None) -> None:
     if value:
         raise InvalidError(
-            f"{where}({name}=...) is not supported yet: Cove has no volumes. Remove {name}=..., "
-            "and keep state in a database or object store the function connects to."
+            f"{where}({name}=...) is not supported by Cove. Use a cove.Volume instead: "
+            'volumes={"/data": cove.Volume.from_name("name", create_if_missing=True)}.'
         )
+
+
+#: Container paths a Volume may not be mounted at (or under): the platform's own, and whole system dirs.
+_RESERVED_MOUNTS = ("/cove", "/proc", "/dev", "/sys")
+_SYSTEM_DIRS = ("/", "/root", "/tmp", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/var")
+
+
+def check_volumes(where: str, volumes: Mapping[str, object] | None) -> tuple[VolumeMount, ...]:
+    """`volumes={"/path": cove.Volume.from_name(...)}` as mounts, checked eagerly."""
+    if not volumes:
+        return ()
+    if not isinstance(volumes, Mapping):
+        raise InvalidError(f'{where}(volumes=...) takes a dict like {{"/data": vol}}, got {volumes!r}.')
+    mounts: list[VolumeMount] = []
+    for path, volume in volumes.items():
+        if not isinstance(path, str) or not path.startswith("/"):  # type: ignore[redundant-expr,unreachable,unused-ignore]
+            raise InvalidError(
+                f'{where}(volumes=...): mount paths must be absolute, e.g. "/data"; got {path!r}.'
+            )
+        clean = posixpath.normpath(path)
+        if clean in _SYSTEM_DIRS or any(clean == r or clean.startswith(r + "/") for r in _RESERVED_MOUNTS):
+            raise InvalidError(
+                f"{where}(volumes=...): cannot mount a Volume at {path!r}, a directory the container "
+                'needs for itself. Choose a path of its own, e.g. "/data" or "/root/.cache/models".'
+            )
+        if not isinstance(volume, Volume):
+            raise InvalidError(
+                f"{where}(volumes=...): {path!r} maps to {volume!r}, not a cove.Volume. Use "
+                "cove.Volume.from_name(name, create_if_missing=True)."
+            )
+        if volume.name is None:
+            raise InvalidError(
+                f"{where}(volumes=...): {path!r} maps to an ephemeral Volume, which Cove cannot mount. "
+                "Use a named one: cove.Volume.from_name(name, create_if_missing=True)."
+            )
+        mounts.append(VolumeMount(path=clean, name=volume.name, create_if_missing=volume.create_if_missing))
+    paths = [m.path for m in mounts]
+    for a in paths:
+        for b in paths:
+            if a != b and b.startswith(a + "/"):
+                raise InvalidError(f"{where}(volumes=...): mount paths {a!r} and {b!r} overlap.")
+    return tuple(mounts)
 
 
 def _int(where: str, name: str, value: object, minimum: int) -> int:
@@ -148,6 +192,7 @@ class FunctionOptions:
     block_network: bool
     serialized: bool
     has_retries: bool
+    volumes: tuple[VolumeMount, ...] = ()
 
     def spec(
         self,
@@ -190,6 +235,7 @@ class FunctionOptions:
             gpu=self.gpu,
             block_network=self.block_network,
             is_generator=is_generator,
+            volumes=self.volumes,
         )
 
 
@@ -199,6 +245,7 @@ def parse_options(
     app_image: Image | None,
     app_secrets: tuple[Secret, ...],
     stacklevel: int,
+    app_volumes: Mapping[str, object] = {},
     image: object,
     secrets: object,
     env: Mapping[str, str | None] | None,
@@ -253,7 +300,7 @@ def parse_options(
             stacklevel=stacklevel,
         )
 
-    check_no_volumes(where, "volumes", volumes)
+    mounts = check_volumes(where, {**dict(app_volumes), **dict(volumes or {})})
     check_no_volumes(where, "network_file_systems", network_file_systems)
     if proxy is not None:
         raise InvalidError(
@@ -326,4 +373,5 @@ def parse_options(
         block_network=bool(block_network),
         serialized=bool(serialized),
         has_retries=has_retries,
+        volumes=mounts,
     )

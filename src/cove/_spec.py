@@ -109,6 +109,15 @@ class SecretRef:
 
 
 @dataclass(frozen=True)
+class VolumeMount:
+    """A named Volume a function mounts read-write at `path` (`volumes={"/data": vol}`)."""
+
+    path: str
+    name: str
+    create_if_missing: bool = False
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     """Everything the platform needs to run one function (or one web method of a class)."""
 
@@ -131,6 +140,7 @@ class FunctionSpec:
     gpu: str | None = None
     block_network: bool = False
     is_generator: bool = False
+    volumes: tuple[VolumeMount, ...] = ()
 
     @property
     def is_web(self) -> bool:
@@ -225,6 +235,12 @@ def function_spec_from_dict(raw: dict[str, Any]) -> FunctionSpec:
     kwargs["web"] = web_spec_from_dict(raw["web"]) if raw.get("web") else None
     kwargs["image"] = image_spec_from_dict(raw.get("image") or {})
     kwargs["secrets"] = tuple(secret_ref_from_dict(s) for s in raw.get("secrets", ()))
+    kwargs["volumes"] = tuple(
+        VolumeMount(
+            path=str(v["path"]), name=str(v["name"]), create_if_missing=bool(v.get("create_if_missing"))
+        )
+        for v in raw.get("volumes", ())
+    )
     return FunctionSpec(**kwargs)
 
 

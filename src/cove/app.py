@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast
 
-from cove._options import check_image, check_no_volumes, check_secrets, parse_options
+from cove._options import check_image, check_secrets, check_volumes, parse_options
 from cove._spec import AppSpec, FunctionSpec
 from cove.endpoints import (
     _STREAMING_HINT,
@@ -94,8 +94,8 @@ def _scope_check(where: str, obj: Any, serialized: bool) -> None:
 class App:
     """A group of functions and classes deployed together under one name.
 
-    `image` and `secrets` are defaults for every function (app secrets come first). `volumes` are
-    not supported yet and must stay empty.
+    `image`, `secrets` and `volumes` are defaults for every function (app secrets come first; a
+    function's own `volumes` entry for the same path wins).
     """
 
     def __init__(
@@ -115,7 +115,8 @@ class App:
         if not isinstance(include_source, bool):
             raise InvalidError(f"App(include_source=...) must be True or False, got {include_source!r}.")
         self._include_source = include_source
-        check_no_volumes("App", "volumes", volumes)
+        check_volumes("App", volumes)
+        self._volumes: dict[str, object] = dict(volumes or {})
         self._registry: dict[str, Function[Any, Any] | Cls[Any] | Server[Any]] = {}
         self._local_entrypoints: dict[str, LocalEntrypoint[..., Any]] = {}
         # (name, kind) while the app runs from this process (`app.run()`, `cove run`).
@@ -309,6 +310,7 @@ class App:
             "@app.function",
             app_image=self._image,
             app_secrets=self._secrets,
+            app_volumes=self._volumes,
             stacklevel=3,
             image=image,
             secrets=secrets,
@@ -425,6 +427,7 @@ class App:
             "@app.cls",
             app_image=self._image,
             app_secrets=self._secrets,
+            app_volumes=self._volumes,
             stacklevel=3,
             image=image,
             secrets=secrets,

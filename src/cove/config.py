@@ -43,6 +43,10 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     ),
     "COVE_APP_NAME": (None, "set inside containers: the name of their app"),
     "COVE_APP_KIND": (None, "set inside containers: `deployed`, or `ephemeral` (cove serve/run)"),
+    "COVE_VOLUME_MOUNTS": (
+        None,
+        "set inside containers: JSON {Volume name: mount path} of the mounted Volumes",
+    ),
     "COVE_IMAGE_CACHE": (None, "built images and their layers; default COVE_HOME/images (may be shared)"),
     "COVE_FORCE_BUILD": (None, "1: `cove serve`/`cove deploy` rebuild every image layer"),
     "COVE_SANDBOX": (

@@ -56,10 +56,41 @@ def test_invalid_app_names_are_refused(name: str) -> None:
         cove.App(name)
 
 
-def test_app_volumes_are_not_supported_yet() -> None:
+def test_app_volumes_must_map_paths_to_volumes() -> None:
     assert cove.App(volumes={}).name is None
-    with pytest.raises(InvalidError, match=r"App\(volumes=\.\.\.\) is not supported yet"):
+    with pytest.raises(InvalidError, match=r"App\(volumes=\.\.\.\): '/data' maps to .*not a cove.Volume"):
         cove.App(volumes={"/data": object()})
+
+
+def test_app_volumes_are_defaults_that_a_function_can_override() -> None:
+    app = cove.App(
+        "vols", volumes={"/data": cove.Volume.from_name("a"), "/cache": cove.Volume.from_name("c")}
+    )
+
+    @app.function(volumes={"/data": cove.Volume.from_name("b", create_if_missing=True)}, serialized=True)
+    def f() -> None: ...
+
+    spec = app.registered_functions["f"].spec
+    mounts = {m.path: (m.name, m.create_if_missing) for m in spec.volumes}
+    assert mounts == {"/data": ("b", True), "/cache": ("c", False)}
+
+
+@pytest.mark.parametrize(
+    ("volumes", "message"),
+    [
+        ({"data": "v"}, "must be absolute"),
+        ({"/": "v"}, "needs for itself"),
+        ({"/root": "v"}, "needs for itself"),
+        ({"/cove/x": "v"}, "needs for itself"),
+        ({"/proc/self": "v"}, "needs for itself"),
+        ({"/a": "v", "/a/b": "v"}, "overlap"),
+    ],
+)
+def test_volume_mount_paths_are_checked_eagerly(volumes: dict[str, str], message: str) -> None:
+    real = {path: cove.Volume.from_name(name) for path, name in volumes.items()}
+    app = cove.App("vols")
+    with pytest.raises(InvalidError, match=message):
+        app.function(volumes=real)(lambda: None)
 
 
 def test_app_tags_are_validated() -> None:
@@ -245,8 +276,8 @@ def test_scalar_cpu_and_memory_are_recorded_as_is() -> None:
         ({"memory": (2048, 1024)}, "limit 1024.0 is below request 2048.0"),
         ({"cpu": "two"}, "cpu"),
         ({"gpu": 1}, "gpu"),
-        ({"volumes": {"/x": object()}}, "not supported yet"),
-        ({"network_file_systems": {"/x": object()}}, "not supported yet"),
+        ({"volumes": {"/x": object()}}, "not a cove.Volume"),
+        ({"network_file_systems": {"/x": object()}}, "not supported by Cove"),
         ({"schedule": object()}, "schedule"),
         ({"proxy": object()}, "proxy"),
         ({"image": "python:3.11"}, "must be a cove.Image"),

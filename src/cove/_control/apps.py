@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import enum
 import getpass
+import json
 import logging
 import os
 import re
@@ -122,12 +123,14 @@ class AppRegistry:
         images: ImageBuilder | None = None,
         api_socket: Callable[[AppKind, str], str] | None = None,
         api_forget: Callable[[AppKind, str], Awaitable[None]] | None = None,
+        volume_path: Callable[[str, bool], Path] | None = None,
     ) -> None:
         """`api_socket(kind, name)` gives the host path of an app's scoped control socket for its
         containers (`cove._control.container_api`); `api_forget` is called when the app stops."""
         self._api_socket = api_socket
         self._api_forget = api_forget
         self._store = store
+        self._volume_path = volume_path
         self._images = images
         self._settings = settings
         self._backend = backend
@@ -464,6 +467,7 @@ class AppRegistry:
                     + f", so it cannot be mounted at {remote}."
                 )
             mounts.append((local, remote))
+        volumes, env = self._volumes(fn, env)
         return ContainerRequest(
             app_name=app_name,
             function=fn,
@@ -474,7 +478,26 @@ class AppRegistry:
             extra_source=tuple(extra_source),
             app_kind=kind,
             api_socket=self._api_socket(kind, app_name) if self._api_socket else None,
+            volumes=volumes,
         )
+
+    def _volumes(
+        self, fn: FunctionSpec, env: dict[str, str]
+    ) -> tuple[tuple[tuple[str, str], ...], dict[str, str]]:
+        """The (host directory, container path) of each Volume `fn` mounts, created if it asks so, and
+        the container's environment with `COVE_VOLUME_MOUNTS` ({name: path}) added."""
+        if not fn.volumes:
+            return (), env
+        if self._settings.backend == "ray" or self._volume_path is None:
+            raise InvalidError(
+                f"Function {fn.tag!r} mounts Volumes ({', '.join(v.name for v in fn.volumes)}), which the "
+                f"{self._settings.backend} backend does not support yet: Volumes are directories on the "
+                "server's machine. Use the local backend, or read and write them with the Volume "
+                "methods (listdir, read_file, batch_upload) from the function."
+            )
+        pairs = tuple((str(self._volume_path(v.name, v.create_if_missing)), v.path) for v in fn.volumes)
+        names = {v.name: v.path for v in fn.volumes}
+        return pairs, {**env, "COVE_VOLUME_MOUNTS": json.dumps(names, sort_keys=True)}
 
     def _release(self, version: Version) -> None:
         for request in version.requests:

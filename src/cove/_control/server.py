@@ -18,6 +18,7 @@ import uvicorn
 from cove import _probe
 from cove._control.api import build_api
 from cove._control.api_calls import call_routes
+from cove._control.api_objects import ObjectService, object_routes
 from cove._control.api_sessions import session_routes
 from cove._control.apps import AppRegistry
 from cove._control.auth import TokenAuthMiddleware
@@ -97,6 +98,8 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
 
     store = Store(settings.home / "cove.db")
+    objects = ObjectService(store, settings.home / "volumes")
+    objects.start()  # ephemeral Dicts, Queues and Volumes do not outlive their server
     bundles = BundleStore(settings.home / "bundles")
     logs = LogHub(settings.home / "logs")
     secrets = SecretStore(settings.home / "secrets")
@@ -141,6 +144,7 @@ async def serve(
         # Ray's containers are not on this machine: they get no scoped socket (docs/ray.md).
         api_socket=container_apis.socket_for if settings.backend == "local" else None,
         api_forget=container_apis.forget,
+        volume_path=objects.volume_path,
     )
     await registry.restore()
     await dashboard.start(registry, logs, store)
@@ -163,7 +167,7 @@ async def serve(
         bundles,
         health,
         stop.set,
-        extra_routes=[*call_routes(registry, calls), *session_routes(registry)],
+        extra_routes=[*call_routes(registry, calls), *session_routes(registry), *object_routes(objects)],
         images=images,
     )
     container_apis.api = api
@@ -214,6 +218,7 @@ async def serve(
             remote.should_exit = True
         await calls.close()  # running calls end; their long polls answer, so the API can stop
         await container_apis.close()
+        objects.close()  # blocked Queue gets answer "nothing yet"; their clients ask the next server
         for task in (control_task, remote_task):
             if task is not None:
                 with contextlib.suppress(Exception):

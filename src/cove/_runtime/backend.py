@@ -51,7 +51,8 @@ class ContainerRequest:
     the pool and gateway use that). `mounts` are (host path, container path) pairs of
     `add_local_file`/`add_local_dir`, and `extra_source` those of `add_local_python_source` that
     live outside `source_dir`; both are mounted read-only. `api_socket` is the host path of the
-    scoped control socket of the app (see `cove._control.container_api`).
+    scoped control socket of the app (see `cove._control.container_api`). `volumes` are (host
+    directory, container path) pairs of the Volumes the function mounts, read-write.
     """
 
     app_name: str
@@ -64,6 +65,7 @@ class ContainerRequest:
     extra_source: tuple[tuple[str, str], ...] = ()
     app_kind: Literal["ephemeral", "deployed"] = "deployed"
     api_socket: str | None = None  # host path of the app's scoped control socket, if it has one
+    volumes: tuple[tuple[str, str], ...] = ()
 
 
 #: Inside a container: the path of its app's scoped control socket (read by `cove._client`).

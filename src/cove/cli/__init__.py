@@ -7,11 +7,14 @@ import click
 from cove.cli.app import app
 from cove.cli.container import container
 from cove.cli.deploy import deploy
+from cove.cli.dict import dict_group
+from cove.cli.queue import queue_group
 from cove.cli.run import run
 from cove.cli.secret import secret
 from cove.cli.serve import serve
 from cove.cli.server import server
 from cove.cli.token import token
+from cove.cli.volume import volume_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,5 +31,8 @@ main.add_command(container)
 main.add_command(server)
 main.add_command(secret)
 main.add_command(token)
+main.add_command(dict_group)
+main.add_command(queue_group)
+main.add_command(volume_group)
 
 __all__ = ["main"]
