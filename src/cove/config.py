@@ -28,7 +28,11 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     # -- gateway policy (issues 5 and 7): rate limit, client addresses, hostile-input limits
     "COVE_RATE_LIMIT_RPS": ("200", "workspace rate limit in requests/s at the gateway (0: off); 429 past it"),
     "COVE_RATE_LIMIT_BURST_S": ("5", "seconds' worth of COVE_RATE_LIMIT_RPS sent at once"),
-    "COVE_TRUSTED_PROXIES": (None, "comma-separated IPs/CIDRs of proxies whose X-Forwarded-For is believed"),
+    "COVE_TRUSTED_PROXIES": (
+        None,
+        "comma-separated IPs/CIDRs of proxies whose X-Forwarded-For/-Proto/-Host/-Port/-Prefix are believed "
+        "(stripped from anyone else)",
+    ),
     "COVE_MAX_BODY_BYTES": (str(4 * 1024**3), "largest request body in bytes, streamed (413 past it)"),
     "COVE_MAX_HEAD_BYTES": ("65536", "largest request line plus headers in bytes (431 past it)"),
     "COVE_MAX_REQUEST_LINE_BYTES": ("16384", "longest request target in bytes (414 past it)"),

@@ -127,6 +127,7 @@ async def serve(
         verify_proxy_token=lambda token_id, secret: store.check_token(token_id, secret, "proxy"),
         trusted_proxies=settings.trusted_proxies,
     )
+    store.revoke_listeners.append(gateway.forget_proxy_token)
     await gateway.start()
     dashboard = Dashboard(settings.home / "dashboard.sock", gateway, settings.base_domain)
     await backend.start()

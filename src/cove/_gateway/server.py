@@ -184,7 +184,7 @@ class _ClientConnection(asyncio.Protocol):
         trusted = self.policy.trusted
         assert trusted is not None  # trusts_peer
         client = trusted.client(self._peer, head.forwarded_for)
-        return forwarded_lines(client, forwarded_proto(head.forwarded_proto))
+        return forwarded_lines(client, forwarded_proto(head.forwarded_proto)) + head.forwarded_other
 
     def relay_to(self, relay: WebSocketRelay) -> None:
         self._relay = relay
@@ -506,6 +506,12 @@ class Gateway:
     def policy(self) -> Policy:
         """What every request is checked against: limits, rate limit, proxy auth, trusted proxies."""
         return self._policy
+
+    def forget_proxy_token(self, token_id: str) -> None:
+        """`token_id` was revoked: stop accepting it now, not when its cached answer expires."""
+        auth = self._policy.proxy_auth
+        if auth is not None:
+            auth.forget(token_id)
 
     @property
     def connection_count(self) -> int:
