@@ -204,7 +204,7 @@ URL_CLAIMS = {
 }
 
 
-def test_forwarded_host_port_and_prefix_from_a_client_never_reach_the_app(gw_unlimited: GatewayThread) -> None:
+def test_forwarded_host_port_and_prefix_from_clients_never_reach_the_app(gw_unlimited: GatewayThread) -> None:
     """Apps build absolute URLs and redirects from these; an untrusted client must not choose them."""
     with gw_unlimited.client() as client:
         headers = client.get("/echo", headers=URL_CLAIMS).json()["headers"]

@@ -119,6 +119,8 @@ async def serve(
             max_head_bytes=settings.max_head_bytes,
             max_request_line_bytes=settings.max_request_line_bytes,
             header_timeout_s=settings.header_timeout_s,
+            body_timeout_s=settings.body_timeout_s,
+            send_timeout_s=settings.send_timeout_s,
             idle_timeout_s=settings.keepalive_timeout_s,
             max_connections=settings.max_connections,
         ),
