@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,12 @@ def spin_call(forever: bool) -> str:
 
 
 @app.function()
+@cove.fastapi_endpoint(method="POST")
+def upload(item: dict):
+    return item
+
+
+@app.function()
 @cove.fastapi_endpoint(requires_proxy_auth=True)
 def guarded():
     return "secret stuff"
@@ -69,6 +76,7 @@ def deployed() -> Iterator[Deployed]:
     """A server with the `faults` app deployed; every process it started is gone afterwards."""
     home = Path(tempfile.mkdtemp(prefix="cove-"))
     cove = CoveEnv(home)
+    cove.env["COVE_BODY_TIMEOUT_S"] = "0.5"
     app_file = home / "faults.py"
     app_file.write_text(APP)
     try:
@@ -147,6 +155,30 @@ def test_a_remote_call_past_its_timeout_raises_and_its_container_is_replaced(dep
     assert after != first
     assert after in containers(deployed, "spin_call")
     wait_until_gone(deployed, "spin_call", first)
+
+
+def test_posts_whose_bodies_stall_get_408_and_free_their_containers(deployed: Deployed) -> None:
+    """Bodies that stop after one byte (before: each held a container forever) get 408 once they
+    stall for COVE_BODY_TIMEOUT_S, and leave no request in flight."""
+    url = deployed.urls["upload"]
+    host = url.split("//", 1)[1]
+    port = int(host.rsplit(":", 1)[1])
+    head = (
+        f"POST / HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+    )
+    answers = []
+    with contextlib.ExitStack() as stack:
+        socks = [
+            stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=30)) for _ in range(3)
+        ]
+        for sock in socks:
+            sock.sendall(head.encode())
+        for sock in socks:
+            answers.append(b"".join(iter(lambda sock=sock: sock.recv(65536), b"")))
+    assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers), answers
+    listing = json.loads(deployed.cove.run("container", "list", "--json").stdout)
+    assert all(c["in_flight"] == 0 for c in listing if c["function"] == "upload"), listing
+    assert host_request("POST", url, json={"x": 1}).json() == {"x": 1}
 
 
 def test_a_revoked_proxy_token_is_refused_at_once(deployed: Deployed) -> None:

@@ -227,7 +227,9 @@ class FunctionPool:
             slot.idle_since = self._clock()
             if slot.state is ContainerState.DRAINING:
                 self._spawn(slot.handle.stop())
-        if broken and slot.handle.returncode is not None:
+        # A killed container is forgotten once it has exited (`_run`); asking its returncode now
+        # would wait for a process that is still dying.
+        if broken and not timed_out and slot.handle.returncode is not None:
             self._forget(slot)
         self._dispatch()
         self._check_quiet()
