@@ -149,6 +149,36 @@ def test_a_client_that_never_reads_its_response_is_cut_off_and_its_slot_freed(
     assert received < 50_000_000  # the response was cut short, not delivered
 
 
+def test_an_unread_last_answer_does_not_hold_its_connection_open(
+    start_gateway: Callable[..., GatewayThread], raw_upstream: Callable[..., RawUpstream]
+) -> None:
+    """`Connection: close`, a response the gateway has whole but the client never reads: the
+    connection is dropped after the send timeout instead of waiting to flush forever."""
+    body = b"x" * 200_000  # arrives in one go: the exchange ends with it all buffered for the client
+
+    def script(conn: socket.socket, index: int) -> None:
+        read_request_head(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+
+    server = raw_upstream(script)
+    upstream = TestUpstream(server.path)
+    gw = limited(start_gateway, upstream, send_timeout_s=0.3)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with sock:
+        sock.connect(("127.0.0.1", gw.port))
+        gw.call(_wait_until(lambda: gw.gateway.connection_count == 1))
+        gw.call(_small_send_buffers(gw))  # so the kernel cannot take the whole answer off our hands
+        sock.sendall(f"GET / HTTP/1.1\r\n{H}Connection: close\r\n\r\n".encode())
+        assert upstream.wait_releases(1) == [False]
+        gw.call(_wait_until(lambda: gw.gateway.connection_count == 0))
+
+
+async def _small_send_buffers(gw: GatewayThread) -> None:
+    for conn in gw.gateway._connections:
+        conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+
 def test_a_connection_that_sends_nothing_is_closed_silently(
     start_gateway: Callable[..., GatewayThread], upstream: TestUpstream
 ) -> None:

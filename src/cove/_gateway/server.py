@@ -434,10 +434,21 @@ class _ClientConnection(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._closed or self._relay is not None:
+        if self._relay is not None:
             return
         limits = self._limits
         now = self._loop.time()
+        send_left = math.inf
+        if self.write_paused:  # the client reads nothing of what the gateway has written
+            send_left = self._write_paused_since + limits.send_timeout_s - now
+            if send_left <= 0:
+                _log.info("client stopped reading; disconnected peer=%s", self._peer)
+                self.abort()
+                return
+        if self._closed:
+            if send_left < math.inf:  # it closes once the client has read its last answer: in time
+                self._timer = self._loop.call_later(send_left, self._on_timer)
+            return
         if self._head_started:
             left = self._head_since + limits.header_timeout_s - now
             if left <= 0:
@@ -452,8 +463,10 @@ class _ClientConnection(asyncio.Protocol):
                 left = self._idle_since + limits.idle_timeout_s - now
             if left <= 0:
                 self._close()
+                if self.write_paused and self._timer is None:  # its last answer is unread yet
+                    self._timer = self._loop.call_later(send_left, self._on_timer)
                 return
-        else:  # a request in flight: its body must keep arriving, its response must be read
+        else:  # a request in flight: its body must keep arriving
             left = limits.header_timeout_s
             if self._parsing is not None:
                 if self._paused:  # the gateway holds the body back (the container is slow), not the client
@@ -466,14 +479,7 @@ class _ClientConnection(asyncio.Protocol):
                         self._refuse(408, f"cove: request body stalled for {limits.body_timeout_s:g} s")
                         return
                     left = min(left, body_left)
-            if self.write_paused:
-                send_left = self._write_paused_since + limits.send_timeout_s - now
-                if send_left <= 0:
-                    _log.info("client stopped reading; disconnected peer=%s", self._peer)
-                    self.abort()
-                    return
-                left = min(left, send_left)
-        self._timer = self._loop.call_later(left, self._on_timer)
+        self._timer = self._loop.call_later(min(left, send_left), self._on_timer)
 
 
 class Gateway:
