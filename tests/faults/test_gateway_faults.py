@@ -8,6 +8,7 @@ tokens are cached.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.integration
 
 APP = """
 import os
+import time
 
 import cove
 
@@ -50,6 +52,13 @@ def spin_call(forever: bool) -> str:
     while forever:
         pass
     return os.environ["COVE_CONTAINER_ID"]
+
+
+@app.function(timeout=3, max_containers=1)
+@cove.concurrent(max_inputs=2)
+@cove.fastapi_endpoint()
+def pair(seconds: float = 60):
+    time.sleep(seconds)
 
 
 @app.function()
@@ -121,6 +130,22 @@ def test_a_web_function_past_its_timeout_is_504_and_its_container_is_replaced(de
     assert after.status_code == 200, after.text
     assert after.json()["container"] != before
     wait_until_gone(deployed, "spin", before)
+
+
+def test_a_timeout_under_concurrent_fails_the_other_inputs_of_its_container(deployed: Deployed) -> None:
+    """As on Modal, the container of a timed-out input is ended, with the other inputs it ran:
+    the second request, sent 1.5 s after the first (its own timeout is 1.5 s further off), gets 502
+    when the first one's timeout kills the container they share."""
+    url = deployed.urls["pair"]
+    assert host_request("GET", url + "/?seconds=0").status_code == 200  # warm: no cold start below
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(host_request, "GET", url)
+        time.sleep(1.5)  # spacing, not readiness: the two timeouts fall 1.5 s apart
+        second = pool.submit(host_request, "GET", url)
+        assert first.result().status_code == 504
+        other = second.result()
+    assert other.status_code == 502, other.text
+    assert other.text.startswith("cove: container ")  # "exited (code -9)", or "closed the connection"
 
 
 CALL = """
