@@ -280,7 +280,7 @@ class CallRegistry:
             error = "ResourceExhaustedError" if "queue full" in reason else "ExecutionError"
             return encode_platform_error(error, f"{name} could not run {call.id}: {reason}")
         address = lease.address
-        broken = False
+        broken = timed_out = False
         entry = self._client_for(address)
         entry.in_flight += 1
         try:
@@ -297,7 +297,9 @@ class CallRegistry:
                 timeout=spec.timeout_s,
             )
         except TimeoutError:
-            broken = True
+            # The input may still be running: releasing with timed_out ends the container (as
+            # Modal does; under @concurrent its other inputs fail too) and it is replaced.
+            broken = timed_out = True
             log.warning("call=%s function=%s event=timeout timeout_s=%g", call.id, spec.tag, spec.timeout_s)
             return encode_platform_error(
                 "FunctionTimeoutError",
@@ -317,7 +319,7 @@ class CallRegistry:
             entry.in_flight -= 1
             if broken:
                 self._drop_client(address)
-            lease.release(broken=broken)
+            lease.release(broken=broken, timed_out=timed_out)
         return self._check_answer(name, call.id, spec, response)
 
     @staticmethod

@@ -114,6 +114,8 @@ async def serve(
             max_head_bytes=settings.max_head_bytes,
             max_request_line_bytes=settings.max_request_line_bytes,
             header_timeout_s=settings.header_timeout_s,
+            body_timeout_s=settings.body_timeout_s,
+            send_timeout_s=settings.send_timeout_s,
             idle_timeout_s=settings.keepalive_timeout_s,
             max_connections=settings.max_connections,
         ),
@@ -122,6 +124,7 @@ async def serve(
         verify_proxy_token=lambda token_id, secret: store.check_token(token_id, secret, "proxy"),
         trusted_proxies=settings.trusted_proxies,
     )
+    store.revoke_listeners.append(gateway.forget_proxy_token)
     await gateway.start()
     dashboard = Dashboard(settings.home / "dashboard.sock", gateway, settings.base_domain)
     await backend.start()

@@ -13,7 +13,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -136,6 +136,9 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
+        #: Called with a token's id once it is revoked: caches of valid tokens (the gateway's
+        #: proxy-auth cache) drop it then, so revoking takes effect at once (issue 12).
+        self.revoke_listeners: list[Callable[[str], None]] = []
 
     @property
     def schema_version(self) -> int:
@@ -295,6 +298,8 @@ class Store:
         )
         if cursor.rowcount == 0:
             raise NotFoundError(f"Token {token_id!r} not found (or already revoked). See `cove token list`.")
+        for listener in self.revoke_listeners:
+            listener(token_id)
 
 
 def _sha256(text: str) -> str:

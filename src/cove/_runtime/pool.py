@@ -66,11 +66,11 @@ class _Lease:
     def container_id(self) -> str:
         return self._slot.handle.id
 
-    def release(self, *, broken: bool = False) -> None:
+    def release(self, *, broken: bool = False, timed_out: bool = False) -> None:
         if self._released:
             return
         self._released = True
-        self._pool._release(self._slot, broken=broken, token=self._token)
+        self._pool._release(self._slot, broken=broken, timed_out=timed_out, token=self._token)
 
     def failure_message(self) -> str:
         code = self._slot.handle.returncode
@@ -378,15 +378,21 @@ class FunctionPool:
         slot.served += 1
         self._quiet.clear()
 
-    def _release(self, slot: _Slot, *, broken: bool, token: str | None = None) -> None:
+    def _release(
+        self, slot: _Slot, *, broken: bool, timed_out: bool = False, token: str | None = None
+    ) -> None:
         if token is not None and self._sticky is not None:
             self._sticky.end(token, self._clock())
         slot.in_flight -= 1
-        if slot.in_flight == 0:
+        if timed_out:
+            self._kill(slot)
+        elif slot.in_flight == 0:
             slot.idle_since = self._clock()
             if slot.state is ContainerState.DRAINING:
                 self._spawn(slot.handle.stop())
-        if broken and slot.handle.returncode is not None:
+        # A killed container is forgotten once it has exited (`_run`); asking its returncode now
+        # would wait for a process that is still dying.
+        if broken and not timed_out and slot.handle.returncode is not None:
             self._forget(slot)
         self._dispatch()
         self._check_quiet()
@@ -451,6 +457,27 @@ class FunctionPool:
         log.info("function=%s container=%s event=scaledown reason=%r", self.spec.tag, slot.handle.id, reason)
         if slot.in_flight == 0:
             self._spawn(slot.handle.stop())
+
+    def _kill(self, slot: _Slot) -> None:
+        """An input ran past the function's timeout: end its container now and let it be replaced.
+
+        The input may still be running (a loop that never yields, a blocked thread) and cannot be
+        cancelled from outside, so the container is killed, as Modal terminates a container whose
+        input timed out. Under `@concurrent` its other inputs fail with it (502 to web requests,
+        an error to `.remote()` calls). The slot leaves rotation at once; the autoscaler starts a
+        replacement if demand needs one, and `_run` forgets the slot once the process has exited.
+        """
+        if slot not in self._slots or slot.state in (ContainerState.EXITED, ContainerState.FAILED):
+            return
+        log.warning(
+            "function=%s container=%s event=timeout_kill in_flight=%d timeout_s=%g",
+            self.spec.tag,
+            slot.handle.id,
+            slot.in_flight,
+            self.spec.timeout_s,
+        )
+        slot.state = ContainerState.DRAINING
+        self._spawn(slot.handle.stop(grace_s=0))
 
     def _start_container(self) -> None:
         slot = _Slot(self._launch(), started_at=self._clock(), idle_since=self._clock())
