@@ -29,6 +29,49 @@ def test_app_ref_rejects_missing_and_non_python_files(tmp_path: Path) -> None:
         AppRef.parse(f"{tmp_path / 'a.py'}::1x")
 
 
+def test_app_ref_parses_a_module_and_selector_relative_to_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ref = AppRef.parse("shop.web.api::price", module=True)
+    assert ref == AppRef(None, "price", module="shop.web.api", root=str(tmp_path))
+    assert (ref.default_name, str(ref)) == ("api", "-m shop.web.api::price")
+    assert AppRef.parse("shop", module=True).app_var is None
+
+
+@pytest.mark.parametrize(
+    ("text", "module", "message"),
+    [
+        ("shop/web/api.py", True, r"-m takes a module name.*-m shop\.web\.api"),
+        ("shop.web-api", True, "not a Python module name"),
+        ("shop.api::1x", True, "not a variable name"),
+        ("shop.web.api", False, r"For a module, use -m shop\.web\.api"),
+    ],
+)
+def test_app_ref_explains_a_file_module_mixup(text: str, module: bool, message: str) -> None:
+    with pytest.raises(InvalidError, match=message):
+        AppRef.parse(text, module=module)
+
+
+def test_container_imports_a_nested_file_by_its_dotted_name(tmp_path: Path) -> None:
+    """What a deployed `-m pkg.sub.mod` container does: relative imports resolve in the package."""
+    import subprocess
+    import sys
+
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "base.py").write_text("VALUE = 41\n")
+    (tmp_path / "pkg" / "sub" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "sub" / "mod.py").write_text("from ..base import VALUE\nANSWER = VALUE + 1\n")
+    script = (
+        "import sys; from cove._runtime.entrypoint import import_user_module as i; "
+        f"m = i({str(tmp_path / 'pkg' / 'sub' / 'mod.py')!r}, {str(tmp_path)!r}); "
+        "print(m.__name__, m.ANSWER)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["pkg.sub.mod", "42"]
+
+
 @pytest.mark.parametrize(
     ("path", "watched"),
     [
