@@ -57,7 +57,11 @@ Event = dict[str, Any]
 Emit = Callable[[Event], None]
 
 #: What the worker imports, installed into every image at the server's versions.
-WORKER_PACKAGES = ("fastapi", "uvicorn[standard]", "a2wsgi", "cloudpickle", "uvloop", "httptools", "httpx")
+WORKER_PACKAGES = (
+    *("fastapi", "uvicorn[standard]", "a2wsgi", "cloudpickle", "uvloop", "httptools", "httpx"),
+    # What Modal's client brings into its containers and Modal apps import without installing.
+    *("aiohttp", "typer", "toml", "typing_extensions"),
+)
 #: The oldest Python the worker (the `cove` package bound into each container) runs on.
 MIN_PYTHON = (3, 11)
 SUITE = "bookworm"
