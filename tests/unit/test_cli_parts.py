@@ -90,3 +90,60 @@ def test_container_imports_a_nested_file_by_its_dotted_name(tmp_path: Path) -> N
 )
 def test_source_filter_ignores_editor_and_tool_files(path: str, watched: bool) -> None:
     assert SourceFilter()(Change.modified, path) is watched
+
+
+def _app(name: str, kind: str, state: str) -> dict[str, object]:
+    return {"name": name, "kind": kind, "state": state}
+
+
+def test_app_list_shows_one_row_per_name_preferring_running_then_deployed() -> None:
+    from cove.cli.app import listed
+
+    apps = [
+        _app("shop", "ephemeral", "stopped"),  # an old `cove serve shop.py`
+        _app("shop", "deployed", "deployed"),
+        _app("old", "deployed", "stopped"),
+        _app("old", "ephemeral", "stopped"),
+        _app("dev", "deployed", "stopped"),
+        _app("dev", "ephemeral", "ephemeral"),
+        _app("both", "deployed", "deployed"),
+        _app("both", "ephemeral", "ephemeral"),  # two live apps of one name: both shown
+    ]
+    assert [(a["name"], a["kind"]) for a in listed(apps)] == [
+        ("shop", "deployed"),
+        ("old", "deployed"),
+        ("dev", "ephemeral"),
+        ("both", "deployed"),
+        ("both", "ephemeral"),
+    ]
+
+
+def test_build_error_drops_its_tail_once_the_whole_log_was_printed() -> None:
+    from cove.cli._build import _without_tail
+
+    message = (
+        "Image build failed at step 2/2 (pip_install x) with exit code 1. Last lines of its output:\n"
+        "  error: no x\nFull build log: /c/logs/k.log"
+    )
+    assert _without_tail(message) == (
+        "Image build failed at step 2/2 (pip_install x) with exit code 1. Full build log: /c/logs/k.log"
+    )
+    assert _without_tail("Python 3.9 not found.") == "Python 3.9 not found."
+
+
+def test_tables_keep_long_names_whole_in_a_narrow_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    from rich.console import Console
+
+    from cove.cli import _render
+
+    name = "an-application-name-long-enough-to-be-cut-at-forty-columns"
+    narrow = Console(width=40, file=None, soft_wrap=True, highlight=False)
+    original = _render.out
+    _render.out = narrow
+    try:
+        _render.table("Apps", ("Name", "State", "Created at"), [(name, "deployed", "2026-12-06 20:00:00")])
+    finally:
+        _render.out = original
+    printed = capsys.readouterr().out
+    assert name in printed and "…" not in printed
+    assert narrow.width == 40
