@@ -84,7 +84,7 @@ def app_ref_arguments(command: F) -> F:
         "-m",
         "use_module",
         is_flag=True,
-        help="Interpret APP_REF as a Python module path (pkg.module) instead of a file.",
+        help="Interpret the argument as a Python module (pkg.module) instead of a file.",
     )(command)
     return click.argument("app_ref", metavar="FILE[::NAME] | -m MODULE[::NAME]")(command)
 
