@@ -60,18 +60,13 @@ OLD_OR_MISSING = {
         "import modal\nmount = modal.Mount.from_local_dir('.', remote_path='/root/x')\n",
         "modal.Mount was removed in Modal 1.0. Use Image.add_local_dir",
     ),
-    "Modal-only": (
-        "import modal\nfrom modal import Sandbox\n",
-        "InvalidError: modal.Sandbox is part of Modal's API that Cove does not provide (yet). "
-        "Cove provides: App, ",
-    ),
     "unknown": ("import modal\nmodal.Nonsense\n", "has no attribute 'Nonsense'. Cove provides: App, "),
 }
 
 
 def test_removed_and_missing_modal_names_are_explained(tmp_path: Path, cove_env: CoveEnv) -> None:
-    """modal.Stub and modal.Mount fail with Modal's deprecation naming the replacement; a Modal name
-    Cove lacks (even via `from modal import X`) and an unknown name list what Cove provides."""
+    """modal.Stub and modal.Mount fail with Modal's deprecation naming the replacement; an unknown
+    name lists what Cove provides (a Modal name Cove lacks: tests/unit/test_public_api.py)."""
     for case, (source, message) in OLD_OR_MISSING.items():
         app_file = tmp_path / f"old_{case.replace('-', '_').lower()}.py"
         app_file.write_text(source)
