@@ -3,7 +3,9 @@
 Modal's names and limits: `timeout` 1 s–24 h (default 300), `scaledown_window` 2 s–20 min,
 `min_containers <= max_containers`, `memory` in MiB or `(request, limit)`. The pre-1.0 spellings
 (`keep_warm`, `concurrency_limit`, `container_idle_timeout`, `allow_concurrent_inputs`) are mapped to
-their new names with a `DeprecationError` warning naming the replacement.
+their new names with a `DeprecationError` warning naming the replacement. Options Modal has that
+change nothing here (placement, GPUs on the local backend, ...) are accepted with one warning per
+option and process (`warn_ignored`), so a Modal app runs and its author knows what was dropped.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cove import config
 from cove._spec import FunctionSpec, ImageSpec, SecretRef, VolumeMount, WebSpec
 from cove.exception import DeprecationError, InvalidError
 from cove.image import Image
@@ -101,6 +104,46 @@ def check_volumes(where: str, volumes: Mapping[str, object] | None) -> tuple[Vol
             if a != b and b.startswith(a + "/"):
                 raise InvalidError(f"{where}(volumes=...): mount paths {a!r} and {b!r} overlap.")
     return tuple(mounts)
+
+
+#: Options accepted for Modal compatibility that Cove does not act on, and what to know about each.
+IGNORED_OPTIONS: dict[str, str] = {
+    "gpu": "the local backend runs functions on this machine's CPUs and assigns no GPU; "
+    "`cove server --backend ray` places the function on a Ray node with that GPU",
+    "cloud": "functions run on the machines of this Cove server; there is no cloud to choose",
+    "region": "functions run on the machines of this Cove server; there is no region to choose",
+    "routing_region": "requests reach this Cove server's gateway directly",
+    "nonpreemptible": "Cove never preempts containers",
+    "i6pn": "there is no private network between containers",
+    "ephemeral_disk": "containers write to a scratch directory on this machine's disk, with no size limit",
+    "restrict_modal_access": "containers do not get a control-plane token to restrict",
+    "experimental_options": "Cove has no experimental options",
+}
+_warned_options: set[str] = set()
+
+
+class IgnoredOptionWarning(UserWarning):
+    """An option Cove accepts but does not act on (warned once per option and process)."""
+
+
+def warn_ignored(where: str, options: Mapping[str, object], stacklevel: int) -> None:
+    """Warn once per option name about options in `IGNORED_OPTIONS` that were given a value.
+
+    Only where the app is loaded: a container importing the module again stays quiet.
+    """
+    if config.env("COVE_IS_REMOTE") == "1":
+        return
+    for name, value in options.items():
+        if value is None or value is False or value == {} or name in _warned_options:
+            continue
+        _warned_options.add(name)
+        warnings.warn(
+            IgnoredOptionWarning(
+                f"{where}({name}={value!r}) is accepted for Modal compatibility but has no effect in Cove: "
+                f"{IGNORED_OPTIONS[name]}. (Shown once per option.)"
+            ),
+            stacklevel=stacklevel + 1,
+        )
 
 
 def _int(where: str, name: str, value: object, minimum: int) -> int:
@@ -266,6 +309,7 @@ def parse_options(
     block_network: object,
     single_use_containers: object,
     max_inputs: object,
+    ignored: Mapping[str, object],
     keep_warm: object,
     concurrency_limit: object,
     container_idle_timeout: object,
@@ -273,7 +317,8 @@ def parse_options(
 ) -> FunctionOptions:
     """Validate the keyword arguments of one `@app.function(...)`/`@app.cls(...)` call.
 
-    `stacklevel` is the warnings stack level of the user's decorator line as seen from here.
+    `stacklevel` is the warnings stack level of the user's decorator line as seen from here;
+    `ignored` holds the options of `IGNORED_OPTIONS` as given (warned about once all options are valid).
     """
     min_containers = _legacy(where, "keep_warm", keep_warm, "min_containers", min_containers, stacklevel)
     max_containers = _legacy(
@@ -357,6 +402,8 @@ def parse_options(
         all_secrets.append(Secret.from_dict(env)._ref)
 
     memory_limit = _request_limit(where, "memory", memory, int)
+    gpu_names = _gpu(where, gpu)
+    warn_ignored(where, ignored, stacklevel)
     return FunctionOptions(
         image=chosen_image._spec,
         secrets=tuple(all_secrets),
@@ -369,7 +416,7 @@ def parse_options(
         legacy_max_inputs=legacy_max_inputs,
         cpu=_request_limit(where, "cpu", cpu, float),
         memory_mib=None if memory_limit is None else int(memory_limit),
-        gpu=_gpu(where, gpu),
+        gpu=gpu_names,
         block_network=bool(block_network),
         serialized=bool(serialized),
         has_retries=has_retries,

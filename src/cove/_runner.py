@@ -43,6 +43,24 @@ def module_file(app: App) -> str:
     )
 
 
+def source_root(path: str, module_name: str) -> tuple[str, str | None]:
+    """Where the module at `path` was imported from: (the sys.path entry, the top-level package's
+    directory or None). A module of a package (`cove run -m pkg.mod`) ships its whole package."""
+    parts = module_name.split(".")
+    depth = len(parts) if os.path.basename(path) == "__init__.py" else len(parts) - 1
+    root = os.path.dirname(path)
+    for _ in range(depth):
+        root = os.path.dirname(root)
+    return root, (os.path.join(root, parts[0]) if depth > 0 else None)
+
+
+def _module_name(path: str) -> str:
+    for module in list(sys.modules.values()):
+        if getattr(module, "__file__", None) and os.path.abspath(str(module.__file__)) == path:
+            return module.__name__
+    return os.path.splitext(os.path.basename(path))[0]
+
+
 def _client() -> ControlClient:
     from cove.cli import _render as render
     from cove.cli._client import ensure_server
@@ -64,13 +82,13 @@ class EphemeralRun:
         self._stopped = threading.Event()
         self._logs: threading.Thread | None = None
 
-    def publish(self, spec_json: dict[str, Any], module_file: str) -> dict[str, Any]:
+    def publish(self, spec_json: dict[str, Any], module_file: str, source_dir: str) -> dict[str, Any]:
         from cove.cli._build import build_images
 
         build_images(self.client, spec_json)
         body = {
             "spec": spec_json,
-            "source": {"module_file": module_file, "source_dir": os.path.dirname(module_file)},
+            "source": {"module_file": module_file, "source_dir": source_dir},
             "session": self.session,
         }
         result: dict[str, Any] = self.client.request("PUT", f"/v1/apps/ephemeral/{self.name}", json=body)
@@ -125,7 +143,8 @@ def run(app: App, *, name: str | None = None, show_objects: bool = True) -> Iter
     session = EphemeralRun(client, app_name)
     started = time.monotonic()
     try:
-        published = session.publish(spec_to_dict(app._manifest()), path)
+        source_dir, _ = source_root(path, _module_name(path))
+        published = session.publish(spec_to_dict(app._manifest()), path, source_dir)
         if show_objects:
             render.success(f"Initialized. View run at {client.health()['dashboard_url']}")
             render.created_objects(published)
@@ -156,13 +175,14 @@ def deploy(app: App, *, name: str | None = None, tag: str = "") -> dict[str, Any
     spec_json = spec_to_dict(spec)
     client = _client()
     try:
-        bundle = make_bundle(spec, path)
+        source_dir, package_dir = source_root(path, _module_name(path))
+        bundle = make_bundle(spec, path, source_dir=source_dir, package_dir=package_dir)
         bundle_id = client.request("POST", "/v1/bundles", content=bundle)["bundle_id"]
         build_images(client, spec_json)
         body = {
             "spec": spec_json,
             "bundle_id": bundle_id,
-            "module_path": os.path.basename(path),
+            "module_path": os.path.relpath(path, source_dir),
             "tag": tag,
         }
         result: dict[str, Any] = client.request("PUT", f"/v1/apps/deployed/{app_name}", json=body)

@@ -128,7 +128,24 @@ class App:
 
     @property
     def image(self) -> Image | None:
+        """The default image of the app's functions (`App(image=...)` or `app.image = ...`)."""
         return self._image
+
+    @image.setter
+    def image(self, value: Image | None) -> None:
+        # Modal's `app.image = image`: like App(image=...), it applies to the functions decorated
+        # after this line (the image is chosen when a decorator runs, in Cove as in Modal).
+        if value is not None and not isinstance(value, Image):
+            raise InvalidError(
+                f"app.image must be a cove.Image such as Image.debian_slim().pip_install(...), got {value!r}."
+            )
+        if self._registry:
+            warnings.warn(
+                f"app.image was set after {', '.join(sorted(self._registry))} had been decorated; they keep "
+                "the image they were given. Set app.image before the first @app.function().",
+                stacklevel=2,
+            )
+        self._image = value
 
     @property
     def tags(self) -> dict[str, str]:
@@ -294,7 +311,9 @@ class App:
         """Register a function (outermost decorator; web and `@concurrent` decorators go below it).
 
         Placement options (`cloud`, `region`, `routing_region`, `nonpreemptible`, `i6pn`), `ephemeral_disk`,
-        `enable_memory_snapshot` and `restrict_modal_access` are accepted and have no effect on one machine.
+        `restrict_modal_access`, `experimental_options` and, on the local backend, `gpu` are accepted
+        with a warning (once per option) and have no effect. `enable_memory_snapshot` needs no warning:
+        Cove's warm zygotes always run the module import and `@enter(snap=True)` hooks once per image.
         """
         _reject_app_positional("@app.function", _warn_parentheses_missing)
         if schedule is not None:
@@ -332,6 +351,17 @@ class App:
             block_network=block_network,
             single_use_containers=single_use_containers,
             max_inputs=max_inputs,
+            ignored={
+                "gpu": gpu,
+                "cloud": cloud,
+                "region": region,
+                "routing_region": routing_region,
+                "nonpreemptible": nonpreemptible,
+                "i6pn": i6pn,
+                "ephemeral_disk": ephemeral_disk,
+                "restrict_modal_access": restrict_modal_access,
+                "experimental_options": experimental_options,
+            },
             keep_warm=keep_warm,
             concurrency_limit=concurrency_limit,
             container_idle_timeout=container_idle_timeout,
@@ -449,6 +479,17 @@ class App:
             block_network=block_network,
             single_use_containers=single_use_containers,
             max_inputs=max_inputs,
+            ignored={
+                "gpu": gpu,
+                "cloud": cloud,
+                "region": region,
+                "routing_region": routing_region,
+                "nonpreemptible": nonpreemptible,
+                "i6pn": i6pn,
+                "ephemeral_disk": ephemeral_disk,
+                "restrict_modal_access": restrict_modal_access,
+                "experimental_options": experimental_options,
+            },
             keep_warm=keep_warm,
             concurrency_limit=concurrency_limit,
             container_idle_timeout=container_idle_timeout,
@@ -603,6 +644,16 @@ class App:
             block_network=block_network,
             single_use_containers=False,
             max_inputs=None,
+            ignored={
+                "gpu": gpu,
+                "cloud": cloud,
+                "region": region,
+                "routing_region": routing_region,
+                "nonpreemptible": nonpreemptible,
+                "i6pn": i6pn,
+                "ephemeral_disk": ephemeral_disk,
+                "experimental_options": experimental_options,
+            },
             keep_warm=None,
             concurrency_limit=None,
             container_idle_timeout=None,

@@ -215,6 +215,8 @@ class AppRegistry:
             else:
                 number = restore_version
             record.versions = number
+            # "Created at" is the first publish, also for a record rebuilt after a server restart.
+            record.created_at = self._store.created_at(kind, name) or record.created_at
             version = Version(number, spec, source, endpoints, pools, requests=tuple(requests.values()))
             for request in version.requests:
                 self._backend.prepare(request)

@@ -254,6 +254,13 @@ class Store:
             for r in rows
         ]
 
+    def created_at(self, kind: AppKind, name: str) -> float | None:
+        """When the app was first published (kept across versions, stops and server restarts)."""
+        row = self._db.execute(
+            "SELECT created_at FROM apps WHERE kind = ? AND name = ?", (kind, name)
+        ).fetchone()
+        return None if row is None else float(row["created_at"])
+
     def version(self, kind: AppKind, name: str, number: int) -> StoredVersion:
         row = self._db.execute(
             "SELECT * FROM versions WHERE kind = ? AND name = ? AND number = ?", (kind, name, number)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import importlib.util
 import inspect
 import json
@@ -83,10 +84,18 @@ class Channel:
 
 
 def import_user_module(module_file: str, source_dir: str) -> ModuleType:
-    """Import the user's file as a top-level module named after its stem, as Modal mounts it."""
+    """Import the user's code as Modal mounts it: a file directly in `source_dir` as a top-level
+    module named after its stem; a file deeper down (`cove deploy -m pkg.mod`) by its dotted name,
+    so the relative imports of its package work."""
     if source_dir not in sys.path:
         sys.path.insert(0, source_dir)
-    name = os.path.splitext(os.path.basename(module_file))[0]
+    relative = os.path.relpath(module_file, source_dir)
+    parts = os.path.splitext(relative)[0].split(os.sep)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    if len(parts) > 1 or os.path.basename(module_file) == "__init__.py":
+        return importlib.import_module(".".join(parts))
+    name = parts[0]
     spec = importlib.util.spec_from_file_location(name, module_file)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {module_file}")

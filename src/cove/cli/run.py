@@ -49,9 +49,9 @@ class RunTarget:
     name: str | None
 
     @classmethod
-    def parse(cls, text: str) -> RunTarget:
+    def parse(cls, text: str, *, module: bool = False) -> RunTarget:
         source, sep, name = text.partition("::")
-        ref = AppRef.parse(source)
+        ref = AppRef.parse(source, module=module)
         if sep and not all(part.isidentifier() for part in name.split(".")):
             raise exception.InvalidError(
                 f"{name!r} is not a function name; use FILE::function, FILE::Cls.method or "
@@ -74,14 +74,19 @@ class Chosen:
 def _import(ref: AppRef) -> types.ModuleType:
     from cove._modal_compat import install as install_modal_compat
     from cove._runtime.entrypoint import import_user_module
+    from cove._runtime.loader import RefError, import_module, user_traceback
 
     install_modal_compat()
     try:
+        if ref.module is not None:
+            return import_module(ref.module, ref.root or os.getcwd())[0]
+        assert ref.file is not None
         return import_user_module(ref.file, os.path.dirname(ref.file))
+    except RefError as exc:
+        render.error(str(exc))
+        raise SystemExit(1) from None
     except BaseException as exc:
-        from cove._runtime.loader import user_traceback
-
-        render.user_error(user_traceback(exc, ref.file))
+        render.user_error(user_traceback(exc, str(ref.file or ref.module)))
         raise SystemExit(1) from None
 
 
@@ -212,13 +217,16 @@ async def _await(awaitable: Any) -> Any:
 @click.command(
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
-@click.argument("func_ref", metavar="FILE[::NAME]")
+@click.option(
+    "-m", "use_module", is_flag=True, help="Interpret FILE as a Python module (pkg.module) instead of a file."
+)
+@click.argument("func_ref", metavar="FILE[::NAME] | -m MODULE[::NAME]")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.option(
     "-n", "--name", "app_name", help="Name of the ephemeral app (default: App(name) or the file name)."
 )
 @click.option("-q", "--quiet", is_flag=True, help="Show no progress, only the app's output.")
-def run(func_ref: str, args: tuple[str, ...], app_name: str | None, quiet: bool) -> None:
+def run(func_ref: str, args: tuple[str, ...], app_name: str | None, quiet: bool, use_module: bool) -> None:
     """Run a local entrypoint (or a function) of FILE with its app running, then stop the app.
 
     Options of cove run go before FILE; everything after it is the target's own arguments
@@ -228,7 +236,7 @@ def run(func_ref: str, args: tuple[str, ...], app_name: str | None, quiet: bool)
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        target = RunTarget.parse(func_ref)
+        target = RunTarget.parse(func_ref, module=use_module)
     except exception.InvalidError as exc:
         raise click.BadParameter(str(exc), param_hint="FILE[::NAME]") from None
     module = _import(target.ref)
