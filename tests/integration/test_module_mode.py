@@ -97,3 +97,33 @@ def test_module_reference_errors_say_what_to_pass(
     assert path.returncode == 2 and "-m shop.web.api" in path.stderr
     dotted = cove_env.run("serve", "shop.web.api", check=False)
     assert dotted.returncode == 2 and "use -m shop.web.api" in dotted.stderr
+
+
+JOB = """
+import modal
+
+from ..prices import price_of
+
+app = modal.App("modjob")
+
+
+@app.function()
+def total(items: str) -> int:
+    return sum(price_of(item) for item in items.split(","))
+
+
+@app.local_entrypoint()
+def main(items: str = "tea"):
+    print("total:", total.remote(items))
+"""
+
+
+def test_run_a_module_of_a_package(tmp_path: Path, cove_env: CoveEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cove run -m shop.web.job --items ...`: the entrypoint runs here, and the function it calls runs
+    in a container that imports the module within its package (its relative import works there too)."""
+    _write_package(tmp_path, 3)
+    (tmp_path / "shop" / "web" / "job.py").write_text(JOB)
+    monkeypatch.chdir(tmp_path)
+    result = cove_env.run("run", "-m", "shop.web.job", "--items", "tea,tea,coffee")
+    assert "total: 6" in result.stdout
+    assert "App completed." in result.stdout + result.stderr
