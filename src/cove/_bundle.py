@@ -1,7 +1,8 @@
 """Source bundles: what `cove deploy` uploads, so a deployed version never depends on the user's disk.
 
 Layout of the tar.gz:
-    src/...             the app file's directory (on the container's sys.path), plus the packages
+    src/...             the app file's directory (on the container's sys.path) or, for an app
+                        loaded with -m, its top-level package (`src/pkg/...`), plus the packages
                         named by `add_local_python_source` that live elsewhere
     mounts/<abs path>   files and directories of non-copy `add_local_file` / `add_local_dir`
     files/<id>/<name>   everything else an image step reads: copy=True files and directories,
@@ -128,14 +129,21 @@ def resolve_in_bundle(root: Path, path: str, what: str) -> Path:
     return target
 
 
-def make_bundle(spec: AppSpec, module_file: str) -> bytes:
+def make_bundle(
+    spec: AppSpec, module_file: str, *, source_dir: str | None = None, package_dir: str | None = None
+) -> bytes:
     """A deterministic tar.gz of the app's sources and of every local file its image steps read
-    (same files, same bytes → same bundle hash); see `relocate` for the manifest that goes with it."""
-    source_dir = Path(module_file).parent
+    (same files, same bytes → same bundle hash); see `relocate` for the manifest that goes with it.
+
+    `source_dir` (default: the file's directory) becomes `src/`; with `package_dir` (a top-level
+    package inside it, `cove deploy -m pkg.mod`) only that package is shipped, as Modal mounts it.
+    """
+    root = Path(source_dir) if source_dir is not None else Path(module_file).parent
+    shipped = Path(package_dir) if package_dir is not None else root
     entries: dict[str, Path] = {}
     directories: set[str] = set()  # shipped even when empty, so the step finds them
-    for path in _walk(source_dir):
-        entries[f"src/{path.relative_to(source_dir)}"] = path
+    for path in _walk(shipped):
+        entries[f"src/{path.relative_to(root)}"] = path
     for fn in spec.functions:
         for step in fn.image.steps:
             ignore = tuple(step.arg("ignore", ()))

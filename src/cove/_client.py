@@ -1,18 +1,21 @@
 """The SDK's connection to the control plane: blocking and async HTTP over the unix socket or a URL.
 
-By default the client talks to the server of `COVE_HOME` over its unix socket (the socket's file mode
-is the auth). With `COVE_SERVER_URL` set (e.g. `http://10.0.0.5:9000`), it talks to that URL and sends
-`Authorization: Bearer $COVE_TOKEN`. It never starts a server: `.remote()` reaches apps that were
-deployed, so a missing server is an error that says how to start one.
+Where the control plane is, in this order:
+1. inside a container, `COVE_CONTAINER_API`: the scoped socket of the container's app, which serves
+   function calls and Dicts/Queues/Volumes only (`cove._control.container_api`);
+2. `COVE_SERVER_URL` (e.g. `http://10.0.0.5:9000`), sending `Authorization: Bearer $COVE_TOKEN`;
+3. the unix socket of the server of `COVE_HOME` (the socket's file mode is the auth).
+It never starts a server: a missing server is an error that says how to start one.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +63,17 @@ class ControlPlane:
 
     @classmethod
     def from_env(cls) -> ControlPlane:
-        """`COVE_SERVER_URL` + `COVE_TOKEN` if set, else the unix socket of `COVE_HOME`."""
+        """The container's scoped socket, else `COVE_SERVER_URL` + `COVE_TOKEN`, else the unix socket
+        of `COVE_HOME` (see the module docstring)."""
+        container_api = config.env("COVE_CONTAINER_API")
+        if container_api:
+            return cls(socket_path=container_api)
+        if config.env("COVE_IS_REMOTE") == "1" and not config.env("COVE_SERVER_URL"):
+            raise exception.ConnectionError(
+                "This container has no way to reach the Cove control plane: calling functions from "
+                "inside a container needs the local backend (on the Ray backend, see docs/ray.md), or "
+                "COVE_SERVER_URL and COVE_TOKEN set as a secret of the function."
+            )
         url = config.env("COVE_SERVER_URL")
         if url:
             if not url.startswith(("http://", "https://")):
@@ -135,6 +148,61 @@ class ControlPlane:
             raise self._unreachable(exc) from exc
         return _reply(response)
 
+    @contextlib.contextmanager
+    def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
+    ) -> Iterator[Iterator[bytes]]:
+        """Send one request and iterate over the body of the answer as it arrives (no read timeout:
+        a generator may take its time between items; its function's timeout bounds it)."""
+        self._check_socket()
+        headers = {"Content-Type": content_type} if content_type else None
+        timeout = httpx.Timeout(None, connect=_CONNECT_TIMEOUT_S)
+        try:
+            with self._sync_client().stream(
+                method, path, params=params, content=content, headers=headers, timeout=timeout
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _reply(response)
+                yield _translated(response.iter_raw(), self)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def astream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The async twin of `stream`."""
+        self._check_socket()
+        headers = {"Content-Type": content_type} if content_type else None
+        timeout = httpx.Timeout(None, connect=_CONNECT_TIMEOUT_S)
+        transport = httpx.AsyncHTTPTransport(uds=self.socket_path) if self.socket_path else None
+        try:
+            async with (
+                httpx.AsyncClient(transport=transport, **self._client_kwargs()) as client,
+                client.stream(
+                    method, path, params=params, content=content, headers=headers, timeout=timeout
+                ) as response,
+            ):
+                if response.status_code >= 400:
+                    await response.aread()
+                    _reply(response)
+                yield response.aiter_raw()
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+
     def _check_socket(self) -> None:
         # Also spares httpcore's failed unix connect, which leaves its socket open.
         if self.socket_path is not None and not os.path.exists(self.socket_path):
@@ -147,6 +215,11 @@ class ControlPlane:
             client.close()
 
     def _unreachable(self, exc: Exception) -> exception.ConnectionError:
+        if self.socket_path is not None and self.socket_path == config.env("COVE_CONTAINER_API"):
+            return exception.ConnectionError(
+                f"This container could not reach the Cove control plane at {self.socket_path} "
+                f"({type(exc).__name__}: {exc}): the server is stopping or its app was stopped."
+            )
         if self.url:
             return exception.ConnectionError(
                 f"Could not reach the Cove server at {self.url} ({type(exc).__name__}: {exc}). "
@@ -158,6 +231,13 @@ class ControlPlane:
             "Start it with `cove server` (or `cove deploy FILE`, which starts one), or set "
             "COVE_SERVER_URL and COVE_TOKEN to use a remote server."
         )
+
+
+def _translated(chunks: Iterator[bytes], control: ControlPlane) -> Iterator[bytes]:
+    try:
+        yield from chunks
+    except httpx.TransportError as exc:
+        raise control._unreachable(exc) from exc
 
 
 def _reply(response: httpx.Response) -> Reply:

@@ -19,11 +19,16 @@ ALIASES: dict[str, str] = {
     "modal": "cove",
     "modal.app": "cove.app",
     "modal.cls": "cove.functions",
+    "modal.dict": "cove.dict",
     "modal.exception": "cove.exception",
+    "modal.experimental": "cove.experimental",
     "modal.functions": "cove.functions",
     "modal.image": "cove.image",
     "modal.partial_function": "cove.endpoints",
+    "modal.queue": "cove.queue",
     "modal.secret": "cove.secret",
+    "modal.server": "cove.server",
+    "modal.volume": "cove.volume",
 }
 
 

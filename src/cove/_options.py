@@ -3,20 +3,25 @@
 Modal's names and limits: `timeout` 1 s–24 h (default 300), `scaledown_window` 2 s–20 min,
 `min_containers <= max_containers`, `memory` in MiB or `(request, limit)`. The pre-1.0 spellings
 (`keep_warm`, `concurrency_limit`, `container_idle_timeout`, `allow_concurrent_inputs`) are mapped to
-their new names with a `DeprecationError` warning naming the replacement.
+their new names with a `DeprecationError` warning naming the replacement. Options Modal has that
+change nothing here (placement, GPUs on the local backend, ...) are accepted with one warning per
+option and process (`warn_ignored`), so a Modal app runs and its author knows what was dropped.
 """
 
 from __future__ import annotations
 
+import posixpath
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cove._spec import FunctionSpec, ImageSpec, SecretRef, WebSpec
+from cove import config
+from cove._spec import FunctionSpec, ImageSpec, SecretRef, VolumeMount, WebSpec
 from cove.exception import DeprecationError, InvalidError
 from cove.image import Image
 from cove.secret import Secret
+from cove.volume import Volume
 
 MAX_TIMEOUT_S = 24 * 60 * 60
 MIN_SCALEDOWN_S = 2
@@ -54,8 +59,90 @@ def check_secrets(where: str, secrets: object) -> tuple[Secret, ...]:
 def check_no_volumes(where: str, name: str, value: Mapping[str, object] | None) -> None:
     if value:
         raise InvalidError(
-            f"{where}({name}=...) is not supported yet: Cove has no volumes. Remove {name}=..., "
-            "and keep state in a database or object store the function connects to."
+            f"{where}({name}=...) is not supported by Cove. Use a cove.Volume instead: "
+            'volumes={"/data": cove.Volume.from_name("name", create_if_missing=True)}.'
+        )
+
+
+#: Container paths a Volume may not be mounted at (or under): the platform's own, and whole system dirs.
+_RESERVED_MOUNTS = ("/cove", "/proc", "/dev", "/sys")
+_SYSTEM_DIRS = ("/", "/root", "/tmp", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/var")
+
+
+def check_volumes(where: str, volumes: Mapping[str, object] | None) -> tuple[VolumeMount, ...]:
+    """`volumes={"/path": cove.Volume.from_name(...)}` as mounts, checked eagerly."""
+    if not volumes:
+        return ()
+    if not isinstance(volumes, Mapping):
+        raise InvalidError(f'{where}(volumes=...) takes a dict like {{"/data": vol}}, got {volumes!r}.')
+    mounts: list[VolumeMount] = []
+    for path, volume in volumes.items():
+        if not isinstance(path, str) or not path.startswith("/"):  # type: ignore[redundant-expr,unreachable,unused-ignore]
+            raise InvalidError(
+                f'{where}(volumes=...): mount paths must be absolute, e.g. "/data"; got {path!r}.'
+            )
+        clean = posixpath.normpath(path)
+        if clean in _SYSTEM_DIRS or any(clean == r or clean.startswith(r + "/") for r in _RESERVED_MOUNTS):
+            raise InvalidError(
+                f"{where}(volumes=...): cannot mount a Volume at {path!r}, a directory the container "
+                'needs for itself. Choose a path of its own, e.g. "/data" or "/root/.cache/models".'
+            )
+        if not isinstance(volume, Volume):
+            raise InvalidError(
+                f"{where}(volumes=...): {path!r} maps to {volume!r}, not a cove.Volume. Use "
+                "cove.Volume.from_name(name, create_if_missing=True)."
+            )
+        if volume.name is None:
+            raise InvalidError(
+                f"{where}(volumes=...): {path!r} maps to an ephemeral Volume, which Cove cannot mount. "
+                "Use a named one: cove.Volume.from_name(name, create_if_missing=True)."
+            )
+        mounts.append(VolumeMount(path=clean, name=volume.name, create_if_missing=volume.create_if_missing))
+    paths = [m.path for m in mounts]
+    for a in paths:
+        for b in paths:
+            if a != b and b.startswith(a + "/"):
+                raise InvalidError(f"{where}(volumes=...): mount paths {a!r} and {b!r} overlap.")
+    return tuple(mounts)
+
+
+#: Options accepted for Modal compatibility that Cove does not act on, and what to know about each.
+IGNORED_OPTIONS: dict[str, str] = {
+    "gpu": "the local backend runs functions on this machine's CPUs and assigns no GPU; "
+    "`cove server --backend ray` places the function on a Ray node with that GPU",
+    "cloud": "functions run on the machines of this Cove server; there is no cloud to choose",
+    "region": "functions run on the machines of this Cove server; there is no region to choose",
+    "routing_region": "requests reach this Cove server's gateway directly",
+    "nonpreemptible": "Cove never preempts containers",
+    "i6pn": "there is no private network between containers",
+    "ephemeral_disk": "containers write to a scratch directory on this machine's disk, with no size limit",
+    "restrict_modal_access": "containers do not get a control-plane token to restrict",
+    "experimental_options": "Cove has no experimental options",
+}
+_warned_options: set[str] = set()
+
+
+class IgnoredOptionWarning(UserWarning):
+    """An option Cove accepts but does not act on (warned once per option and process)."""
+
+
+def warn_ignored(where: str, options: Mapping[str, object], stacklevel: int) -> None:
+    """Warn once per option name about options in `IGNORED_OPTIONS` that were given a value.
+
+    Only where the app is loaded: a container importing the module again stays quiet.
+    """
+    if config.env("COVE_IS_REMOTE") == "1":
+        return
+    for name, value in options.items():
+        if value is None or value is False or value == {} or name in _warned_options:
+            continue
+        _warned_options.add(name)
+        warnings.warn(
+            IgnoredOptionWarning(
+                f"{where}({name}={value!r}) is accepted for Modal compatibility but has no effect in Cove: "
+                f"{IGNORED_OPTIONS[name]}. (Shown once per option.)"
+            ),
+            stacklevel=stacklevel + 1,
         )
 
 
@@ -148,6 +235,7 @@ class FunctionOptions:
     block_network: bool
     serialized: bool
     has_retries: bool
+    volumes: tuple[VolumeMount, ...] = ()
 
     def spec(
         self,
@@ -190,6 +278,7 @@ class FunctionOptions:
             gpu=self.gpu,
             block_network=self.block_network,
             is_generator=is_generator,
+            volumes=self.volumes,
         )
 
 
@@ -199,6 +288,7 @@ def parse_options(
     app_image: Image | None,
     app_secrets: tuple[Secret, ...],
     stacklevel: int,
+    app_volumes: Mapping[str, object] = {},
     image: object,
     secrets: object,
     env: Mapping[str, str | None] | None,
@@ -219,6 +309,7 @@ def parse_options(
     block_network: object,
     single_use_containers: object,
     max_inputs: object,
+    ignored: Mapping[str, object],
     keep_warm: object,
     concurrency_limit: object,
     container_idle_timeout: object,
@@ -226,7 +317,8 @@ def parse_options(
 ) -> FunctionOptions:
     """Validate the keyword arguments of one `@app.function(...)`/`@app.cls(...)` call.
 
-    `stacklevel` is the warnings stack level of the user's decorator line as seen from here.
+    `stacklevel` is the warnings stack level of the user's decorator line as seen from here;
+    `ignored` holds the options of `IGNORED_OPTIONS` as given (warned about once all options are valid).
     """
     min_containers = _legacy(where, "keep_warm", keep_warm, "min_containers", min_containers, stacklevel)
     max_containers = _legacy(
@@ -253,7 +345,7 @@ def parse_options(
             stacklevel=stacklevel,
         )
 
-    check_no_volumes(where, "volumes", volumes)
+    mounts = check_volumes(where, {**dict(app_volumes), **dict(volumes or {})})
     check_no_volumes(where, "network_file_systems", network_file_systems)
     if proxy is not None:
         raise InvalidError(
@@ -310,6 +402,8 @@ def parse_options(
         all_secrets.append(Secret.from_dict(env)._ref)
 
     memory_limit = _request_limit(where, "memory", memory, int)
+    gpu_names = _gpu(where, gpu)
+    warn_ignored(where, ignored, stacklevel)
     return FunctionOptions(
         image=chosen_image._spec,
         secrets=tuple(all_secrets),
@@ -322,8 +416,9 @@ def parse_options(
         legacy_max_inputs=legacy_max_inputs,
         cpu=_request_limit(where, "cpu", cpu, float),
         memory_mib=None if memory_limit is None else int(memory_limit),
-        gpu=_gpu(where, gpu),
+        gpu=gpu_names,
         block_network=bool(block_network),
         serialized=bool(serialized),
         has_retries=has_retries,
+        volumes=mounts,
     )

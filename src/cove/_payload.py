@@ -7,6 +7,9 @@ Shared by the three parties of a `.remote()` call, so they cannot drift apart:
     server     encode_platform_error("FunctionTimeoutError", message) -> bytes   (never unpickles user data)
     client     decode_result(bytes, call_id=...) -> value, or raises
 
+A generator function (`.remote_gen`) answers a stream of frames instead (`encode_frame`): one per
+item it yields, each a result as above, then a done or error frame.
+
 Results are a pickled dict of builtins. A failure carries the exception pickled *again* inside it, so
 an exception class the client cannot import still leaves the type name, message and remote traceback
 readable (it becomes `cove.exception.RemoteError`).
@@ -28,6 +31,11 @@ CALL_PATH = "/__cove__/call"
 #: Headers with which the server names the call and input to the container (it never unpickles inputs).
 CALL_ID_HEADER = "x-cove-call-id"
 INPUT_ID_HEADER = "x-cove-input-id"
+#: Content type of a generator's stream of results: frames, see `encode_frame`.
+FRAMES_CONTENT_TYPE = "application/x-cove-frames"
+#: Frame kinds: one item the generator yielded, its normal end, or its failure (the last frame).
+FRAME_ITEM, FRAME_DONE, FRAME_ERROR = b"i", b"d", b"e"
+_FRAME_HEADER = 9  # kind (1 byte) + length (8 bytes, big-endian)
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,39 @@ def _is_cove_error(name: str) -> bool:
     return isinstance(cls, type) and issubclass(cls, exception.Error)
 
 
+def encode_frame(kind: bytes, data: bytes = b"") -> bytes:
+    """One frame of a generator's stream: `kind` (FRAME_ITEM/DONE/ERROR), length, then a result's bytes.
+
+    The server relays frames without unpickling them: the kind byte tells it whether the stream
+    ended properly (a stream cut short gets an error frame of the server's own).
+    """
+    return kind + len(data).to_bytes(8, "big") + data
+
+
+class FrameReader:
+    """Splits a byte stream into frames: `feed(chunk)` returns the (kind, data) completed by `chunk`."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> list[tuple[bytes, bytes]]:
+        self._buffer += chunk
+        frames: list[tuple[bytes, bytes]] = []
+        while len(self._buffer) >= _FRAME_HEADER:
+            size = int.from_bytes(self._buffer[1:_FRAME_HEADER], "big")
+            if len(self._buffer) < _FRAME_HEADER + size:
+                break
+            kind = bytes(self._buffer[:1])
+            frames.append((kind, bytes(self._buffer[_FRAME_HEADER : _FRAME_HEADER + size])))
+            del self._buffer[: _FRAME_HEADER + size]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame."""
+        return len(self._buffer)
+
+
 def decode_result(data: bytes, *, call_id: str) -> Any:
     """The value of a finished call, or raise its exception here.
 
@@ -169,11 +210,17 @@ __all__ = [
     "CALL_ID_HEADER",
     "CALL_PATH",
     "CONTENT_TYPE",
+    "FRAMES_CONTENT_TYPE",
+    "FRAME_DONE",
+    "FRAME_ERROR",
+    "FRAME_ITEM",
     "INPUT_ID_HEADER",
     "CallInput",
+    "FrameReader",
     "decode_input",
     "decode_result",
     "encode_exception",
+    "encode_frame",
     "encode_input",
     "encode_platform_error",
     "encode_value",

@@ -1,7 +1,8 @@
-"""Calling deployed functions from any process: lazy lookups, `.remote`, `.spawn`, `.map`, `FunctionCall`.
+"""Calling functions of running apps: lookups, `.remote`, `.remote_gen`, `.spawn`, `.map`, `FunctionCall`.
 
 `cove.Function.from_name(app, name)` and `cove.Cls.from_name(app, name)` wrap a `RemoteTarget` from
-here. Every operation has a blocking form and an async twin at `.aio`, as Modal's synchronicity
+here, and so do an app's own functions while it runs (in its containers, `cove run`,
+`app.run()`). Every operation has a blocking form and an async twin at `.aio`, as Modal's synchronicity
 wrappers do: `f.remote(1)` / `await f.remote.aio(1)`, `call.get()` / `await call.get.aio()`.
 """
 
@@ -9,13 +10,21 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, Literal, ParamSpec, TypeVar
 
 from cove._client import ControlPlane, Reply, control_plane
-from cove._payload import CALL_ID_HEADER, CONTENT_TYPE, decode_result, encode_input
-from cove.exception import InvalidError
+from cove._payload import (
+    CALL_ID_HEADER,
+    CONTENT_TYPE,
+    FRAME_DONE,
+    FRAME_ITEM,
+    FrameReader,
+    decode_result,
+    encode_input,
+)
+from cove.exception import ExecutionError, InvalidError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -38,6 +47,19 @@ class Dual(Generic[P, R]):
         self.aio = aio
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._sync(*args, **kwargs)
+
+
+class GenMethod:
+    """`f.remote_gen(...)`: a blocking iterator of a generator's items, with an async one at `.aio`."""
+
+    __slots__ = ("_sync", "aio")
+
+    def __init__(self, sync: Callable[..., Iterator[Any]], aio: Callable[..., AsyncIterator[Any]]) -> None:
+        self._sync = sync
+        self.aio = aio
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
         return self._sync(*args, **kwargs)
 
 
@@ -96,8 +118,15 @@ def check_parameters(cls_name: str, params: dict[str, Any]) -> None:
             )
 
 
+AppKind = Literal["deployed", "ephemeral"]
+
+
 class RemoteTarget:
-    """One deployed function (or method of a class, with its parameters), looked up on first use."""
+    """One function (or method of a class, with its parameters) of a running app, looked up on first use.
+
+    `kind="deployed"` (what `from_name` reaches) or `"ephemeral"`: the app `cove serve`/`cove run`/
+    `app.run()` runs, which its own functions call into.
+    """
 
     def __init__(
         self,
@@ -106,11 +135,13 @@ class RemoteTarget:
         *,
         params: dict[str, Any] | None = None,
         method: str | None = None,
+        kind: AppKind = "deployed",
     ) -> None:
         self.app_name = app_name
         self.tag = tag
         self.params = dict(params or {})
         self.method = method
+        self.kind = kind
         self._info: FunctionInfo | None = None
 
     def _control(self) -> ControlPlane:
@@ -120,13 +151,13 @@ class RemoteTarget:
 
     def info(self) -> FunctionInfo:
         if self._info is None:
-            reply = self._control().request("GET", self._info_path())
+            reply = self._control().request("GET", self._info_path(), params={"kind": self.kind})
             self._info = FunctionInfo.from_json(reply.json())
         return self._info
 
     async def ainfo(self) -> FunctionInfo:
         if self._info is None:
-            reply = await self._control().arequest("GET", self._info_path())
+            reply = await self._control().arequest("GET", self._info_path(), params={"kind": self.kind})
             self._info = FunctionInfo.from_json(reply.json())
         return self._info
 
@@ -139,17 +170,22 @@ class RemoteTarget:
                 f"A webhook function cannot be invoked for remote execution with .{how}. "
                 f"Invoke this function via its web url {info.web_url!r} instead (e.g. with httpx or curl)."
             )
-        if info.is_generator:
+        if info.is_generator and how != "remote_gen":
             raise InvalidError(
-                f"{self.tag!r} is a generator function; .{how} cannot return its items and Cove does not "
-                "support .remote_gen yet. Return a list instead, or stream from a web endpoint."
+                f"A generator function cannot be called with `.{how}(...)`: {self.tag!r} yields its "
+                "results. Use `.remote_gen(...)` instead."
+            )
+        if how == "remote_gen" and not info.is_generator:
+            raise InvalidError(
+                f"A non-generator function cannot be called with `.remote_gen(...)`: {self.tag!r} "
+                "returns its result. Use `.remote(...)` instead."
             )
 
     # -- calls ---------------------------------------------------------------------------------
 
     def _post_args(self, args: tuple[Any, ...], kwargs: dict[str, Any], wait_s: float) -> dict[str, Any]:
         return {
-            "params": {"app": self.app_name, "function": self.tag, "wait": f"{wait_s:g}"},
+            "params": {"app": self.app_name, "function": self.tag, "kind": self.kind, "wait": f"{wait_s:g}"},
             "content": encode_input(args, kwargs, params=self.params, method=self.method),
             "content_type": CONTENT_TYPE,
             "read_timeout_s": wait_s + _SLACK_S,
@@ -181,9 +217,47 @@ class RemoteTarget:
         reply = await self._control().arequest("POST", "/v1/calls", **self._post_args(args, kwargs, 0))
         return FunctionCall(_call_id(reply))
 
+    def _stream_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "params": {"app": self.app_name, "function": self.tag, "kind": self.kind},
+            "content": encode_input(args, kwargs, params=self.params, method=self.method),
+            "content_type": CONTENT_TYPE,
+        }
+
+    def remote_gen(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
+        """The items of a generator function, each as soon as the container yields it."""
+        self._callable_info(self.info(), "remote_gen")
+        label = f"{self.tag}.remote_gen"
+        with self._control().stream("POST", "/v1/calls/stream", **self._stream_args(args, kwargs)) as chunks:
+            reader = FrameReader()
+            for chunk in chunks:
+                for kind, data in reader.feed(chunk):
+                    if kind == FRAME_ITEM:
+                        yield decode_result(data, call_id=label)
+                    else:
+                        _end_of_stream(kind, data, label)
+                        return
+        raise _cut_short(label)
+
+    async def aremote_gen(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        self._callable_info(await self.ainfo(), "remote_gen")
+        label = f"{self.tag}.remote_gen"
+        control = self._control()
+        async with control.astream("POST", "/v1/calls/stream", **self._stream_args(args, kwargs)) as chunks:
+            reader = FrameReader()
+            async for chunk in chunks:
+                for kind, data in reader.feed(chunk):
+                    if kind == FRAME_ITEM:
+                        yield decode_result(data, call_id=label)
+                    else:
+                        _end_of_stream(kind, data, label)
+                        return
+        raise _cut_short(label)
+
     def map(
         self, inputs: Iterable[tuple[Any, ...]], kwargs: dict[str, Any], return_exceptions: bool
     ) -> Iterator[Any]:
+        self._callable_info(self.info(), "map")
         calls = [self.spawn(args, kwargs) for args in inputs]
         for call in calls:
             try:
@@ -196,6 +270,7 @@ class RemoteTarget:
     async def amap(
         self, inputs: Iterable[tuple[Any, ...]], kwargs: dict[str, Any], return_exceptions: bool
     ) -> AsyncIterator[Any]:
+        self._callable_info(await self.ainfo(), "map")
         calls = [await self.aspawn(args, kwargs) for args in inputs]
         for call in calls:
             try:
@@ -209,7 +284,24 @@ class RemoteTarget:
         return self.info().web_url
 
     def __repr__(self) -> str:
+        if self.kind == "ephemeral":
+            return f"cove.Function({self.tag!r})"
         return f"cove.Function.from_name({self.app_name!r}, {self.tag!r})"
+
+
+def _end_of_stream(kind: bytes, data: bytes, label: str) -> None:
+    """A generator's last frame: return on its normal end, raise its exception on a failure."""
+    if kind == FRAME_DONE:
+        return
+    decode_result(data, call_id=label)  # raises the remote exception
+    raise ExecutionError(f"{label} ended with a malformed error frame.")
+
+
+def _cut_short(label: str) -> ExecutionError:
+    return ExecutionError(
+        f"{label}: the stream of results ended before the generator finished (the server or the "
+        "container went away). Call it again."
+    )
 
 
 class MapMethod:
@@ -239,6 +331,58 @@ class MapMethod:
         return_exceptions: bool = False,
     ) -> AsyncIterator[Any]:
         return self._target.amap(_zip(iterables), dict(kwargs or {}), return_exceptions)
+
+
+class StarmapMethod:
+    """`f.starmap(input_iterator, kwargs={}, order_outputs=True, return_exceptions=False)`, with `.aio`:
+    like `map`, each input a tuple of positional arguments."""
+
+    def __init__(self, target: RemoteTarget) -> None:
+        self._target = target
+
+    def __call__(
+        self,
+        input_iterator: Iterable[Sequence[Any]],
+        *,
+        kwargs: dict[str, Any] | None = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+    ) -> Iterator[Any]:
+        return self._target.map(_tuples(input_iterator), dict(kwargs or {}), return_exceptions)
+
+    def aio(
+        self,
+        input_iterator: Iterable[Sequence[Any]],
+        *,
+        kwargs: dict[str, Any] | None = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+    ) -> AsyncIterator[Any]:
+        return self._target.amap(_tuples(input_iterator), dict(kwargs or {}), return_exceptions)
+
+
+class ForEachMethod:
+    """`f.for_each(*iterables, kwargs={}, ignore_exceptions=False)`: map for the side effects only."""
+
+    def __init__(self, target: RemoteTarget) -> None:
+        self._target = target
+
+    def __call__(
+        self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None, ignore_exceptions: bool = False
+    ) -> None:
+        for _ in self._target.map(_zip(iterables), dict(kwargs or {}), ignore_exceptions):
+            pass
+
+    async def aio(
+        self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None, ignore_exceptions: bool = False
+    ) -> None:
+        async for _ in self._target.amap(_zip(iterables), dict(kwargs or {}), ignore_exceptions):
+            pass
+
+
+def _tuples(inputs: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    rows = [tuple(row) for row in inputs]
+    return rows
 
 
 def _zip(iterables: tuple[Iterable[Any], ...]) -> list[tuple[Any, ...]]:
@@ -353,11 +497,15 @@ async def _await(control: ControlPlane, call_id: str, timeout: float | None) -> 
 
 
 __all__ = [
+    "AppKind",
     "Dual",
+    "ForEachMethod",
     "FunctionCall",
     "FunctionInfo",
+    "GenMethod",
     "MapMethod",
     "RemoteTarget",
+    "StarmapMethod",
     "check_cls_name",
     "check_function_name",
     "check_parameters",

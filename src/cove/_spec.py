@@ -12,8 +12,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-WebKind = Literal["fastapi_endpoint", "asgi_app", "wsgi_app", "web_server"]
-WEB_KINDS: tuple[WebKind, ...] = ("fastapi_endpoint", "asgi_app", "wsgi_app", "web_server")
+WebKind = Literal["fastapi_endpoint", "asgi_app", "wsgi_app", "web_server", "http_server"]
+WEB_KINDS: tuple[WebKind, ...] = ("fastapi_endpoint", "asgi_app", "wsgi_app", "web_server", "http_server")
+#: Kinds whose container relays bytes to a server the user's code starts on `WebSpec.port`.
+PORT_KINDS: tuple[WebKind, ...] = ("web_server", "http_server")
+#: The request header that pins an HTTP server's client to one container (Modal's session affinity).
+SESSION_HEADER = "Modal-Session-ID"
 
 ImageStepKind = Literal[
     "debian_slim",
@@ -41,8 +45,15 @@ class WebSpec:
     docs: bool = False
     custom_domains: tuple[str, ...] = ()
     requires_proxy_auth: bool = False
-    port: int | None = None  # web_server only
-    startup_timeout_s: float = 5.0  # web_server only
+    port: int | None = None  # web_server, http_server
+    startup_timeout_s: float = 5.0  # web_server, http_server
+    exit_grace_period_s: float = 0.0  # http_server: time requests in flight get when it stops
+    sessioned: bool = False  # http_server with @modal.sessioned(): every request needs a session token
+
+    @property
+    def relays_port(self) -> bool:
+        """True when the container relays bytes to a server listening on `port`."""
+        return self.kind in PORT_KINDS
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,15 @@ class SecretRef:
 
 
 @dataclass(frozen=True)
+class VolumeMount:
+    """A named Volume a function mounts read-write at `path` (`volumes={"/data": vol}`)."""
+
+    path: str
+    name: str
+    create_if_missing: bool = False
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     """Everything the platform needs to run one function (or one web method of a class)."""
 
@@ -120,6 +140,7 @@ class FunctionSpec:
     gpu: str | None = None
     block_network: bool = False
     is_generator: bool = False
+    volumes: tuple[VolumeMount, ...] = ()
 
     @property
     def is_web(self) -> bool:
@@ -186,6 +207,8 @@ def web_spec_from_dict(raw: dict[str, Any]) -> WebSpec:
         requires_proxy_auth=bool(raw.get("requires_proxy_auth", False)),
         port=raw.get("port"),
         startup_timeout_s=float(raw.get("startup_timeout_s", 5.0)),
+        exit_grace_period_s=float(raw.get("exit_grace_period_s", 0.0)),
+        sessioned=bool(raw.get("sessioned", False)),
     )
 
 
@@ -212,6 +235,12 @@ def function_spec_from_dict(raw: dict[str, Any]) -> FunctionSpec:
     kwargs["web"] = web_spec_from_dict(raw["web"]) if raw.get("web") else None
     kwargs["image"] = image_spec_from_dict(raw.get("image") or {})
     kwargs["secrets"] = tuple(secret_ref_from_dict(s) for s in raw.get("secrets", ()))
+    kwargs["volumes"] = tuple(
+        VolumeMount(
+            path=str(v["path"]), name=str(v["name"]), create_if_missing=bool(v.get("create_if_missing"))
+        )
+        for v in raw.get("volumes", ())
+    )
     return FunctionSpec(**kwargs)
 
 

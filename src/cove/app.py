@@ -15,19 +15,30 @@ send to the control plane.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ParamSpec, TypeVar, cast
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast
 
-from cove._options import check_image, check_no_volumes, check_secrets, parse_options
+from cove._options import check_image, check_secrets, check_volumes, parse_options
 from cove._spec import AppSpec, FunctionSpec
-from cove.endpoints import _STREAMING_HINT, Flags, PartialFunction, _is_generator
+from cove.endpoints import (
+    _STREAMING_HINT,
+    Flags,
+    PartialFunction,
+    _is_generator,
+    _positive_int,
+    http_server_spec,
+)
 from cove.exception import InvalidError
 from cove.functions import ClassMembers, Cls, Function
 from cove.image import Image
 from cove.secret import Secret
+from cove.server import UNCAPPED_INPUTS, Server
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -83,8 +94,8 @@ def _scope_check(where: str, obj: Any, serialized: bool) -> None:
 class App:
     """A group of functions and classes deployed together under one name.
 
-    `image` and `secrets` are defaults for every function (app secrets come first). `volumes` are
-    not supported yet and must stay empty.
+    `image`, `secrets` and `volumes` are defaults for every function (app secrets come first; a
+    function's own `volumes` entry for the same path wins).
     """
 
     def __init__(
@@ -104,8 +115,12 @@ class App:
         if not isinstance(include_source, bool):
             raise InvalidError(f"App(include_source=...) must be True or False, got {include_source!r}.")
         self._include_source = include_source
-        check_no_volumes("App", "volumes", volumes)
-        self._registry: dict[str, Function[Any, Any] | Cls[Any]] = {}
+        check_volumes("App", volumes)
+        self._volumes: dict[str, object] = dict(volumes or {})
+        self._registry: dict[str, Function[Any, Any] | Cls[Any] | Server[Any]] = {}
+        self._local_entrypoints: dict[str, LocalEntrypoint[..., Any]] = {}
+        # (name, kind) while the app runs from this process (`app.run()`, `cove run`).
+        self._running: tuple[str, Literal["ephemeral", "deployed"]] | None = None
 
     @property
     def name(self) -> str | None:
@@ -113,7 +128,24 @@ class App:
 
     @property
     def image(self) -> Image | None:
+        """The default image of the app's functions (`App(image=...)` or `app.image = ...`)."""
         return self._image
+
+    @image.setter
+    def image(self, value: Image | None) -> None:
+        # Modal's `app.image = image`: like App(image=...), it applies to the functions decorated
+        # after this line (the image is chosen when a decorator runs, in Cove as in Modal).
+        if value is not None and not isinstance(value, Image):
+            raise InvalidError(
+                f"app.image must be a cove.Image such as Image.debian_slim().pip_install(...), got {value!r}."
+            )
+        if self._registry:
+            warnings.warn(
+                f"app.image was set after {', '.join(sorted(self._registry))} had been decorated; they keep "
+                "the image they were given. Set app.image before the first @app.function().",
+                stacklevel=2,
+            )
+        self._image = value
 
     @property
     def tags(self) -> dict[str, str]:
@@ -132,6 +164,10 @@ class App:
         return {tag: obj for tag, obj in self._registry.items() if isinstance(obj, Cls)}
 
     @property
+    def registered_servers(self) -> dict[str, Server[Any]]:
+        return {tag: obj for tag, obj in self._registry.items() if isinstance(obj, Server)}
+
+    @property
     def registered_web_endpoints(self) -> list[str]:
         """Tags of the web functions and web methods, e.g. `["square", "Model.predict"]`."""
         return [spec.tag for spec in self._specs() if spec.web is not None]
@@ -146,7 +182,7 @@ class App:
         """The AppSpec of everything declared so far, in declaration order."""
         return AppSpec(name=self._name, functions=tuple(self._specs()))
 
-    def _register(self, tag: str, obj: Function[Any, Any] | Cls[Any]) -> None:
+    def _register(self, tag: str, obj: Function[Any, Any] | Cls[Any] | Server[Any]) -> None:
         if tag in self._registry:
             warnings.warn(
                 f"{self!r} already has a function named {tag!r}; the new definition replaces it. "
@@ -157,6 +193,77 @@ class App:
 
     def __repr__(self) -> str:
         return f"cove.App({self._name!r})" if self._name is not None else "cove.App()"
+
+    @property
+    def registered_entrypoints(self) -> dict[str, LocalEntrypoint[..., Any]]:
+        """The `@app.local_entrypoint()` functions, by name."""
+        return dict(self._local_entrypoints)
+
+    def local_entrypoint(
+        self, _warn_parentheses_missing: object = None, *, name: str | None = None
+    ) -> Callable[[Callable[P, R]], LocalEntrypoint[P, R]]:
+        """Register a function `cove run FILE` runs on this machine while the app runs (Modal's rule).
+
+        Its parameters become command-line options: `def main(n: int, fast: bool = False)` is run
+        as `cove run app.py --n 3 --fast`.
+        """
+        _reject_app_positional("@app.local_entrypoint", _warn_parentheses_missing)
+        if name is not None and (not isinstance(name, str) or not name.isidentifier()):
+            raise InvalidError(f"@app.local_entrypoint(name=...) must be an identifier, got {name!r}.")
+
+        def wrapper(raw_f: Callable[P, R]) -> LocalEntrypoint[P, R]:
+            if not callable(raw_f) or inspect.isclass(raw_f):
+                raise InvalidError(
+                    f"@app.local_entrypoint() decorates a function, got {type(raw_f).__name__} {raw_f!r}."
+                )
+            entrypoint = LocalEntrypoint(raw_f, self)
+            tag = name or raw_f.__name__
+            if tag in self._local_entrypoints:
+                warnings.warn(
+                    f"{self!r} already has a local entrypoint named {tag!r}; the new one replaces it.",
+                    stacklevel=2,
+                )
+            self._local_entrypoints[tag] = entrypoint
+            return entrypoint
+
+        return wrapper
+
+    @contextlib.contextmanager
+    def run(
+        self,
+        *,
+        name: str | None = None,
+        client: object = None,
+        detach: bool = False,
+        interactive: bool = False,
+        environment_name: str | None = None,
+        show_progress: bool = True,
+    ) -> Iterator[App]:
+        """Run the app as an ephemeral app for the block: `with app.run(): f.remote(1)`.
+
+        Its functions run in containers and their `.remote()` calls reach them; container logs
+        stream to this terminal; the app stops when the block ends (or on Ctrl-C). `detach` is
+        accepted and has no effect: the app always stops with the block.
+        """
+        from cove import _runner
+
+        with _runner.run(self, name=name, show_objects=show_progress):
+            yield self
+
+    def deploy(
+        self,
+        *,
+        name: str | None = None,
+        environment_name: str | None = None,
+        tag: str = "",
+        client: object = None,
+        strategy: str = "rolling",
+    ) -> App:
+        """Deploy the app from this process, as `cove deploy` does (a new version of `name`)."""
+        from cove import _runner
+
+        _runner.deploy(self, name=name, tag=tag)
+        return self
 
     def function(
         self,
@@ -204,7 +311,9 @@ class App:
         """Register a function (outermost decorator; web and `@concurrent` decorators go below it).
 
         Placement options (`cloud`, `region`, `routing_region`, `nonpreemptible`, `i6pn`), `ephemeral_disk`,
-        `enable_memory_snapshot` and `restrict_modal_access` are accepted and have no effect on one machine.
+        `restrict_modal_access`, `experimental_options` and, on the local backend, `gpu` are accepted
+        with a warning (once per option) and have no effect. `enable_memory_snapshot` needs no warning:
+        Cove's warm zygotes always run the module import and `@enter(snap=True)` hooks once per image.
         """
         _reject_app_positional("@app.function", _warn_parentheses_missing)
         if schedule is not None:
@@ -220,6 +329,7 @@ class App:
             "@app.function",
             app_image=self._image,
             app_secrets=self._secrets,
+            app_volumes=self._volumes,
             stacklevel=3,
             image=image,
             secrets=secrets,
@@ -241,6 +351,17 @@ class App:
             block_network=block_network,
             single_use_containers=single_use_containers,
             max_inputs=max_inputs,
+            ignored={
+                "gpu": gpu,
+                "cloud": cloud,
+                "region": region,
+                "routing_region": routing_region,
+                "nonpreemptible": nonpreemptible,
+                "i6pn": i6pn,
+                "ephemeral_disk": ephemeral_disk,
+                "restrict_modal_access": restrict_modal_access,
+                "experimental_options": experimental_options,
+            },
             keep_warm=keep_warm,
             concurrency_limit=concurrency_limit,
             container_idle_timeout=container_idle_timeout,
@@ -265,6 +386,7 @@ class App:
                     "@cove.method() only applies to methods of an @app.cls() class; "
                     f"remove it from {fname!r}."
                 )
+            _check_max_inputs("@app.function", fname, partial)
             _scope_check("@app.function", raw_f, opts.serialized)
             generator = is_generator if is_generator is not None else _is_generator(raw_f)
             if partial.web is not None and generator:
@@ -280,7 +402,7 @@ class App:
                 max_inputs=partial.max_inputs,
                 target_inputs=partial.target_inputs,
             )
-            function = Function(cast(Callable[P, R], raw_f), spec)
+            function = Function(cast(Callable[P, R], raw_f), spec, app=self)
             self._register(tag, function)
             return function
 
@@ -335,6 +457,7 @@ class App:
             "@app.cls",
             app_image=self._image,
             app_secrets=self._secrets,
+            app_volumes=self._volumes,
             stacklevel=3,
             image=image,
             secrets=secrets,
@@ -356,6 +479,17 @@ class App:
             block_network=block_network,
             single_use_containers=single_use_containers,
             max_inputs=max_inputs,
+            ignored={
+                "gpu": gpu,
+                "cloud": cloud,
+                "region": region,
+                "routing_region": routing_region,
+                "nonpreemptible": nonpreemptible,
+                "i6pn": i6pn,
+                "ephemeral_disk": ephemeral_disk,
+                "restrict_modal_access": restrict_modal_access,
+                "experimental_options": experimental_options,
+            },
             keep_warm=keep_warm,
             concurrency_limit=concurrency_limit,
             container_idle_timeout=container_idle_timeout,
@@ -372,6 +506,27 @@ class App:
             _scope_check("@app.cls", user_cls, opts.serialized)
             members = ClassMembers.inspect(user_cls)
             cls_name = user_cls.__name__
+            if partial.web is not None:  # modal.experimental.http_server: the class is one server
+                _check_server_class("modal.experimental.http_server", cls_name, members)
+                if partial.flags & Flags.SESSIONED:
+                    raise InvalidError(
+                        f"@modal.sessioned() can only be applied to a Server: use @app.server() on "
+                        f"{cls_name!r} instead of @app.cls() with modal.experimental.http_server."
+                    )
+                spec = opts.spec(
+                    "@app.cls",
+                    tag=cls_name,
+                    module_attr=cls_name,
+                    method_name=None,
+                    web=partial.web,
+                    is_generator=False,
+                    max_inputs=partial.max_inputs or UNCAPPED_INPUTS,
+                    target_inputs=partial.target_inputs or partial.max_inputs or 1,
+                )
+                server_cls: Cls[T] = Cls(cast(type[T], user_cls), members, (spec,))
+                self._register(cls_name, server_cls)
+                return server_cls
+            _check_max_inputs("@app.cls", cls_name, partial)
             specs = tuple(
                 opts.spec(
                     "@app.cls",
@@ -385,11 +540,210 @@ class App:
                 )
                 for method_name, pf in members.methods.items()
             )
-            registered: Cls[T] = Cls(cast(type[T], user_cls), members, specs)
+            registered: Cls[T] = Cls(cast(type[T], user_cls), members, specs, app=self)
             self._register(cls_name, registered)
             return registered
 
         return wrapper
+
+    def server(
+        self,
+        _warn_parentheses_missing: object = None,
+        *,
+        port: int = 8000,
+        startup_timeout: float = 30,
+        exit_grace_period: float = 0,
+        target_concurrency: int | None = None,
+        max_concurrency: int | None = None,
+        unauthenticated: bool = False,
+        h2_enabled: bool = False,
+        routing_region: str | None = None,
+        proxy_regions: Sequence[str] | None = None,
+        routing_regions: Sequence[str] | None = None,
+        label: str | None = None,
+        image: Image | None = None,
+        env: Mapping[str, str | None] | None = None,
+        secrets: Sequence[Secret] = (),
+        gpu: str | Sequence[str] | None = None,
+        serialized: bool = False,
+        volumes: Mapping[str, object] | None = None,
+        cpu: float | tuple[float, float] | None = None,
+        memory: int | tuple[int, int] | None = None,
+        ephemeral_disk: int | None = None,
+        min_containers: int | None = None,
+        max_containers: int | None = None,
+        buffer_containers: int | None = None,
+        scaledown_window: float | None = None,
+        proxy: object = None,
+        timeout: float = 300,
+        cloud: str | None = None,
+        region: str | Sequence[str] | None = None,
+        nonpreemptible: bool = False,
+        enable_memory_snapshot: bool = False,
+        block_network: bool = False,
+        i6pn: bool | None = None,
+        include_source: bool | None = None,
+        experimental_options: Mapping[str, object] | None = None,
+    ) -> Callable[[Callable[P, T]], Server[T]]:
+        """Register a class whose `@cove.enter()` method starts an HTTP server on `port` (Modal 1.5).
+
+        Its URL is `{workspace}--{app}-{class}[-dev].localhost`, like a web function named after the
+        class. Requests are not queued: `503` (with `Retry-After`) while no container is ready, which
+        also starts one; `429` when every container serves `max_concurrency` requests. Containers are
+        added to keep about `target_concurrency` requests on each (default: `max_concurrency`, else 1).
+        The `Modal-Session-ID` header keeps a client on one container while that container lives.
+        Proxy auth is on unless `unauthenticated=True`, as on Modal. Region and protocol options
+        (`routing_region`, `proxy_regions`, `h2_enabled`, ...) are accepted and have no effect here.
+        """
+        where = "@app.server"
+        _reject_app_positional(where, _warn_parentheses_missing)
+        if not isinstance(unauthenticated, bool):
+            raise InvalidError(
+                f"{where}(unauthenticated=...) must be True or False, got {unauthenticated!r}."
+            )
+        web = http_server_spec(
+            where,
+            port=port,
+            startup_timeout=startup_timeout,
+            exit_grace_period=exit_grace_period,
+            requires_proxy_auth=not unauthenticated,
+            label=label,
+        )
+        target = (
+            None
+            if target_concurrency is None
+            else _positive_int("server", "target_concurrency", target_concurrency)
+        )
+        cap = None if max_concurrency is None else _positive_int("server", "max_concurrency", max_concurrency)
+        if target is not None and cap is not None and target > cap:
+            raise InvalidError(
+                f"{where}(target_concurrency={target}) cannot be greater than max_concurrency={cap}."
+            )
+        opts = parse_options(
+            where,
+            app_image=self._image,
+            app_secrets=self._secrets,
+            stacklevel=3,
+            image=image,
+            secrets=secrets,
+            env=env,
+            gpu=gpu,
+            serialized=serialized,
+            network_file_systems=None,
+            volumes=volumes,
+            cpu=cpu,
+            memory=memory,
+            min_containers=min_containers,
+            max_containers=max_containers,
+            buffer_containers=buffer_containers,
+            scaledown_window=scaledown_window,
+            proxy=proxy,
+            retries=None,
+            timeout=timeout,
+            startup_timeout=None,
+            block_network=block_network,
+            single_use_containers=False,
+            max_inputs=None,
+            ignored={
+                "gpu": gpu,
+                "cloud": cloud,
+                "region": region,
+                "routing_region": routing_region,
+                "nonpreemptible": nonpreemptible,
+                "i6pn": i6pn,
+                "ephemeral_disk": ephemeral_disk,
+                "experimental_options": experimental_options,
+            },
+            keep_warm=None,
+            concurrency_limit=None,
+            container_idle_timeout=None,
+            allow_concurrent_inputs=None,
+        )
+
+        def wrapper(target_cls: Callable[P, T]) -> Server[T]:
+            user_cls, partial = _unwrap_for_app(where, target_cls)
+            if not inspect.isclass(user_cls):
+                raise InvalidError(
+                    f"{where}() decorates a class whose @cove.enter() method starts the server; "
+                    f"{getattr(user_cls, '__qualname__', user_cls)!r} is not a class."
+                )
+            name = user_cls.__name__
+            if partial.flags & Flags.CONCURRENT:
+                raise InvalidError(
+                    f"Server class {name} cannot be decorated with `@modal.concurrent()`. "
+                    "Please use `target_concurrency` param instead."
+                )
+            if partial.web is not None:
+                raise InvalidError(
+                    f"Server class {name} cannot have @modal.experimental.http_server(); "
+                    f"{where}() already makes it an HTTP server. Remove the inner decorator."
+                )
+            _scope_check(where, user_cls, opts.serialized)
+            members = ClassMembers.inspect(user_cls)
+            _check_server_class(where, name, members)
+            spec = opts.spec(
+                where,
+                tag=name,
+                module_attr=name,
+                method_name=None,
+                web=replace(web, sessioned=bool(partial.flags & Flags.SESSIONED)),
+                is_generator=False,
+                max_inputs=cap or UNCAPPED_INPUTS,
+                target_inputs=target if target is not None else (cap or 1),
+            )
+            server: Server[T] = Server(cast(type[T], user_cls), members, spec)
+            self._register(name, server)
+            return server
+
+        return wrapper
+
+    _experimental_server = server
+
+
+def _check_max_inputs(where: str, name: str, partial: PartialFunction[..., Any]) -> None:
+    if partial.flags & Flags.SESSIONED:
+        raise InvalidError(
+            f"@modal.sessioned() can only be applied to a Server: use @app.server() on {name!r} "
+            f"instead of {where}()."
+        )
+    if partial.flags & Flags.CONCURRENT and partial.max_inputs is None:
+        raise InvalidError(
+            f"@cove.concurrent on {name!r} needs max_inputs, e.g. @cove.concurrent(max_inputs=10"
+            f"{f', target_inputs={partial.target_inputs}' if partial.target_inputs else ''}). "
+            f"Only HTTP servers may give target_inputs alone ({where})."
+        )
+
+
+def _check_server_class(where: str, cls_name: str, members: ClassMembers) -> None:
+    if members.methods:
+        names = ", ".join(members.methods)
+        raise InvalidError(
+            f"Server class {cls_name} ({where}) only serves HTTP from the server its @enter method starts; "
+            f"remove the web or @method decorators from: {names}."
+        )
+    if not members.enter and not members.enter_snap:
+        raise InvalidError(
+            f"Server class {cls_name} ({where}) needs an @modal.enter() method that starts the server "
+            "listening on its port, e.g. subprocess.Popen([...])."
+        )
+
+
+class LocalEntrypoint(Generic[P, R]):
+    """A function registered with `@app.local_entrypoint()`: `cove run` calls it here, with the app running.
+
+    Calling it directly runs it too (without starting the app).
+    """
+
+    def __init__(self, raw_f: Callable[P, R], app: App) -> None:
+        self.raw_f = raw_f
+        self.app = app
+        functools.update_wrapper(self, raw_f)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.raw_f(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"cove.LocalEntrypoint({self.raw_f.__name__!r})"
 
 
 def _reject_app_positional(where: str, arg: object) -> None:
@@ -421,4 +775,4 @@ def _unwrap_for_app(where: str, target: object) -> tuple[Any, PartialFunction[..
     return target, PartialFunction(target)
 
 
-__all__ = ["App"]
+__all__ = ["App", "LocalEntrypoint"]

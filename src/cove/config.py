@@ -28,15 +28,31 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     # -- gateway policy (issues 5 and 7): rate limit, client addresses, hostile-input limits
     "COVE_RATE_LIMIT_RPS": ("200", "workspace rate limit in requests/s at the gateway (0: off); 429 past it"),
     "COVE_RATE_LIMIT_BURST_S": ("5", "seconds' worth of COVE_RATE_LIMIT_RPS sent at once"),
-    "COVE_TRUSTED_PROXIES": (None, "comma-separated IPs/CIDRs of proxies whose X-Forwarded-For is believed"),
+    "COVE_TRUSTED_PROXIES": (
+        None,
+        "comma-separated IPs/CIDRs of proxies whose X-Forwarded-For/-Proto/-Host/-Port/-Prefix are believed "
+        "(stripped from anyone else)",
+    ),
     "COVE_MAX_BODY_BYTES": (str(4 * 1024**3), "largest request body in bytes, streamed (413 past it)"),
     "COVE_MAX_HEAD_BYTES": ("65536", "largest request line plus headers in bytes (431 past it)"),
     "COVE_MAX_REQUEST_LINE_BYTES": ("16384", "longest request target in bytes (414 past it)"),
     "COVE_HEADER_TIMEOUT_S": ("10", "seconds a client has to send a whole request head (408 past it)"),
+    "COVE_BODY_TIMEOUT_S": ("10", "seconds a request body may stall, no byte arriving (408 past it)"),
+    "COVE_SEND_TIMEOUT_S": ("60", "seconds a client may read nothing of its response before it is cut off"),
     "COVE_KEEPALIVE_TIMEOUT_S": ("75", "seconds an idle keep-alive client connection stays open"),
     "COVE_MAX_CONNECTIONS": ("10000", "client connections the gateway keeps open (503 past it)"),
     # -- end of gateway policy
     "COVE_IS_REMOTE": (None, "set to 1 inside containers: `cove.is_local()` is then False"),
+    "COVE_CONTAINER_API": (
+        None,
+        "set inside containers: their app's scoped control socket, through which they call functions",
+    ),
+    "COVE_APP_NAME": (None, "set inside containers: the name of their app"),
+    "COVE_APP_KIND": (None, "set inside containers: `deployed`, or `ephemeral` (cove serve/run)"),
+    "COVE_VOLUME_MOUNTS": (
+        None,
+        "set inside containers: JSON {Volume name: mount path} of the mounted Volumes",
+    ),
     "COVE_IMAGE_CACHE": (None, "built images and their layers; default COVE_HOME/images (may be shared)"),
     "COVE_FORCE_BUILD": (None, "1: `cove serve`/`cove deploy` rebuild every image layer"),
     "COVE_SANDBOX": (
@@ -173,6 +189,8 @@ class Settings:
     max_head_bytes: int = 64 * 1024
     max_request_line_bytes: int = 16 * 1024
     header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
+    send_timeout_s: float = 60.0
     keepalive_timeout_s: float = 75.0
     max_connections: int = 10_000
     # -- end of gateway policy
@@ -217,6 +235,8 @@ class Settings:
             max_head_bytes=int(_gateway_number("COVE_MAX_HEAD_BYTES", integer=True)),
             max_request_line_bytes=int(_gateway_number("COVE_MAX_REQUEST_LINE_BYTES", integer=True)),
             header_timeout_s=_gateway_number("COVE_HEADER_TIMEOUT_S"),
+            body_timeout_s=_gateway_number("COVE_BODY_TIMEOUT_S"),
+            send_timeout_s=_gateway_number("COVE_SEND_TIMEOUT_S"),
             keepalive_timeout_s=_gateway_number("COVE_KEEPALIVE_TIMEOUT_S"),
             max_connections=int(_gateway_number("COVE_MAX_CONNECTIONS", integer=True)),
             # -- end of gateway policy

@@ -25,6 +25,7 @@ from cove.exception import InvalidError
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 _STREAMING_HINT = (
     "Webhooks cannot be generators. If you want a streaming response, return a "
@@ -48,6 +49,7 @@ class Flags(enum.IntFlag):
     EXIT = enum.auto()  # @exit()
     BATCHED = enum.auto()
     CONCURRENT = enum.auto()
+    SESSIONED = enum.auto()  # @sessioned() on an @app.server class
 
     @classmethod
     def lifecycle(cls) -> Flags:
@@ -379,6 +381,159 @@ def web_server(
     return _web_wrapper("web_server", web)
 
 
+def _check_port(decorator: str, port: object) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InvalidError(
+            f"The `port` of @{decorator} must be a local port from 1 to 65535, such as "
+            f"@{decorator}(port=8000). Got {port!r}."
+        )
+    return port
+
+
+def _check_seconds(decorator: str, name: str, value: object, *, allow_zero: bool = False) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        kind = "non-negative" if allow_zero else "positive"
+        raise InvalidError(
+            f"The `{name}` argument of @{decorator} must be a {kind} number of seconds, got {value!r}."
+        )
+    return float(value)
+
+
+def http_server_spec(
+    decorator: str,
+    *,
+    port: object,
+    startup_timeout: object,
+    exit_grace_period: object,
+    requires_proxy_auth: bool,
+    label: str | None = None,
+) -> WebSpec:
+    """The `WebSpec` of an HTTP server (`@app.server` or `modal.experimental.http_server`)."""
+    return WebSpec(
+        kind="http_server",
+        label=_parse_label(decorator, label),
+        requires_proxy_auth=requires_proxy_auth,
+        port=_check_port(decorator, port),
+        startup_timeout_s=_check_seconds(decorator, "startup_timeout", startup_timeout),
+        exit_grace_period_s=_check_grace(decorator, exit_grace_period),
+    )
+
+
+#: Modal's limit on `exit_grace_period`: one hour.
+MAX_EXIT_GRACE_S = 3600.0
+
+
+def _check_grace(decorator: str, value: object) -> float:
+    grace = _check_seconds(decorator, "exit_grace_period", 0 if value is None else value, allow_zero=True)
+    if grace > MAX_EXIT_GRACE_S:
+        raise InvalidError(
+            f"The `exit_grace_period` argument of @{decorator} must be at most "
+            f"{MAX_EXIT_GRACE_S:.0f} seconds (one hour), got {value!r}."
+        )
+    return grace
+
+
+def http_server(
+    port: int | None = None,
+    *,
+    proxy_regions: Iterable[str] | None = None,
+    startup_timeout: float = 30,
+    exit_grace_period: float | None = None,
+    h2_enabled: bool = False,
+) -> Callable[[type[T]], PartialFunction[..., T]]:
+    """Serve the HTTP server that a class's `@enter` method starts on `port` (Modal's "flash" server).
+
+    ```python
+    @app.cls(min_containers=1)
+    @modal.experimental.http_server(port=8000, proxy_regions=["us-east"])
+    @modal.concurrent(target_inputs=8)
+    class Server:
+        @modal.enter()
+        def start(self):
+            self.proc = subprocess.Popen(["python", "-m", "http.server", "8000"])
+    ```
+
+    Requests go straight to a ready container, without a queue: `503` while none is ready (a cold
+    start has begun; retry), and the `Modal-Session-ID` header keeps a client on one container.
+    `proxy_regions` and `h2_enabled` are accepted and have no effect on one machine.
+    """
+    where = "modal.experimental.http_server"
+    if port is None:
+        raise InvalidError(f"@{where}() requires the port your server listens on, e.g. @{where}(port=8000).")
+    web = http_server_spec(
+        where,
+        port=port,
+        startup_timeout=startup_timeout,
+        exit_grace_period=exit_grace_period,
+        requires_proxy_auth=False,
+    )
+    _check_regions(where, proxy_regions)
+    _check_bool("http_server", "h2_enabled", h2_enabled)
+
+    def wrapper(target: type[T]) -> PartialFunction[..., T]:
+        raw, partial = _unwrap("http_server", target, allow_class=True)
+        if not inspect.isclass(raw):
+            raise InvalidError(
+                f"@{where}() decorates a class whose @modal.enter() method starts the server, "
+                f"not {_name(raw)!r}. Use @modal.web_server(port) on a function instead."
+            )
+        if partial.web is not None:
+            raise InvalidError(f"Cannot apply @{where}() twice to {_name(raw)!r}; keep one.")
+        return cast("PartialFunction[..., T]", replace(partial, flags=partial.flags | Flags.WEB, web=web))
+
+    return wrapper
+
+
+def sessioned(_warn_parentheses_missing: object = None) -> Callable[[type[T]], PartialFunction[..., T]]:
+    """Sticky Sessions for an `@app.server()` class (Modal 1.5): every request carries a session token.
+
+    ```python
+    @app.server(port=8000)
+    @cove.sessioned()
+    class Room:
+        @cove.enter()
+        def start(self): ...
+
+    session = cove.Server.from_name("rooms", "Room").sessions.start(idle_timeout=600)
+    requests.get(url, headers={"Modal-Authorization": f"Bearer {session.token}"})
+    ```
+
+    All requests of a session reach the container it was started on, until it is terminated
+    (`server.sessions.terminate(token)`) or has had no request in flight for `idle_timeout`
+    seconds; that container is not scaled down while it holds a live session. Requests without a
+    token are refused (401), as are unknown or ended ones (404) and those of a session whose
+    container is gone (410: start a new session).
+    """
+    _reject_positional("sessioned", _warn_parentheses_missing)
+
+    def wrapper(target: type[T]) -> PartialFunction[..., T]:
+        raw, partial = _unwrap("sessioned", target, allow_class=True)
+        if not inspect.isclass(raw):
+            raise InvalidError(
+                f"@cove.sessioned() decorates a Server class (under @app.server()), not {_name(raw)!r}."
+            )
+        return cast("PartialFunction[..., T]", replace(partial, flags=partial.flags | Flags.SESSIONED))
+
+    return wrapper
+
+
+def _check_regions(where: str, regions: object) -> None:
+    if regions is None:
+        return
+    if isinstance(regions, str) or not isinstance(regions, Iterable):
+        raise InvalidError(f"{where}(proxy_regions=...) must be a list of region names such as ['us-east'].")
+    for region in regions:
+        if not isinstance(region, str):
+            raise InvalidError(
+                f"{where}(proxy_regions=...) entries must be region names (str), got {region!r}."
+            )
+
+
 def _positive_int(decorator: str, name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidError(f"@cove.{decorator}({name}=...) must be a positive integer, got {value!r}.")
@@ -397,13 +552,15 @@ def concurrent(
     `@app.function`, or on the class for `@app.cls`.
     """
     _reject_positional("concurrent", _warn_parentheses_missing)
-    if max_inputs is None:
+    if max_inputs is None and target_inputs is None:
         raise TypeError(
             "@cove.concurrent() missing required argument: max_inputs, e.g. @cove.concurrent(max_inputs=10)."
         )
-    max_n = _positive_int("concurrent", "max_inputs", max_inputs)
+    # `target_inputs` alone is how Modal's HTTP server examples size a server (no hard cap per
+    # container); `@app.function`/`@app.cls` still require `max_inputs` for everything else.
+    max_n = None if max_inputs is None else _positive_int("concurrent", "max_inputs", max_inputs)
     target_n = None if target_inputs is None else _positive_int("concurrent", "target_inputs", target_inputs)
-    if target_n is not None and target_n > max_n:
+    if target_n is not None and max_n is not None and target_n > max_n:
         raise InvalidError(
             f"`target_inputs` ({target_n}) cannot be greater than `max_inputs` ({max_n}) "
             "in @cove.concurrent()."
@@ -411,7 +568,7 @@ def concurrent(
 
     def wrapper(target: Callable[P, R]) -> PartialFunction[P, R]:
         raw_f, partial = _unwrap("concurrent", target, allow_class=True)
-        if partial.max_inputs is not None:
+        if partial.flags & Flags.CONCURRENT:
             raise InvalidError(
                 f"Cannot set `max_inputs` twice on {_name(raw_f)!r}: "
                 "@cove.concurrent was applied more than once. Keep one."
@@ -534,7 +691,9 @@ __all__ = [
     "enter",
     "exit",
     "fastapi_endpoint",
+    "http_server",
     "method",
+    "sessioned",
     "web_endpoint",
     "web_server",
     "wsgi_app",

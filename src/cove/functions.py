@@ -16,15 +16,23 @@ import contextvars
 import functools
 import inspect
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, NoReturn, ParamSpec, TypeVar, cast
 
 from cove import _remote, config
-from cove._remote import Dual, FunctionCall, MapMethod, RemoteTarget
+from cove._remote import (
+    Dual,
+    ForEachMethod,
+    FunctionCall,
+    GenMethod,
+    MapMethod,
+    RemoteTarget,
+    StarmapMethod,
+)
 from cove._spec import FunctionSpec
 from cove.endpoints import Flags, PartialFunction
-from cove.exception import InvalidError, NotFoundError
+from cove.exception import ExecutionError, InvalidError, NotFoundError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -64,11 +72,50 @@ def _refuse_remote(tag: str, web: bool, name: str, local_hint: str) -> NoReturn:
             f"A webhook function cannot be invoked for remote execution with .{name}. "
             f"Invoke this function via its web url or call it locally: {local_hint}.local()"
         )
-    raise AttributeError(
-        f"cove.Function {tag!r} has no attribute {name!r} here: a decorated function only runs locally "
-        f"({local_hint}.local()). Deploy the app with `cove deploy` and call it through "
-        f"cove.Function.from_name(app_name, {tag!r}).{name}(...) (cove.Cls.from_name for classes)."
+    raise _not_running(tag, name, local_hint)
+
+
+def _not_running(tag: str, name: str, local_hint: str) -> ExecutionError:
+    return ExecutionError(
+        f"Function {tag!r} has not been hydrated with the metadata it needs to run on Cove, because the "
+        f"App it is defined on is not running. Run it with `cove run FILE::{tag.split('.')[0]}`, inside "
+        "`with app.run():`, or from a function of the app while it is served or deployed; or call the "
+        f"deployed one with cove.Function.from_name(app_name, {tag!r}).{name}(...) "
+        f"(or run it here with {local_hint}.local())."
     )
+
+
+class _NotRunning(RemoteTarget):
+    """The target of a function whose app is not running: any call raises Modal's "not hydrated" error
+    (getting `.remote` itself does not, as on Modal)."""
+
+    def __init__(self, tag: str, how: str, local_hint: str) -> None:
+        super().__init__("", tag)
+        self._error = (tag, how, local_hint)
+
+    def info(self) -> _remote.FunctionInfo:
+        raise _not_running(*self._error)
+
+    async def ainfo(self) -> _remote.FunctionInfo:
+        raise _not_running(*self._error)
+
+
+def _running_target(
+    app: Any, tag: str, *, params: dict[str, Any] | None = None, method: str | None = None
+) -> RemoteTarget | None:
+    """The function `tag` of `app` where the app runs now, or None when it is not running.
+
+    An app runs inside `app.run()` / `cove run` (its `_running` is set) and, in its own containers, as
+    the app the server names in `COVE_APP_NAME`/`COVE_APP_KIND`.
+    """
+    running: tuple[str, _remote.AppKind] | None = getattr(app, "_running", None)
+    if running is None and not is_local():
+        name, kind = config.env("COVE_APP_NAME"), config.env("COVE_APP_KIND")
+        if name and kind in ("deployed", "ephemeral"):
+            running = (name, cast("_remote.AppKind", kind))
+    if running is None:
+        return None
+    return RemoteTarget(running[0], tag, params=params, method=method, kind=running[1])
 
 
 class Function(Generic[P, R]):
@@ -79,10 +126,12 @@ class Function(Generic[P, R]):
 
     _cove_app_decorator: ClassVar[str] = "@app.function"
     _target: RemoteTarget | None = None  # set for functions looked up by name
+    _app: Any = None  # the App it was registered on (for calls while that app runs)
 
-    def __init__(self, raw_f: Callable[P, R], spec: FunctionSpec) -> None:
+    def __init__(self, raw_f: Callable[P, R], spec: FunctionSpec, app: Any = None) -> None:
         self._raw_f = raw_f
         self._spec = spec
+        self._app = app
         functools.update_wrapper(self, raw_f)
 
     @classmethod
@@ -106,9 +155,11 @@ class Function(Generic[P, R]):
         return function
 
     def _remote(self, how: str) -> RemoteTarget:
-        if self._target is None:
-            _refuse_remote(self._spec.tag, self._spec.is_web, how, self._spec.tag)
-        return self._target
+        if self._target is not None:
+            return self._target
+        if self._spec.is_web:
+            _refuse_remote(self._spec.tag, True, how, self._spec.tag)
+        return _running_target(self._app, self._spec.tag) or _NotRunning(self._spec.tag, how, self._spec.tag)
 
     @property
     def spec(self) -> FunctionSpec:
@@ -159,9 +210,33 @@ class Function(Generic[P, R]):
         return cast("Dual[P, FunctionCall[R]]", Dual(call, acall))
 
     @property
+    def remote_gen(self) -> GenMethod:
+        """`f.remote_gen(*args, **kwargs)` runs a generator function in a container and yields its items
+        as they are produced (`async for item in f.remote_gen.aio(...)`)."""
+        target = self._remote("remote_gen")
+
+        def call(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            return target.remote_gen(args, kwargs)
+
+        def acall(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            return target.aremote_gen(args, kwargs)
+
+        return GenMethod(call, acall)
+
+    @property
     def map(self) -> MapMethod:
         """`f.map(*iterables, kwargs={}, return_exceptions=False)` yields results in input order."""
         return MapMethod(self._remote("map"))
+
+    @property
+    def starmap(self) -> StarmapMethod:
+        """`f.starmap([(a, b), ...], kwargs={}, return_exceptions=False)`: `map` with argument tuples."""
+        return StarmapMethod(self._remote("starmap"))
+
+    @property
+    def for_each(self) -> ForEachMethod:
+        """`f.for_each(*iterables, kwargs={}, ignore_exceptions=False)`: `map` for its side effects."""
+        return ForEachMethod(self._remote("for_each"))
 
     def get_web_url(self) -> str | None:
         """The URL of a web function of a deployed app; None for other functions."""
@@ -169,6 +244,9 @@ class Function(Generic[P, R]):
             return self._target.web_url()
         if not self._spec.is_web:
             return None
+        running = _running_target(self._app, self._spec.tag)
+        if running is not None:
+            return running.web_url()
         raise InvalidError(
             f"The URL of {self!r} is known once it is served: use the URL `cove serve`/`cove deploy` "
             f"printed, or cove.Function.from_name(app_name, {self._spec.tag!r}).get_web_url()."
@@ -182,8 +260,12 @@ class Function(Generic[P, R]):
 
     def __getattr__(self, name: str) -> NoReturn:
         spec = self.__dict__.get("_spec")
-        if name in _REMOTE_METHODS and spec is not None:
-            _refuse_remote(spec.tag, spec.is_web, name, spec.tag)
+        if name in _REMOTE_METHODS and spec is not None and spec.is_web:
+            _refuse_remote(spec.tag, True, name, spec.tag)
+        if name == "spawn_map":
+            raise AttributeError(
+                "cove.Function has no .spawn_map yet; spawn each input with .spawn(...) instead."
+            )
         raise AttributeError(f"'cove.Function' object has no attribute {name!r}")
 
     def __repr__(self) -> str:
@@ -336,11 +418,15 @@ class Cls(Generic[T]):
 
     _cove_app_decorator: ClassVar[str] = "@app.cls"
     _remote_name: tuple[str, str] | None = None  # (app, class) for classes looked up by name
+    _app: Any = None  # the App it was registered on (for calls while that app runs)
 
-    def __init__(self, user_cls: type[T], members: ClassMembers, specs: tuple[FunctionSpec, ...]) -> None:
+    def __init__(
+        self, user_cls: type[T], members: ClassMembers, specs: tuple[FunctionSpec, ...], app: Any = None
+    ) -> None:
         self._user_cls = user_cls
         self._members = members
         self._specs = specs
+        self._app = app
         functools.update_wrapper(self, user_cls, updated=())
 
     @classmethod
@@ -436,7 +522,7 @@ class Cls(Generic[T]):
         if self._remote_name is not None:
             _remote.check_parameters(self.tag, params)
             return _RemoteObj(*self._remote_name, params)
-        return _Obj(self, self._new_instance(params))
+        return _Obj(self, self._new_instance(params), params)
 
     def __repr__(self) -> str:
         if self._remote_name is not None:
@@ -470,9 +556,10 @@ class _RemoteObj:
 class _Obj:
     """A local instance of an `@app.cls` class; methods expose `.local(...)`, hooks run on first use."""
 
-    def __init__(self, cls: Cls[Any], instance: object) -> None:
+    def __init__(self, cls: Cls[Any], instance: object, params: dict[str, Any]) -> None:
         self._cls = cls
         self._instance = instance
+        self._params = params
         self._entered = False
 
     def _enter(self) -> None:
@@ -513,11 +600,16 @@ class _BoundMethod:
         raw_f = self._obj._cls._members.methods[self._name].raw_f
         return types.MethodType(raw_f, self._obj._instance)(*args, **kwargs)
 
-    def __getattr__(self, name: str) -> NoReturn:
+    def __getattr__(self, name: str) -> Any:
         spec = self.__dict__.get("_spec")
         if name in _REMOTE_METHODS and spec is not None:
             cls_tag, _, method_name = spec.tag.partition(".")
-            _refuse_remote(spec.tag, spec.is_web, name, f"{cls_tag}().{method_name}")
+            hint = f"{cls_tag}().{method_name}"
+            if spec.is_web:
+                _refuse_remote(spec.tag, True, name, hint)
+            obj = self._obj
+            target = _running_target(obj._cls._app, spec.tag, params=obj._params, method=self._name)
+            return getattr(Function._from_target(target or _NotRunning(spec.tag, name, hint)), name)
         raise AttributeError(name)
 
     def __repr__(self) -> str:
@@ -541,6 +633,17 @@ def load_user_code(
             f"Function {spec.tag!r} is not in module {module.__name__!r}: it has no attribute "
             f"{spec.module_attr!r}. Define it at module level (not inside a function or `if` block)."
         ) from None
+    if spec.web is not None and spec.web.kind == "http_server":
+        from cove.server import Server, server_user_code
+
+        if isinstance(obj, Server):
+            return obj._user_code()
+        if isinstance(obj, Cls):
+            return server_user_code(obj._user_cls, obj._members)
+        raise NotFoundError(
+            f"{module.__name__}.{spec.module_attr} is a {type(obj).__name__}, not a server class: "
+            "decorate the class with @app.server()."
+        )
     if spec.method_name is None:
         if not isinstance(obj, Function):
             raise NotFoundError(

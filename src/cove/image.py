@@ -405,7 +405,10 @@ class Image:
     ) -> Image:
         """Run shell commands in the image, each as its own `sh -c`."""
         if volumes:
-            raise InvalidError("Image.run_commands(volumes=...) is not supported: Cove has no volumes yet.")
+            raise InvalidError(
+                "Image.run_commands(volumes=...) is not supported: Volumes are mounted into "
+                "functions (@app.function(volumes=...)), not into image builds."
+            )
         cmds = _flatten("run_commands", commands)
         if not cmds:
             return self

@@ -126,7 +126,7 @@ class _Lease:
     def __init__(self, address: str) -> None:
         self.address = address
 
-    def release(self, *, broken: bool = False) -> None:
+    def release(self, *, broken: bool = False, timed_out: bool = False) -> None:
         pass
 
     def failure_message(self) -> str:

@@ -194,3 +194,36 @@ def test_x_forwarded_for_is_believed_only_from_trusted_proxies(
     assert [v for k, v in headers if k == "x-forwarded-for"] == [client_ip]
     proto = "https" if client_ip != "127.0.0.1" else "http"
     assert [v for k, v in headers if k == "x-forwarded-proto"] == [proto]
+
+
+URL_CLAIMS = {
+    "X-Forwarded-Host": "evil.example",
+    "X-Forwarded-Port": "6666",
+    "X-Forwarded-Prefix": "/evil",
+    "X_Forwarded_Host": "evil.example",
+}
+
+
+def test_forwarded_host_port_and_prefix_from_clients_never_reach_the_app(gw_unlimited: GatewayThread) -> None:
+    """Apps build absolute URLs and redirects from these; an untrusted client must not choose them."""
+    with gw_unlimited.client() as client:
+        headers = client.get("/echo", headers=URL_CLAIMS).json()["headers"]
+    assert [(k, v) for k, v in headers if "forwarded" in k] == [
+        ("x-forwarded-for", "127.0.0.1"),
+        ("x-forwarded-proto", "http"),
+    ]
+
+
+def test_a_trusted_proxy_states_forwarded_host_port_and_prefix(
+    start_gateway: Callable[..., GatewayThread], upstream: TestUpstream
+) -> None:
+    gw = start_gateway({HOST: Route("shop", "square", upstream)}, trusted_proxies=["127.0.0.1"])
+    with gw.client() as client:
+        headers = client.get("/echo", headers=URL_CLAIMS).json()["headers"]
+    assert sorted((k, v) for k, v in headers if "forwarded" in k) == [
+        ("x-forwarded-for", "127.0.0.1"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-port", "6666"),
+        ("x-forwarded-prefix", "/evil"),
+        ("x-forwarded-proto", "http"),
+    ]

@@ -9,8 +9,10 @@ second, and the tests wait for the gateway to act, never assert how long it took
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -98,6 +100,83 @@ def test_a_head_that_never_completes_is_408_and_closed(
     assert status_of(answer) == 408
     assert answer.endswith(b"cove: request head not received within 0.2 s\n")
     assert b"\r\nConnection: close\r\n" in answer
+
+
+def test_a_body_that_stalls_is_408_and_its_slot_is_freed(
+    start_gateway: Callable[..., GatewayThread], upstream: TestUpstream
+) -> None:
+    """One byte of a 1,000-byte body, then nothing: 408, closed, and the container slot given back
+    (issue 12: forty such POSTs held forty-one containers forever)."""
+    gw = limited(start_gateway, upstream, body_timeout_s=0.3)
+    answer = exchange(gw, f"{POST}Content-Length: 1000\r\n\r\nx".encode())
+    assert status_of(answer) == 408
+    assert answer.endswith(b"cove: request body stalled for 0.3 s\n")
+    assert b"\r\nConnection: close\r\n" in answer
+    assert upstream.wait_releases(1) == [False]
+
+
+def test_a_slow_body_that_keeps_coming_is_not_cut(
+    start_gateway: Callable[..., GatewayThread], upstream: TestUpstream
+) -> None:
+    """The body timeout bounds a stall, not the upload: bytes arriving within it keep it alive."""
+    gw = limited(start_gateway, upstream, body_timeout_s=1.0)
+    with gw.raw() as sock:
+        sock.sendall(f"{POST}Content-Length: 6\r\n\r\n".encode())
+        for byte in b"abcdef":  # 6 x 0.25 s: longer than the timeout, never stalled for it
+            time.sleep(0.25)
+            sock.sendall(bytes([byte]))
+        [response] = read_responses(sock, 1)
+    assert response.status == 200
+    assert json.loads(response.body)["length"] == 6
+
+
+def test_a_client_that_never_reads_its_response_is_cut_off_and_its_slot_freed(
+    start_gateway: Callable[..., GatewayThread], upstream: TestUpstream
+) -> None:
+    """A client that asks for a large response and reads none of it cannot hold a container forever."""
+    gw = limited(start_gateway, upstream, send_timeout_s=0.3)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # small: the gateway fills it fast
+    sock.settimeout(WAIT_S)
+    with sock:
+        sock.connect(("127.0.0.1", gw.port))
+        sock.sendall(f"GET /download?n=50000000 HTTP/1.1\r\n{H}\r\n".encode())
+        assert upstream.wait_releases(1) == [False]  # the gateway gave up on the client
+        received = 0
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+    assert received < 50_000_000  # the response was cut short, not delivered
+
+
+def test_an_unread_last_answer_does_not_hold_its_connection_open(
+    start_gateway: Callable[..., GatewayThread], raw_upstream: Callable[..., RawUpstream]
+) -> None:
+    """`Connection: close`, a response the gateway has whole but the client never reads: the
+    connection is dropped after the send timeout instead of waiting to flush forever."""
+    body = b"x" * 200_000  # arrives in one go: the exchange ends with it all buffered for the client
+
+    def script(conn: socket.socket, index: int) -> None:
+        read_request_head(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+
+    server = raw_upstream(script)
+    upstream = TestUpstream(server.path)
+    gw = limited(start_gateway, upstream, send_timeout_s=0.3)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with sock:
+        sock.connect(("127.0.0.1", gw.port))
+        gw.call(_wait_until(lambda: gw.gateway.connection_count == 1))
+        gw.call(_small_send_buffers(gw))  # so the kernel cannot take the whole answer off our hands
+        sock.sendall(f"GET / HTTP/1.1\r\n{H}Connection: close\r\n\r\n".encode())
+        assert upstream.wait_releases(1) == [False]
+        gw.call(_wait_until(lambda: gw.gateway.connection_count == 0))
+
+
+async def _small_send_buffers(gw: GatewayThread) -> None:
+    for conn in gw.gateway._connections:
+        conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
 
 
 def test_a_connection_that_sends_nothing_is_closed_silently(

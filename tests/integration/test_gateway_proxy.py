@@ -342,7 +342,7 @@ class TestLease:
     def address(self) -> str:
         return self._upstream.address
 
-    def release(self, *, broken: bool = False) -> None:
+    def release(self, *, broken: bool = False, timed_out: bool = False) -> None:
         if self._released:
             self._upstream.double_releases += 1
         self._released = True

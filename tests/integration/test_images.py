@@ -178,7 +178,7 @@ def test_a_failing_pip_install_fails_the_deploy_readably_and_the_old_version_kee
     assert result.returncode == 1
     error = result.stderr
     assert "Image build failed at step 2/2 (pip_install no-such-package-xyz) with exit code" in error
-    assert "no-such-package-xyz" in error.split("Last lines of its output:")[1]
+    assert "no-such-package-xyz" in error.split("Build log (kept in")[1]  # the resolver's output
     assert "Full build log:" in error
     assert "Traceback" not in error
     assert host_request("GET", url).json() == "v1"

@@ -34,7 +34,7 @@ def real_modal(tmp_path: Path) -> Path:
     package = tmp_path / "modal"
     package.mkdir()
     (package / "__init__.py").write_text("REAL = True\n")
-    (package / "volume.py").write_text("REAL_VOLUME = True\n")
+    (package / "sandbox.py").write_text("REAL_SANDBOX = True\n")
     (package / "exception.py").write_text("REAL_EXCEPTION = True\n")
     return tmp_path
 
@@ -71,11 +71,14 @@ def test_modal_imports_resolve_to_the_very_same_cove_modules() -> None:
 
         import cove, cove.app, cove.exception, cove.functions, cove.image, cove.secret
         import modal, modal.app, modal.exception, modal.functions, modal.image, modal.secret
+        import modal.dict, modal.queue, modal.volume
         from modal.functions import Function
 
         assert modal is cove and modal.App is cove.App
         assert modal.exception is cove.exception and modal.functions is cove.functions
         assert modal.app is cove.app and modal.image is cove.image and modal.secret is cove.secret
+        assert modal.Dict is modal.dict.Dict and modal.Queue is modal.queue.Queue
+        assert modal.volume.Volume is cove.Volume
         assert Function is cove.Function
         assert sum(type(f).__name__ == "ModalAliasFinder" for f in sys.meta_path) == 1
         print("ok")
@@ -98,7 +101,7 @@ def test_cove_wins_over_an_already_imported_real_modal(real_modal: Path) -> None
     result = run_python(
         """
         import sys
-        import modal, modal.volume
+        import modal, modal.sandbox
         assert modal.REAL
 
         from cove import _modal_compat
@@ -107,7 +110,7 @@ def test_cove_wins_over_an_already_imported_real_modal(real_modal: Path) -> None
         import cove
         import modal
         assert modal is cove
-        assert "modal.volume" not in sys.modules, "parts of the real package are dropped"
+        assert "modal.sandbox" not in sys.modules, "parts of the real package are dropped"
 
         del sys.modules["modal.exception"]
         import modal.exception  # re-imported through the finder, not from the real package
@@ -125,12 +128,12 @@ def test_unsupported_modal_submodules_fail_with_a_message_naming_what_exists(rea
         """
         from cove import _modal_compat
         _modal_compat.install()
-        import modal.volume
+        import modal.sandbox
         """,
         pythonpath=real_modal,
     )
     assert result.returncode != 0
-    assert "ModuleNotFoundError: No module named 'modal.volume': Cove provides" in result.stderr
+    assert "ModuleNotFoundError: No module named 'modal.sandbox': Cove provides" in result.stderr
 
 
 def test_without_install_modal_is_not_cove(real_modal: Path) -> None:

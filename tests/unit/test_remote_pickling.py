@@ -177,7 +177,7 @@ class _RefusingPool:
 
 
 class _Registry:
-    def function_pool(self, app_name: str, tag: str) -> tuple[Any, Any]:
+    def function_pool(self, app_name: str, tag: str, kind: str = "deployed") -> tuple[Any, Any]:
         if tag != "f":
             raise NotFoundError(f"no {tag}")
         return object(), _RefusingPool()

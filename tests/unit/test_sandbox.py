@@ -291,3 +291,12 @@ def test_a_build_steps_binds_and_workdir_are_honoured() -> None:
     assert argv[argv.index("--chdir") + 1] == "/app"
     with pytest.raises(ValueError, match="command"):
         build_argv(build(command=()))
+
+
+def test_the_apps_control_socket_directory_is_bound_read_only_and_only_when_given() -> None:
+    argv = container_argv(needs(api_dir="/home/u/.cove/run/api-1234abcd"))
+    assert ("/home/u/.cove/run/api-1234abcd", sandbox.API_DIR) in pairs(argv, "--ro-bind")
+    assert pairs(argv, "--bind") == [("/home/u/.cove/run/ta-1", sandbox.RUN)]
+    assert argv.index("--remount-ro") > argv.index(sandbox.API_DIR)
+    assert sandbox.API_DIR not in container_argv(needs())
+    assert spare_key(needs(api_dir="/a")) != spare_key(needs(api_dir="/b"))  # apps never share a spare

@@ -6,6 +6,7 @@ import inspect
 import sys
 import textwrap
 import types
+import warnings
 from typing import Any
 
 import pytest
@@ -56,10 +57,41 @@ def test_invalid_app_names_are_refused(name: str) -> None:
         cove.App(name)
 
 
-def test_app_volumes_are_not_supported_yet() -> None:
+def test_app_volumes_must_map_paths_to_volumes() -> None:
     assert cove.App(volumes={}).name is None
-    with pytest.raises(InvalidError, match=r"App\(volumes=\.\.\.\) is not supported yet"):
+    with pytest.raises(InvalidError, match=r"App\(volumes=\.\.\.\): '/data' maps to .*not a cove.Volume"):
         cove.App(volumes={"/data": object()})
+
+
+def test_app_volumes_are_defaults_that_a_function_can_override() -> None:
+    app = cove.App(
+        "vols", volumes={"/data": cove.Volume.from_name("a"), "/cache": cove.Volume.from_name("c")}
+    )
+
+    @app.function(volumes={"/data": cove.Volume.from_name("b", create_if_missing=True)}, serialized=True)
+    def f() -> None: ...
+
+    spec = app.registered_functions["f"].spec
+    mounts = {m.path: (m.name, m.create_if_missing) for m in spec.volumes}
+    assert mounts == {"/data": ("b", True), "/cache": ("c", False)}
+
+
+@pytest.mark.parametrize(
+    ("volumes", "message"),
+    [
+        ({"data": "v"}, "must be absolute"),
+        ({"/": "v"}, "needs for itself"),
+        ({"/root": "v"}, "needs for itself"),
+        ({"/cove/x": "v"}, "needs for itself"),
+        ({"/proc/self": "v"}, "needs for itself"),
+        ({"/a": "v", "/a/b": "v"}, "overlap"),
+    ],
+)
+def test_volume_mount_paths_are_checked_eagerly(volumes: dict[str, str], message: str) -> None:
+    real = {path: cove.Volume.from_name(name) for path, name in volumes.items()}
+    app = cove.App("vols")
+    with pytest.raises(InvalidError, match=message):
+        app.function(volumes=real)(lambda: None)
 
 
 def test_app_tags_are_validated() -> None:
@@ -198,10 +230,17 @@ def test_option_defaults_match_modal() -> None:
     assert spec.image == cove.Image.debian_slim()._spec
 
 
-def test_options_are_recorded_in_the_spec() -> None:
-    spec = (
-        cove.App()
-        .function(
+@pytest.fixture
+def fresh_option_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ignored options warn once per process: start each test with none warned yet."""
+    from cove import _options
+
+    monkeypatch.setattr(_options, "_warned_options", set())
+
+
+def test_options_are_recorded_in_the_spec(fresh_option_warnings: None) -> None:
+    with pytest.warns(UserWarning, match=r"gpu='A10G'"):
+        function = cove.App().function(
             min_containers=1,
             max_containers=4,
             buffer_containers=2,
@@ -213,8 +252,7 @@ def test_options_are_recorded_in_the_spec() -> None:
             gpu="A10G",
             block_network=True,
         )(cove.concurrent(max_inputs=10, target_inputs=6)(square))
-        .spec
-    )
+    spec = function.spec
     assert (spec.min_containers, spec.max_containers, spec.buffer_containers) == (1, 4, 2)
     assert (spec.scaledown_window_s, spec.timeout_s, spec.startup_timeout_s) == (300.0, 600.0, 120.0)
     assert (spec.cpu, spec.memory_mib, spec.gpu, spec.block_network) == (2.0, 2048, "A10G", True)
@@ -245,8 +283,8 @@ def test_scalar_cpu_and_memory_are_recorded_as_is() -> None:
         ({"memory": (2048, 1024)}, "limit 1024.0 is below request 2048.0"),
         ({"cpu": "two"}, "cpu"),
         ({"gpu": 1}, "gpu"),
-        ({"volumes": {"/x": object()}}, "not supported yet"),
-        ({"network_file_systems": {"/x": object()}}, "not supported yet"),
+        ({"volumes": {"/x": object()}}, "not a cove.Volume"),
+        ({"network_file_systems": {"/x": object()}}, "not supported by Cove"),
         ({"schedule": object()}, "schedule"),
         ({"proxy": object()}, "proxy"),
         ({"image": "python:3.11"}, "must be a cove.Image"),
@@ -260,13 +298,37 @@ def test_invalid_options_are_refused_naming_the_option(options: dict[str, Any], 
         cove.App().function(**options)
 
 
-def test_harmless_placement_options_are_accepted() -> None:
-    spec = (
-        cove.App()
-        .function(cloud="aws", region="us-east", nonpreemptible=True, enable_memory_snapshot=True)(square)
-        .spec
-    )
+def test_ignored_options_are_accepted_with_one_warning_each_naming_the_option(
+    fresh_option_warnings: None,
+) -> None:
+    app = cove.App()
+    with pytest.warns(UserWarning) as first:
+        spec = app.function(cloud="aws", region="us-east", nonpreemptible=True, enable_memory_snapshot=True)(
+            square
+        ).spec
     assert spec.tag == "square"
+    assert [str(w.message).split(" is accepted")[0] for w in first] == [
+        "@app.function(cloud='aws')",
+        "@app.function(region='us-east')",
+        "@app.function(nonpreemptible=True)",
+    ]
+    assert first[0].filename == __file__, "the warning points at the user's decorator line"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        app.cls(region="eu-west", cloud="gcp")(type("Again", (), {}))  # warned already: silent
+        app.function(enable_memory_snapshot=True, nonpreemptible=False, name="plain")(square)
+
+
+def test_app_image_assignment_is_the_default_image_of_later_functions() -> None:
+    app = cove.App("images")
+    image = cove.Image.debian_slim().pip_install("httpx")
+    app.image = image
+    assert app.image is image
+    assert app.function()(square).spec.image == image._spec
+    with pytest.warns(UserWarning, match=r"after square had been decorated; they keep the image"):
+        app.image = cove.Image.debian_slim()
+    with pytest.raises(InvalidError, match=r"app.image must be a cove.Image"):
+        app.image = "python:3.11"  # type: ignore[assignment]
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,11 @@
                                             -> 200 pickled result (header x-cove-call-id) if it finished
                                                within S seconds, else 202 {"call_id", "status": "pending"}
     GET  /v1/calls/{id}?timeout=S           -> 200 pickled result | 202 {"call_id", "status": "pending"}
+    POST /v1/calls/stream?app=A&function=T  a generator function's `.remote_gen`: 200 and a stream of
+                                            frames, one per item as it is yielded (`cove._payload`)
+
+`kind=ephemeral` (default `deployed`) on the lookup and call routes names the app `cove serve` or
+`cove run` runs under that name instead of the deployed one.
 
 Waits are capped at `MAX_WAIT_S`, so a long `.get()` is a loop of long polls. Errors are JSON
 `{"error": <cove.exception class name>, "message"}` as everywhere in the control API.
@@ -14,17 +19,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from cove import exception
 from cove._control.api import error_response
-from cove._control.apps import AppRegistry
+from cove._control.apps import AppKind, AppRegistry
 from cove._control.calls import CallRegistry
-from cove._payload import CALL_ID_HEADER, CONTENT_TYPE
+from cove._payload import CALL_ID_HEADER, CONTENT_TYPE, FRAMES_CONTENT_TYPE
 
 #: Longest a single request waits for a result; clients poll again after it.
 MAX_WAIT_S = 50.0
@@ -39,21 +44,31 @@ def call_routes(registry: AppRegistry, calls: CallRegistry) -> list[Route]:
 
     async def get_function(request: Request) -> Response:
         app_name, tag = request.path_params["app"], request.path_params["tag"]
-        return JSONResponse(function_metadata(registry, app_name, tag))
+        return JSONResponse(function_metadata(registry, app_name, tag, app_kind(request)))
 
-    async def post_call(request: Request) -> Response:
+    async def read_input(request: Request) -> tuple[str, str, AppKind, bytes]:
         app_name = request.query_params["app"]
         tag = request.query_params["function"]
-        wait_s = _seconds(request.query_params.get("wait", "0"), "wait")
+        kind = app_kind(request)
         length = request.headers.get("content-length")
         if length is not None and int(length) > MAX_INPUT_BYTES:
             raise exception.InvalidError(
                 f"The pickled arguments are {int(length)} bytes, over the {MAX_INPUT_BYTES} byte limit. "
                 "Pass large data by reference (a path or URL) instead."
             )
-        function_metadata(registry, app_name, tag)  # Modal's lookup error for unknown names
-        call_id = calls.spawn(app_name, tag, await request.body())
+        function_metadata(registry, app_name, tag, kind)  # Modal's lookup error for unknown names
+        return app_name, tag, kind, await request.body()
+
+    async def post_call(request: Request) -> Response:
+        wait_s = _seconds(request.query_params.get("wait", "0"), "wait")
+        app_name, tag, kind, body = await read_input(request)
+        call_id = calls.spawn(app_name, tag, body, kind)
         return await _answer(calls, call_id, wait_s)
+
+    async def post_stream(request: Request) -> Response:
+        app_name, tag, kind, body = await read_input(request)
+        frames = calls.stream(app_name, tag, body, kind)
+        return StreamingResponse(frames, media_type=FRAMES_CONTENT_TYPE)
 
     async def get_call(request: Request) -> Response:
         timeout_s = _seconds(request.query_params.get("timeout", "0"), "timeout")
@@ -62,14 +77,25 @@ def call_routes(registry: AppRegistry, calls: CallRegistry) -> list[Route]:
     return [
         Route("/v1/functions/{app}/{tag}", _guarded(get_function), methods=["GET"]),
         Route("/v1/calls", _guarded(post_call), methods=["POST"]),
+        Route("/v1/calls/stream", _guarded(post_stream), methods=["POST"]),
         Route("/v1/calls/{call_id}", _guarded(get_call), methods=["GET"]),
     ]
 
 
-def function_metadata(registry: AppRegistry, app_name: str, tag: str) -> dict[str, Any]:
-    """What a client needs to call function `tag` (or `Class.method`) of deployed app `app_name`."""
+def app_kind(request: Request) -> AppKind:
+    """The `kind=` of a call: `deployed` (the default) or `ephemeral`."""
+    kind = request.query_params.get("kind", "deployed")
+    if kind not in ("deployed", "ephemeral"):
+        raise exception.InvalidError(f"kind= must be 'deployed' or 'ephemeral', got {kind!r}.")
+    return cast(AppKind, kind)
+
+
+def function_metadata(
+    registry: AppRegistry, app_name: str, tag: str, kind: AppKind = "deployed"
+) -> dict[str, Any]:
+    """What a client needs to call function `tag` (or `Class.method`) of app `app_name`."""
     try:
-        record, pool = registry.function_pool(app_name, tag)
+        record, pool = registry.function_pool(app_name, tag, kind)
     except exception.NotFoundError as exc:
         cls_name, dot, method = tag.partition(".")
         what = f"Cls {cls_name!r} (method {method!r})" if dot else f"Function {tag!r}"
@@ -77,15 +103,17 @@ def function_metadata(registry: AppRegistry, app_name: str, tag: str) -> dict[st
         if message.startswith("Lookup failed") and dot:  # the app is deployed, the method is not in it
             methods = [
                 t.partition(".")[2]
-                for t in _deployed_tags(registry, app_name)
+                for t in _app_tags(registry, app_name, kind)
                 if t.startswith(cls_name + ".")
             ]
             hint = f"it has no such class method. Methods of {cls_name}: {', '.join(methods) or 'none'}."
         elif message.startswith("Lookup failed"):  # the app is deployed, the function is not in it
-            deployed = ", ".join(t for t in _deployed_tags(registry, app_name) if "." not in t) or "none"
+            deployed = ", ".join(t for t in _app_tags(registry, app_name, kind) if "." not in t) or "none"
             hint = f"it has no such function. Its functions: {deployed}."
-        else:
+        elif kind == "deployed":
             hint = f"{message} Function.from_name reaches deployed apps only (`cove deploy FILE`)."
+        else:
+            hint = message
         raise exception.NotFoundError(f"Lookup failed for {what} from the {app_name!r} app: {hint}") from None
     spec = pool.spec
     version = record.current
@@ -94,6 +122,7 @@ def function_metadata(registry: AppRegistry, app_name: str, tag: str) -> dict[st
         url = next((e.url for e in version.endpoints if e.tag == tag), None)
     return {
         "app": app_name,
+        "kind": kind,
         "tag": tag,
         "version": version.number if version else 0,
         "is_web": spec.web is not None,
@@ -106,9 +135,9 @@ def function_metadata(registry: AppRegistry, app_name: str, tag: str) -> dict[st
     }
 
 
-def _deployed_tags(registry: AppRegistry, app_name: str) -> list[str]:
+def _app_tags(registry: AppRegistry, app_name: str, kind: AppKind) -> list[str]:
     try:
-        record = registry.get(app_name, "deployed")
+        record = registry.get(app_name, kind)
     except exception.NotFoundError:
         return []
     return [f.tag for f in record.current.spec.functions] if record.current else []
@@ -145,4 +174,4 @@ def _guarded(handler: Handler) -> Handler:
     return wrapper
 
 
-__all__ = ["MAX_WAIT_S", "call_routes", "function_metadata"]
+__all__ = ["MAX_WAIT_S", "app_kind", "call_routes", "function_metadata"]

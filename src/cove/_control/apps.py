@@ -6,11 +6,12 @@ import asyncio
 import dataclasses
 import enum
 import getpass
+import json
 import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -129,8 +130,16 @@ class AppRegistry:
         gateway_port: Callable[[], int],
         store: Store,
         images: ImageBuilder | None = None,
+        api_socket: Callable[[AppKind, str], str] | None = None,
+        api_forget: Callable[[AppKind, str], Awaitable[None]] | None = None,
+        volume_path: Callable[[str, bool], Path] | None = None,
     ) -> None:
+        """`api_socket(kind, name)` gives the host path of an app's scoped control socket for its
+        containers (`cove._control.container_api`); `api_forget` is called when the app stops."""
+        self._api_socket = api_socket
+        self._api_forget = api_forget
         self._store = store
+        self._volume_path = volume_path
         self._images = images
         self._settings = settings
         self._backend = backend
@@ -180,7 +189,7 @@ class AppRegistry:
         validate_app_name(name)
         web_specs = [f for f in spec.functions if f.web is not None]
         envs = {f.tag: self._secrets.resolve(f.secrets) for f in spec.functions}
-        requests = {f.tag: self._request(name, f, source, envs[f.tag]) for f in spec.functions}
+        requests = {f.tag: self._request(name, kind, f, source, envs[f.tag]) for f in spec.functions}
         layouts: dict[ImageSpec, ImageLayout] = {}
         if self._images is not None:
             # Built before the lock: a long build must not hold up other apps. Images the CLI had
@@ -250,6 +259,8 @@ class AppRegistry:
                     self._apps.pop((kind, name), None)
                 raise
             record.versions = number
+            # "Created at" is the first publish, also for a record rebuilt after a server restart.
+            record.created_at = self._store.created_at(kind, name) or record.created_at
             old = record.current
             record.current = version
             record.state = AppState.RUNNING
@@ -312,6 +323,8 @@ class AppRegistry:
         if current is not None:
             await asyncio.gather(*(p.close() for p in current.pools.values()))
             self._release(current)
+        if self._api_forget is not None:
+            await self._api_forget(record.kind, name)
         self._logs.write(record.log_key, "-", "-", "system", f"app {name} stopped")
         self._logs.end(record.log_key)
         log.info("app=%s event=stopped", name)
@@ -371,10 +384,22 @@ class AppRegistry:
         pools = [p for r in self._apps.values() if r.current for p in r.current.pools.values()]
         await asyncio.gather(*(p.close() for p in pools), return_exceptions=True)
 
-    def function_pool(self, app_name: str, tag: str) -> tuple[AppRecord, FunctionPool]:
-        """The pool serving function `tag` of the running deployed app `app_name` (for `.remote()`)."""
-        record = self.get(app_name, "deployed")
+    def function_pool(
+        self, app_name: str, tag: str, kind: AppKind = "deployed"
+    ) -> tuple[AppRecord, FunctionPool]:
+        """The pool serving function `tag` of the running app `app_name` (for `.remote()`): the
+        deployed one, or with `kind="ephemeral"` the one `cove serve`/`cove run` runs."""
+        try:
+            record = self.get(app_name, kind)
+        except NotFoundError:
+            if kind == "deployed":
+                raise
+            raise NotFoundError(
+                f"Ephemeral app {app_name!r} is not running (`cove serve`/`cove run` runs it)."
+            ) from None
         if record.state is AppState.STOPPED or record.current is None:
+            if kind == "ephemeral":
+                raise NotFoundError(f"Ephemeral app {app_name!r} has stopped; run it again.")
             raise NotFoundError(f"App {app_name!r} is stopped. Deploy it again with `cove deploy`.")
         pool = record.current.pools.get(tag)
         if pool is None:
@@ -421,6 +446,8 @@ class AppRegistry:
                     upstream=version.pools[endpoint.tag] if running else None,
                     timeout_s=spec.timeout_s,
                     requires_proxy_auth=endpoint.requires_proxy_auth,
+                    session_affinity=endpoint.kind == "http_server",
+                    sessioned=spec.web is not None and spec.web.sessioned,
                 )
                 for host in (endpoint.host, *endpoint.custom_domains):
                     key = host_key(host)
@@ -482,7 +509,7 @@ class AppRegistry:
         return None
 
     def _request(
-        self, app_name: str, fn: FunctionSpec, source: Source, env: dict[str, str]
+        self, app_name: str, kind: AppKind, fn: FunctionSpec, source: Source, env: dict[str, str]
     ) -> ContainerRequest:
         """What a container of `fn` needs, with its local mounts resolved on this machine.
 
@@ -509,6 +536,7 @@ class AppRegistry:
                 if not os.path.exists(local):
                     raise InvalidError(f"{what}: {local} does not exist, so it cannot be mounted at {remote}")
             mounts.append((local, remote))
+        volumes, env = self._volumes(fn, env)
         return ContainerRequest(
             app_name=app_name,
             function=fn,
@@ -517,7 +545,28 @@ class AppRegistry:
             env=env,
             mounts=tuple(mounts),
             extra_source=tuple(extra_source),
+            app_kind=kind,
+            api_socket=self._api_socket(kind, app_name) if self._api_socket else None,
+            volumes=volumes,
         )
+
+    def _volumes(
+        self, fn: FunctionSpec, env: dict[str, str]
+    ) -> tuple[tuple[tuple[str, str], ...], dict[str, str]]:
+        """The (host directory, container path) of each Volume `fn` mounts, created if it asks so, and
+        the container's environment with `COVE_VOLUME_MOUNTS` ({name: path}) added."""
+        if not fn.volumes:
+            return (), env
+        if self._settings.backend == "ray" or self._volume_path is None:
+            raise InvalidError(
+                f"Function {fn.tag!r} mounts Volumes ({', '.join(v.name for v in fn.volumes)}), which the "
+                f"{self._settings.backend} backend does not support yet: Volumes are directories on the "
+                "server's machine. Use the local backend, or read and write them with the Volume "
+                "methods (listdir, read_file, batch_upload) from the function."
+            )
+        pairs = tuple((str(self._volume_path(v.name, v.create_if_missing)), v.path) for v in fn.volumes)
+        names = {v.name: v.path for v in fn.volumes}
+        return pairs, {**env, "COVE_VOLUME_MOUNTS": json.dumps(names, sort_keys=True)}
 
     def _release(self, version: Version) -> None:
         for request in version.requests:

@@ -17,19 +17,23 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import httpx
 
-from cove._control.apps import AppRegistry
+from cove._control.apps import AppKind, AppRegistry
 from cove._gateway.connpool import TCP_SCHEME
 from cove._gateway.upstream import UpstreamError
 from cove._payload import (
     CALL_ID_HEADER,
     CALL_PATH,
     CONTENT_TYPE,
+    FRAME_ERROR,
+    FRAME_ITEM,
     INPUT_ID_HEADER,
+    FrameReader,
+    encode_frame,
     encode_platform_error,
 )
 from cove._runtime.pool import FunctionPool
@@ -92,23 +96,122 @@ class CallRegistry:
         self._next_sweep = 0.0
         self._closed = False
 
-    def spawn(self, app_name: str, tag: str, payload: bytes) -> str:
-        """Start a call of function `tag` of deployed app `app_name`; return its `fc-` id."""
+    def _pool(self, app_name: str, tag: str, kind: AppKind, how: str) -> FunctionPool:
         if self._closed:
             raise InvalidError("The Cove server is shutting down; call again once it is back.")
-        record, pool = self._registry.function_pool(app_name, tag)
+        record, pool = self._registry.function_pool(app_name, tag, kind)
         if pool.spec.web is not None:
             endpoints = record.current.endpoints if record.current else ()
             url = next((e.url for e in endpoints if e.tag == tag), None)
             raise InvalidError(
-                f"A webhook function cannot be invoked for remote execution with .remote. "
+                f"A webhook function cannot be invoked for remote execution with .{how}. "
                 f"Invoke {tag!r} via its web url {url!r} instead."
             )
+        if pool.spec.is_generator and how != "remote_gen":
+            raise InvalidError(
+                f"A generator function cannot be called with `.{how}(...)`: {tag!r} yields its results. "
+                "Use `.remote_gen(...)` instead."
+            )
+        if how == "remote_gen" and not pool.spec.is_generator:
+            raise InvalidError(
+                f"A non-generator function cannot be called with `.remote_gen(...)`: {tag!r} returns its "
+                "result. Use `.remote(...)` instead."
+            )
+        return pool
+
+    def spawn(self, app_name: str, tag: str, payload: bytes, kind: AppKind = "deployed") -> str:
+        """Start a call of function `tag` of app `app_name` (deployed, or the running ephemeral one
+        with `kind="ephemeral"`); return its `fc-` id."""
+        pool = self._pool(app_name, tag, kind, "remote")
         self._evict()
         call = _Call(new_call_id(), app_name, tag, asyncio.get_running_loop().create_future())
         self._calls[call.id] = call
         call.task = asyncio.ensure_future(self._run(call, pool, payload))
         return call.id
+
+    def stream(
+        self, app_name: str, tag: str, payload: bytes, kind: AppKind = "deployed"
+    ) -> AsyncIterator[bytes]:
+        """Run one input of generator function `tag`, relaying its frames as the container sends them.
+
+        Checks are made now (so a bad call is an error answer, not a broken stream); the iterator
+        takes a slot of the pool, streams, and ends with a frame of the server's own if the container
+        failed, timed out or stopped before its last frame.
+        """
+        pool = self._pool(app_name, tag, kind, "remote_gen")
+        return self._stream(new_call_id(), app_name, pool, payload)
+
+    async def _stream(
+        self, call_id: str, app_name: str, pool: FunctionPool, payload: bytes
+    ) -> AsyncIterator[bytes]:
+        spec = pool.spec
+        name = f"Function {spec.tag!r} of app {app_name!r}"
+        try:
+            lease = await pool.acquire()
+        except UpstreamError as exc:
+            reason = str(exc.args[1]).strip().removeprefix("cove: ")
+            error = "ResourceExhaustedError" if "queue full" in reason else "ExecutionError"
+            yield encode_frame(
+                FRAME_ERROR, encode_platform_error(error, f"{name} could not run {call_id}: {reason}")
+            )
+            return
+        entry = self._client_for(lease.address)
+        entry.in_flight += 1
+        broken = False
+        ended = False
+        reader = FrameReader()
+        headers = {"content-type": CONTENT_TYPE, CALL_ID_HEADER: call_id, INPUT_ID_HEADER: new_input_id()}
+        try:
+            async with asyncio.timeout(spec.timeout_s):
+                async with entry.client.stream(
+                    "POST", CALL_PATH, content=payload, headers=headers
+                ) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        yield encode_frame(FRAME_ERROR, self._check_answer(name, call_id, spec, response))
+                        return
+                    async for chunk in response.aiter_raw():
+                        for kind, _ in reader.feed(chunk):
+                            ended = kind != FRAME_ITEM
+                        yield chunk
+            if not ended and reader.pending == 0:
+                yield encode_frame(
+                    FRAME_ERROR,
+                    encode_platform_error(
+                        "ExecutionError",
+                        f"{name} ended its stream of results before its last item ({call_id}). "
+                        f"See `cove app logs {app_name}`.",
+                    ),
+                )
+        except TimeoutError:
+            broken = True
+            log.warning("call=%s function=%s event=timeout timeout_s=%g", call_id, spec.tag, spec.timeout_s)
+            if not ended and reader.pending == 0:
+                yield encode_frame(
+                    FRAME_ERROR,
+                    encode_platform_error(
+                        "FunctionTimeoutError",
+                        f"{name} timed out after {spec.timeout_s:g} s ({call_id}). "
+                        "Give it longer with @app.function(timeout=...).",
+                    ),
+                )
+        except httpx.TransportError as exc:
+            broken = True
+            detail = lease.failure_message().strip().removeprefix("cove: ")
+            if not ended and reader.pending == 0:
+                yield encode_frame(
+                    FRAME_ERROR,
+                    encode_platform_error(
+                        "ExecutionError",
+                        f"{name} failed: its container exited while running {call_id} ({detail}; {exc!r}). "
+                        f"See `cove app logs {app_name}`.",
+                    ),
+                )
+        finally:
+            entry.in_flight -= 1
+            if broken or not ended:
+                self._drop_client(lease.address)
+            lease.release(broken=broken or not ended)
 
     async def result(self, call_id: str, timeout_s: float) -> bytes | None:
         """The result bytes of a call, waiting at most `timeout_s`; None if it is still running."""
@@ -177,7 +280,7 @@ class CallRegistry:
             error = "ResourceExhaustedError" if "queue full" in reason else "ExecutionError"
             return encode_platform_error(error, f"{name} could not run {call.id}: {reason}")
         address = lease.address
-        broken = False
+        broken = timed_out = False
         entry = self._client_for(address)
         entry.in_flight += 1
         try:
@@ -194,7 +297,9 @@ class CallRegistry:
                 timeout=spec.timeout_s,
             )
         except TimeoutError:
-            broken = True
+            # The input may still be running: releasing with timed_out ends the container (as
+            # Modal does; under @concurrent its other inputs fail too) and it is replaced.
+            broken = timed_out = True
             log.warning("call=%s function=%s event=timeout timeout_s=%g", call.id, spec.tag, spec.timeout_s)
             return encode_platform_error(
                 "FunctionTimeoutError",
@@ -214,17 +319,17 @@ class CallRegistry:
             entry.in_flight -= 1
             if broken:
                 self._drop_client(address)
-            lease.release(broken=broken)
-        return self._check_answer(name, call, spec, response)
+            lease.release(broken=broken, timed_out=timed_out)
+        return self._check_answer(name, call.id, spec, response)
 
     @staticmethod
-    def _check_answer(name: str, call: _Call, spec: FunctionSpec, response: httpx.Response) -> bytes:
+    def _check_answer(name: str, call_id: str, spec: FunctionSpec, response: httpx.Response) -> bytes:
         content_type = response.headers.get("content-type", "").split(";")[0].strip()
         if response.status_code == 200 and content_type == CONTENT_TYPE:
             return response.content
         return encode_platform_error(
             "ExecutionError",
-            f"{name} answered {call.id} with HTTP {response.status_code} ({content_type or 'no type'}): "
+            f"{name} answered {call_id} with HTTP {response.status_code} ({content_type or 'no type'}): "
             f"{response.text[:300]!r}. Is {spec.tag!r} a non-web function of the deployed version?",
         )
 

@@ -57,7 +57,11 @@ Event = dict[str, Any]
 Emit = Callable[[Event], None]
 
 #: What the worker imports, installed into every image at the server's versions.
-WORKER_PACKAGES = ("fastapi", "uvicorn[standard]", "a2wsgi", "cloudpickle", "uvloop", "httptools", "httpx")
+WORKER_PACKAGES = (
+    *("fastapi", "uvicorn[standard]", "a2wsgi", "cloudpickle", "uvloop", "httptools", "httpx"),
+    # What Modal's client brings into its containers and Modal apps import without installing.
+    *("aiohttp", "typer", "toml", "typing_extensions"),
+)
 #: The oldest Python the worker (the `cove` package bound into each container) runs on.
 MIN_PYTHON = (3, 11)
 SUITE = "bookworm"
@@ -440,7 +444,8 @@ class _Output:
 
     def __init__(self, log_path: Path, emit: Emit, image: str) -> None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        # "w": the file is the log of the image's latest build, not of every attempt.
+        self._file = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._emit = emit
         self._image = image
         self._secrets: list[str] = []
@@ -653,7 +658,9 @@ class ImageBuilder:
         image = plan.key[:12]
         output = _Output(self.cache / "logs" / f"{plan.key}.log", emit, image)
         try:
-            output.event({"event": "image", "cached": False, "layers": len(plan.layers)})
+            output.event(
+                {"event": "image", "cached": False, "layers": len(plan.layers), "log": str(output.path)}
+            )
             # The newest layer already built (and not forced) is where this build starts.
             start = 0
             for index, layer in enumerate(plan.layers):

@@ -15,12 +15,16 @@ from typing import Any
 
 import uvicorn
 
+from cove import _probe
 from cove._control.api import build_api
 from cove._control.api_calls import call_routes
+from cove._control.api_objects import ObjectService, object_routes
+from cove._control.api_sessions import session_routes
 from cove._control.apps import AppRegistry
 from cove._control.auth import TokenAuthMiddleware
 from cove._control.bundles import BundleStore
 from cove._control.calls import CallRegistry
+from cove._control.container_api import ContainerAPIs
 from cove._control.images import ImageBuilder
 from cove._control.logs import LogHub
 from cove._control.secrets import SecretStore
@@ -29,6 +33,7 @@ from cove._dashboard import Dashboard
 from cove._gateway import Gateway, Limits
 from cove._runtime.backend import Backend
 from cove._runtime.local import LocalBackend
+from cove._runtime.spawner import socket_dir
 from cove.config import Settings
 from cove.exception import Error
 
@@ -40,19 +45,7 @@ class ServerAlreadyRunning(Error):
 
 
 def state_file(settings: Settings) -> Path:
-    return settings.home / "server.json"
-
-
-def control_socket_alive(path: Path) -> bool:
-    """True if a server answers on the control socket (a stale socket file refuses connections)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
+    return _probe.state_file(settings.home)
 
 
 def make_backend(settings: Settings) -> Backend:
@@ -91,7 +84,7 @@ async def serve(
     """
     settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     sock_path = settings.control_socket
-    if control_socket_alive(sock_path):
+    if _probe.control_socket_alive(sock_path):
         raise ServerAlreadyRunning(
             f"A Cove server is already running for {settings.home} (socket {sock_path}). "
             "Stop it with `cove server stop`."
@@ -105,6 +98,8 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    objects = ObjectService(store, settings.home / "volumes")
+    objects.start()  # ephemeral Dicts, Queues and Volumes do not outlive their server
     bundles = BundleStore(settings.home / "bundles")
     logs = LogHub(settings.home / "logs", max_bytes=settings.log_max_bytes)
     secrets = SecretStore(settings.home / "secrets")
@@ -119,6 +114,8 @@ async def serve(
             max_head_bytes=settings.max_head_bytes,
             max_request_line_bytes=settings.max_request_line_bytes,
             header_timeout_s=settings.header_timeout_s,
+            body_timeout_s=settings.body_timeout_s,
+            send_timeout_s=settings.send_timeout_s,
             idle_timeout_s=settings.keepalive_timeout_s,
             max_connections=settings.max_connections,
         ),
@@ -127,6 +124,7 @@ async def serve(
         verify_proxy_token=lambda token_id, secret: store.check_token(token_id, secret, "proxy"),
         trusted_proxies=settings.trusted_proxies,
     )
+    store.revoke_listeners.append(gateway.forget_proxy_token)
     await gateway.start()
     dashboard = Dashboard(settings.home / "dashboard.sock", gateway, settings.base_domain)
     await backend.start()
@@ -136,6 +134,7 @@ async def serve(
         if settings.backend == "local"
         else None
     )
+    container_apis = ContainerAPIs(socket_dir(settings.home))
     registry = AppRegistry(
         settings,
         backend,
@@ -145,6 +144,10 @@ async def serve(
         gateway_port=lambda: gateway.port,
         store=store,
         images=images,
+        # Ray's containers are not on this machine: they get no scoped socket (docs/ray.md).
+        api_socket=container_apis.socket_for if settings.backend == "local" else None,
+        api_forget=container_apis.forget,
+        volume_path=objects.volume_path,
     )
     await registry.restore()
     await dashboard.start(registry, logs, store)
@@ -167,9 +170,10 @@ async def serve(
         bundles,
         health,
         stop.set,
-        extra_routes=call_routes(registry, calls),
+        extra_routes=[*call_routes(registry, calls), *session_routes(registry), *object_routes(objects)],
         images=images,
     )
+    container_apis.api = api
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(sock_path))
     # The socket's file mode is the local auth: only the server's user may talk to it.
@@ -216,6 +220,8 @@ async def serve(
         if remote is not None:
             remote.should_exit = True
         await calls.close()  # running calls end; their long polls answer, so the API can stop
+        await container_apis.close()
+        objects.close()  # blocked Queue gets answer "nothing yet"; their clients ask the next server
         for task in (control_task, remote_task):
             if task is not None:
                 with contextlib.suppress(Exception):

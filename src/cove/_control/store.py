@@ -1,4 +1,4 @@
-"""Durable state in SQLite: apps, their versions, and API tokens. The server is the one writer.
+"""Durable state in SQLite: apps, their versions, API tokens, Dicts and Queues. The server is the one writer.
 
 The schema is versioned with `PRAGMA user_version`; `MIGRATIONS[i]` upgrades version i to i+1 and runs
 once, in a transaction, when a server opens an older database.
@@ -13,6 +13,7 @@ import os
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +56,36 @@ MIGRATIONS: tuple[str, ...] = (
         secret_sha256 TEXT NOT NULL,
         created_at REAL NOT NULL,
         revoked_at REAL
+    );
+    """,
+    # 1 -> 2: named and ephemeral objects (Dict, Queue, Volume), Dict entries, Queue items.
+    """
+    CREATE TABLE objects (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        name TEXT,
+        ephemeral INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX objects_by_name ON objects (kind, name) WHERE name IS NOT NULL;
+    CREATE TABLE dict_entries (
+        object_id TEXT NOT NULL REFERENCES objects (id) ON DELETE CASCADE,
+        key BLOB NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (object_id, key)
+    );
+    CREATE TABLE queue_items (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        object_id TEXT NOT NULL REFERENCES objects (id) ON DELETE CASCADE,
+        partition TEXT NOT NULL,
+        value BLOB NOT NULL
+    );
+    CREATE INDEX queue_items_by_partition ON queue_items (object_id, partition, seq);
+    CREATE TABLE queue_partitions (
+        object_id TEXT NOT NULL REFERENCES objects (id) ON DELETE CASCADE,
+        partition TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (object_id, partition)
     );
     """,
 )
@@ -112,6 +143,9 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise corrupt_database(path, exc) from None
         self._inode = os.stat(path).st_ino
+        #: Called with a token's id once it is revoked: caches of valid tokens (the gateway's
+        #: proxy-auth cache) drop it then, so revoking takes effect at once (issue 12).
+        self.revoke_listeners: list[Callable[[str], None]] = []
 
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         """Run one statement; a full disk, a damaged or a deleted database file is a `StorageError`."""
@@ -157,6 +191,22 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for the object stores (`objects`, `dicts`, `queues`) that share this file."""
+        return self._db
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` on any error: a state change is all or nothing."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     # -- apps and versions ---------------------------------------------------------------------
 
@@ -244,6 +294,13 @@ class Store:
             for r in rows
         ]
 
+    def created_at(self, kind: AppKind, name: str) -> float | None:
+        """When the app was first published (kept across versions, stops and server restarts)."""
+        row = self._db.execute(
+            "SELECT created_at FROM apps WHERE kind = ? AND name = ?", (kind, name)
+        ).fetchone()
+        return None if row is None else float(row["created_at"])
+
     def version(self, kind: AppKind, name: str, number: int) -> StoredVersion:
         row = self._execute(
             "SELECT * FROM versions WHERE kind = ? AND name = ? AND number = ?", (kind, name, number)
@@ -288,6 +345,8 @@ class Store:
         )
         if cursor.rowcount == 0:
             raise NotFoundError(f"Token {token_id!r} not found (or already revoked). See `cove token list`.")
+        for listener in self.revoke_listeners:
+            listener(token_id)
 
 
 def _sha256(text: str) -> str:

@@ -11,9 +11,10 @@ The gateway strips all three before forwarding (`messages.scan_request_headers`)
 sees the workspace's credentials; an `Authorization` header that is not a proxy token passes on.
 
 `ProxyAuth` asks the control plane's verifier (a SQLite lookup) and remembers positive answers
-for `ttl_s`, so a busy endpoint does not query the database per request; a revoked token thus
-keeps working for up to `ttl_s`. Negative answers are not remembered: a token just created works
-at once.
+for `ttl_s`, so a busy endpoint does not query the database per request. Revoking a token makes
+the control plane call `forget(token_id)` at once (issue 12), so a revoked token stops working
+with the next request, not `ttl_s` later. Negative answers are not remembered: a token just
+created works at once.
 """
 
 from __future__ import annotations
@@ -145,6 +146,10 @@ class ProxyAuth:
             self._valid[pair] = now + self._ttl_s
         return ok
 
-    def forget(self) -> None:
-        """Drop every remembered token (e.g. after a token was revoked)."""
-        self._valid.clear()
+    def forget(self, token_id: str | None = None) -> None:
+        """Drop the remembered answers for `token_id` (it was revoked), or for every token."""
+        if token_id is None:
+            self._valid.clear()
+            return
+        for pair in [pair for pair in self._valid if pair[0] == token_id]:
+            del self._valid[pair]

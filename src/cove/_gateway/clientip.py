@@ -1,12 +1,14 @@
 """The client's address behind trusted proxies: which `X-Forwarded-For` entry to believe.
 
 The gateway tells the container who the client is in `X-Forwarded-For` (one address) and
-`X-Forwarded-Proto`, never passing on what the client claims. When the gateway sits behind a load
-balancer or TLS terminator the peer is that proxy, not the client; `COVE_TRUSTED_PROXIES` names
-such proxies (addresses or CIDR networks). For a request from a trusted peer, the client is the
-right-most address of its `X-Forwarded-For` chain that is not itself trusted, as uvicorn's
-`forwarded_allow_ips` and nginx's `real_ip_recursive` pick it: each trusted hop appended the
-address it saw, so everything left of the first untrusted one may be forged by the client.
+`X-Forwarded-Proto`, never passing on what the client claims (nor its `X-Forwarded-Host`, `-Port`
+or `-Prefix`, from which apps build absolute URLs). When the gateway sits behind a load balancer or
+TLS terminator the peer is that proxy, not the client; `COVE_TRUSTED_PROXIES` names such proxies
+(addresses or CIDR networks), whose `X-Forwarded-Host`, `-Port` and `-Prefix` pass on as sent.
+For a request from a trusted peer, the client is the right-most address of its `X-Forwarded-For`
+chain that is not itself trusted, as uvicorn's `forwarded_allow_ips` and nginx's
+`real_ip_recursive` pick it: each trusted hop appended the address it saw, so everything left of
+the first untrusted one may be forged by the client.
 """
 
 from __future__ import annotations

@@ -271,14 +271,15 @@ class BaseExchange:
         if self._redirect_due and not self._head_sent and not self._released:
             self._redirect()  # the time limit passed while the body was still arriving
 
-    def request_broken(self, message: str) -> None:
-        """The client sent something that is not HTTP in the middle of this request: answer
-        `400 message` (`cove: malformed request (…)`), or abort if the response has begun."""
+    def request_broken(self, message: str, status: int = 400) -> None:
+        """The client broke this request midway: sent something that is not HTTP (400 `cove:
+        malformed request (…)`) or stalled its body (408). Answer `status message`, or abort if
+        the response has begun; either way the container slot is given back."""
         self.keep_alive = False
         if self._response_done:  # it was draining the body of an early answer
             self._finish(False)
         else:
-            self._fail(400, message)
+            self._fail(status, message)
 
     def _retain(self, data: bytes) -> None:
         self._replay_bytes += len(data)
@@ -371,7 +372,9 @@ class BaseExchange:
         if (self._head_sent and self._call is None) or self._released:
             return
         _log.warning("function timed out app=%s function=%s timeout_s=%g", *self._names(), timeout_s)
-        self._fail(504, f"cove: function timed out after {timeout_s:g} s", broken=True)
+        # The container is ended with the lease (see `Lease.release`), and other requests it was
+        # serving (under @concurrent) fail with 502, as inputs of a timed-out container do on Modal.
+        self._fail(504, f"cove: function timed out after {timeout_s:g} s", broken=True, timed_out=True)
 
     def _upstream_failed(self, reason: str) -> None:
         """The container broke the exchange: 502 before the response head, abort after it."""
@@ -390,9 +393,15 @@ class BaseExchange:
         self._fail(502, message, broken=True)
 
     def _fail(
-        self, status: int, message: str, headers: Sequence[tuple[str, str]] = (), *, broken: bool = False
+        self,
+        status: int,
+        message: str,
+        headers: Sequence[tuple[str, str]] = (),
+        *,
+        broken: bool = False,
+        timed_out: bool = False,
     ) -> None:
-        self._release_upstream(reusable=False, broken=broken)
+        self._release_upstream(reusable=False, broken=broken, timed_out=timed_out)
         if self._response_done:
             return
         if self._head_sent and self._call is None:  # too late for a status line: truncate
@@ -461,7 +470,7 @@ class BaseExchange:
             self._finished = True
             self.down.exchange_finished(self, keep_alive)
 
-    def _release_upstream(self, *, reusable: bool, broken: bool) -> None:
+    def _release_upstream(self, *, reusable: bool, broken: bool, timed_out: bool = False) -> None:
         """Hand back the upstream connection and the lease, exactly once; wake the task."""
         if self._released:
             return
@@ -482,7 +491,10 @@ class BaseExchange:
         if lease is not None:
             self.lease = None
             try:
-                lease.release(broken=broken)
+                if timed_out:
+                    lease.release(broken=True, timed_out=True)
+                else:
+                    lease.release(broken=broken)
             except Exception:
                 _log.exception("lease release failed app=%s function=%s", *self._names())
         waiter = self._waiter
@@ -507,6 +519,11 @@ class BaseExchange:
         out.clear()
         if not self._client_gone:
             self.down.transport.write(data)
+
+    @property
+    def has_body(self) -> bool:
+        """Whether a request body follows the head (chunked, or a non-zero Content-Length)."""
+        return self.chunked_in or bool(self._head.content_length)
 
     # -- for metrics (read by the client connection when the exchange finishes)
 

@@ -25,22 +25,25 @@ UPGRADE_LINES: Final = b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
 _HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
-# Headers whose meaning ends at the gateway, and client claims it replaces: who the client is
-# (X-Forwarded-*, also spelt with underscores, which WSGI bridges merge with the dashed names),
+# Headers whose meaning ends at the gateway, and client claims it replaces: who the client is and
+# which URL it asked for (X-Forwarded-For/Proto/Host/Port/Prefix, also spelt with underscores, which
+# WSGI bridges merge with the dashed names; apps build absolute URLs and redirects from them),
 # proxy credentials (`auth.py`; an `Authorization` carrying a proxy token is dropped too), and
 # WebSocket extensions (no permessage-deflate, as on Modal: RFC 7692 is not negotiated).
 _CLAIMS: Final = frozenset(
     b"x" + sep1 + b"forwarded" + sep2 + what
     for sep1 in (b"-", b"_")
     for sep2 in (b"-", b"_")
-    for what in (b"for", b"proto")
+    for what in (b"for", b"proto", b"host", b"port", b"prefix")
 )
+# Those of them a trusted proxy may state and the gateway passes on as they are (`clientip.py`).
+_PASSED_CLAIMS: Final = frozenset({b"x-forwarded-host", b"x-forwarded-port", b"x-forwarded-prefix"})
 _CREDENTIALS: Final = frozenset({b"modal-key", b"modal-secret", b"proxy-authorization"})
 _REQUEST_DROP: Final = (
     _HOP_BY_HOP
     | _CLAIMS
     | _CREDENTIALS
-    | {b"forwarded", b"expect", b"sec-websocket-extensions", b"x-real-ip"}
+    | {b"forwarded", b"expect", b"sec-websocket-extensions", b"x-real-ip", b"modal-authorization"}
 )
 # A `Connection` header may name extra hop-by-hop headers, but not these: dropping the framing
 # or the Host of a forwarded message would make the other side read a different message.
@@ -61,7 +64,10 @@ class RequestHead(NamedTuple):
     upgrade: bytes | None = None  # lowercased, stripped
     forwarded_for: bytes | None = None  # the client's X-Forwarded-For chain, several joined by ", "
     forwarded_proto: bytes | None = None  # the client's X-Forwarded-Proto
+    forwarded_other: bytes = b""  # its X-Forwarded-Host/Port/Prefix lines: a trusted proxy's pass
     credentials: list[tuple[bytes, bytes]] | None = None  # (lowercased name, value), see `auth.py`
+    session_id: bytes | None = None  # `Modal-Session-ID` (HTTP servers' session affinity); forwarded too
+    session_token: bytes | None = None  # `Modal-Authorization: Bearer <token>` (sticky sessions); dropped
 
 
 class ResponseHead(NamedTuple):
@@ -93,9 +99,9 @@ def scan_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
 
     Not forwarded: hop-by-hop headers and those named in `Connection` (but never `Host` or
     `Content-Length`), `Expect` (the gateway answers it), the client's own `X-Forwarded-For`,
-    `X-Forwarded-Proto`, `Forwarded` and `X-Real-IP`, proxy credentials (`Modal-Key`,
-    `Modal-Secret`, `Proxy-Authorization`, an `Authorization: Bearer wk-…`) and
-    `Sec-WebSocket-Extensions`.
+    `-Proto`, `-Host`, `-Port`, `-Prefix`, `Forwarded` and `X-Real-IP`, proxy credentials (`Modal-Key`,
+    `Modal-Secret`, `Proxy-Authorization`, an `Authorization: Bearer wk-…`), a sticky session's
+    `Modal-Authorization` and `Sec-WebSocket-Extensions`.
     """
     parts: list[bytes] = []
     host: bytes | None = None
@@ -107,7 +113,10 @@ def scan_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
     upgrade: bytes | None = None
     forwarded_for: bytes | None = None
     forwarded_proto: bytes | None = None
+    forwarded_other: list[bytes] | None = None
     credentials: list[tuple[bytes, bytes]] | None = None
+    session_id: bytes | None = None
+    session_token: bytes | None = None
     drop_bearer = False
     for name, value in headers:
         lname = name.lower()
@@ -125,6 +134,13 @@ def scan_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
                 forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
             elif lname == b"x-forwarded-proto":
                 forwarded_proto = value
+            elif lname == b"modal-authorization":  # a sticky session's token, for the gateway only
+                scheme, _, token = value.strip().partition(b" ")
+                if scheme.lower() == b"bearer" and token.strip():
+                    session_token = token.strip()
+            elif lname in _PASSED_CLAIMS:
+                line = (name, b": ", value, CRLF)
+                forwarded_other = [*line] if forwarded_other is None else [*forwarded_other, *line]
             elif lname in _CREDENTIALS:
                 credentials = [(lname, value)] if credentials is None else [*credentials, (lname, value)]
             continue
@@ -133,6 +149,8 @@ def scan_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
             host_count += 1
         elif lname == b"content-length":
             content_length = int(value)  # llhttp accepted it: digits, and one value only
+        elif lname == b"modal-session-id":
+            session_id = value.strip() or None
         elif lname == b"authorization" and is_proxy_bearer(value):
             credentials = [(lname, value)] if credentials is None else [*credentials, (lname, value)]
             drop_bearer = True
@@ -153,7 +171,10 @@ def scan_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
         upgrade,
         forwarded_for,
         forwarded_proto,
+        b"".join(forwarded_other) if forwarded_other is not None else b"",
         credentials,
+        session_id,
+        session_token,
     )
 
 

@@ -28,6 +28,11 @@ class Limits:
     - `max_request_line_bytes`: request target (414).
     - `header_timeout_s`: from a connection's start, or a request's first byte, to the end of its
       head (408 and close; a connection that sent nothing is just closed). Stops slowloris.
+    - `body_timeout_s`: a request body that stalls (no byte arrives while the gateway is reading)
+      this long is answered 408 and its connection closed, so its container slot is freed
+      (issue 12: clients that send one byte of a body held containers forever).
+    - `send_timeout_s`: a client that reads nothing of its response this long (the gateway's
+      write buffer stays full) is disconnected, freeing its slot; nginx's `send_timeout`.
     - `idle_timeout_s`: a keep-alive connection with no request for this long is closed.
       Upgraded (WebSocket) connections have no idle timeout.
     - `max_connections`: open client connections; a new one past it is answered 503 and closed.
@@ -39,6 +44,8 @@ class Limits:
     max_head_bytes: int = 64 * 1024
     max_request_line_bytes: int = 16 * 1024
     header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
+    send_timeout_s: float = 60.0
     idle_timeout_s: float = 75.0
     max_connections: int = 10_000
     max_ws_message_bytes: int = WS_MAX_MESSAGE_BYTES

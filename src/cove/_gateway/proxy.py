@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Final
+from typing import Final, cast
 
 import httptools
 
@@ -50,7 +50,7 @@ from cove._gateway.messages import (
 )
 from cove._gateway.ratelimit import retry_after
 from cove._gateway.routing import Refusal, host_key
-from cove._gateway.upstream import Upstream, UpstreamError
+from cove._gateway.upstream import SessionUpstream, Upstream, UpstreamError
 from cove._gateway.websocket import WebSocketRelay
 
 __all__ = ["ClientTransport", "Downstream", "Exchange"]
@@ -135,7 +135,10 @@ class Exchange(BaseExchange):
         if head.expect is not None and not self.http_10 and not self._request_done:
             self._continue_sent = True
             down.transport.write(CONTINUE)
-        self._task = down.spawn(self._run(upstream, found.timeout_s))
+        session = (
+            head.session_token if found.sessioned else head.session_id if found.session_affinity else None
+        )
+        self._task = down.spawn(self._run(upstream, found.timeout_s, found.session_affinity, session))
 
     def _origin_form(self) -> bool:
         """Handle a request target that is not a path: `*` for OPTIONS, or an absolute URL.
@@ -163,14 +166,19 @@ class Exchange(BaseExchange):
         self._respond(400, "cove: malformed request (the target must be a path, or a URL naming the Host)")
         return False
 
-    async def _run(self, upstream: Upstream, timeout_s: float) -> None:
+    async def _run(
+        self, upstream: Upstream, timeout_s: float, affinity: bool = False, session: bytes | None = None
+    ) -> None:
         """Own the lease: acquire it, connect, wait for the exchange to end, release it."""
         try:
             if self._released:  # refused before its turn came (a malformed body, say): no slot
                 return
             self._acquiring = True
             try:
-                lease = await upstream.acquire()
+                if affinity:
+                    lease = await cast(SessionUpstream, upstream).acquire(session)
+                else:
+                    lease = await upstream.acquire()
             except UpstreamError as exc:
                 self._fail(exc.status, exc.message, exc.headers)
                 return
@@ -182,8 +190,9 @@ class Exchange(BaseExchange):
             self.lease = lease
             loop = asyncio.get_running_loop()
             http_s = self.down.http_timeout_s
-            # A WebSocket has no 303: without its 101 within `timeout_s` it is a 504.
-            if http_s < timeout_s and not self.websocket:
+            # A WebSocket has no 303: without its 101 within `timeout_s` it is a 504. Nor has an HTTP
+            # server (`affinity`): Modal's 303 belongs to the Function input system Servers go without.
+            if http_s < timeout_s and not self.websocket and not affinity:
                 self._timer = loop.call_later(http_s, self._on_http_timeout, timeout_s - http_s, timeout_s)
             else:
                 self._timer = loop.call_later(timeout_s, self._on_timeout, timeout_s)

@@ -21,6 +21,8 @@ class Route:
     upstream: Upstream | None  # None: the app is stopped
     timeout_s: float = 300.0  # no response head within it, counted from the lease -> 504
     requires_proxy_auth: bool = False  # recorded only; enforced by a later issue
+    session_affinity: bool = False  # an HTTP server: `upstream` is a `SessionUpstream` (Modal-Session-ID)
+    sessioned: bool = False  # with @modal.sessioned(): its key is the Modal-Authorization token instead
 
 
 @dataclass(frozen=True)

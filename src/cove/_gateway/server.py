@@ -64,12 +64,14 @@ class _ClientConnection(asyncio.Protocol):
 
     One timer per connection enforces the time limits lazily (it is re-armed when it fires, not
     per request): a request head must be complete `header_timeout_s` after its first byte (or
-    after the connection opened), and a connection idle between requests closes after
-    `idle_timeout_s`.
+    after the connection opened), a request body must not stall for `body_timeout_s` while the
+    gateway reads it (408), a client must not leave its response unread for `send_timeout_s`
+    (disconnected), and a connection idle between requests closes after `idle_timeout_s`.
     """
 
     __slots__ = (
         "_advancing",
+        "_body_since",
         "_closed",
         "_current",
         "_early",
@@ -92,6 +94,7 @@ class _ClientConnection(asyncio.Protocol):
         "_relay",
         "_timer",
         "_url",
+        "_write_paused_since",
         "forwarded",
         "max_body_bytes",
         "policy",
@@ -134,6 +137,8 @@ class _ClientConnection(asyncio.Protocol):
         self._head_started = False  # bytes of a request head arrived, not all of it
         self._head_since = now  # when the head being read started (a fresh connection: opened)
         self._idle_since = now
+        self._body_since = now  # when a byte of the request body being read last arrived
+        self._write_paused_since = now  # when the client's write buffer last filled up
         self._timer: asyncio.TimerHandle | None = None
 
     # -- what proxy.Downstream needs
@@ -184,7 +189,7 @@ class _ClientConnection(asyncio.Protocol):
         trusted = self.policy.trusted
         assert trusted is not None  # trusts_peer
         client = trusted.client(self._peer, head.forwarded_for)
-        return forwarded_lines(client, forwarded_proto(head.forwarded_proto))
+        return forwarded_lines(client, forwarded_proto(head.forwarded_proto)) + head.forwarded_other
 
     def relay_to(self, relay: WebSocketRelay) -> None:
         self._relay = relay
@@ -255,6 +260,8 @@ class _ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self._write_paused_since = self._loop.time()
+        self._check_within(self._limits.send_timeout_s)
         if self._current is not None:
             self._current.client_write_paused()
 
@@ -307,6 +314,9 @@ class _ClientConnection(asyncio.Protocol):
         )
         exchange.started = time.monotonic()
         self._parsing = exchange
+        self._body_since = self._loop.time()
+        if exchange.has_body:
+            self._check_within(self._limits.body_timeout_s)
         if self._current is None and not self._pipeline:
             self._current = exchange
             exchange.start()
@@ -316,6 +326,7 @@ class _ClientConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self._parsing is not None:
+            self._body_since = self._loop.time()
             self._parsing.request_body(body)
 
     def on_message_complete(self) -> None:
@@ -367,7 +378,7 @@ class _ClientConnection(asyncio.Protocol):
         partial = self._parsing
         self._parsing = None
         if partial is not None and partial is self._current:
-            partial.request_broken(message)  # answers 400, or aborts if its response has begun
+            partial.request_broken(message, status)  # answers, or aborts if its response has begun
             return
         if partial is not None:  # a pipelined request that never finished arriving
             self._pipeline.remove(partial)
@@ -400,6 +411,13 @@ class _ClientConnection(asyncio.Protocol):
             self._timer.cancel()
         self._timer = self._loop.call_later(LINGER_S, transport.close)
 
+    def _check_within(self, delay_s: float) -> None:
+        """Make the timer fire within `delay_s` (it may be due later: it was armed lazily)."""
+        timer = self._timer
+        if timer is not None and timer.when() > self._loop.time() + delay_s:
+            timer.cancel()
+            self._timer = self._loop.call_later(delay_s, self._on_timer)
+
     def shutdown(self) -> None:
         """The gateway is closing: close now if idle, else after the response in flight.
 
@@ -416,10 +434,21 @@ class _ClientConnection(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._closed or self._relay is not None:
+        if self._relay is not None:
             return
         limits = self._limits
         now = self._loop.time()
+        send_left = math.inf
+        if self.write_paused:  # the client reads nothing of what the gateway has written
+            send_left = self._write_paused_since + limits.send_timeout_s - now
+            if send_left <= 0:
+                _log.info("client stopped reading; disconnected peer=%s", self._peer)
+                self.abort()
+                return
+        if self._closed:
+            if send_left < math.inf:  # it closes once the client has read its last answer: in time
+                self._timer = self._loop.call_later(send_left, self._on_timer)
+            return
         if self._head_started:
             left = self._head_since + limits.header_timeout_s - now
             if left <= 0:
@@ -434,10 +463,23 @@ class _ClientConnection(asyncio.Protocol):
                 left = self._idle_since + limits.idle_timeout_s - now
             if left <= 0:
                 self._close()
+                if self.write_paused and self._timer is None:  # its last answer is unread yet
+                    self._timer = self._loop.call_later(send_left, self._on_timer)
                 return
-        else:  # a request in flight: nothing to time here; look again later
+        else:  # a request in flight: its body must keep arriving
             left = limits.header_timeout_s
-        self._timer = self._loop.call_later(left, self._on_timer)
+            if self._parsing is not None:
+                if self._paused:  # the gateway holds the body back (the container is slow), not the client
+                    self._body_since = now
+                else:
+                    body_left = self._body_since + limits.body_timeout_s - now
+                    if body_left <= 0:
+                        _log.debug("request body stalled peer=%s", self._peer)
+                        self._stop_parsing()
+                        self._refuse(408, f"cove: request body stalled for {limits.body_timeout_s:g} s")
+                        return
+                    left = min(left, body_left)
+        self._timer = self._loop.call_later(min(left, send_left), self._on_timer)
 
 
 class Gateway:
@@ -506,6 +548,12 @@ class Gateway:
     def policy(self) -> Policy:
         """What every request is checked against: limits, rate limit, proxy auth, trusted proxies."""
         return self._policy
+
+    def forget_proxy_token(self, token_id: str) -> None:
+        """`token_id` was revoked: stop accepting it now, not when its cached answer expires."""
+        auth = self._policy.proxy_auth
+        if auth is not None:
+            auth.forget(token_id)
 
     @property
     def connection_count(self) -> int:

@@ -9,6 +9,7 @@ unix socket the lease names, and gives the lease back exactly once::
         ...                               # proxy one request to lease.address
     finally:
         lease.release(broken=failed)      # broken=True: the container failed mid-request
+                                          # timed_out=True: the function's timeout passed
 
 The runtime implements both protocols; tests implement them over a real uvicorn process.
 """
@@ -26,11 +27,14 @@ class Lease(Protocol):
         """Filesystem path of the unix socket where the container's uvicorn listens."""
         ...
 
-    def release(self, *, broken: bool = False) -> None:
+    def release(self, *, broken: bool = False, timed_out: bool = False) -> None:
         """Give the slot back. Called exactly once per `Upstream.acquire`.
 
         `broken=True` means the connection to the container failed mid-request (refused, lost, or
         the function timed out), so the runtime should look at, and probably replace, the container.
+        `timed_out=True` (with `broken=True`) means the input ran past the function's `timeout`
+        and may still be running: the runtime must end the container, as Modal does, or it would
+        keep burning CPU and answer no other request (issue 12). Only passed when true.
         """
         ...
 
@@ -53,6 +57,14 @@ class Upstream(Protocol):
         hand out a lease.
         """
         ...
+
+
+class SessionUpstream(Protocol):
+    """An HTTP server's pool: `acquire` takes the request's `Modal-Session-ID` (or, for a sessioned
+    server, its `Modal-Authorization` token; None if absent), so one session keeps to one container,
+    and answers at once (it never queues)."""
+
+    async def acquire(self, session: bytes | None = None) -> Lease: ...
 
 
 class UpstreamError(Exception):

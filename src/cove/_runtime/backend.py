@@ -50,7 +50,9 @@ class ContainerRequest:
     Without an `image` the container runs on the server's own interpreter, unsandboxed (tests of
     the pool and gateway use that). `mounts` are (host path, container path) pairs of
     `add_local_file`/`add_local_dir`, and `extra_source` those of `add_local_python_source` that
-    live outside `source_dir`; both are mounted read-only.
+    live outside `source_dir`; both are mounted read-only. `api_socket` is the host path of the
+    scoped control socket of the app (see `cove._control.container_api`). `volumes` are (host
+    directory, container path) pairs of the Volumes the function mounts, read-write.
     """
 
     app_name: str
@@ -61,6 +63,22 @@ class ContainerRequest:
     image: ImageLayout | None = None
     mounts: tuple[tuple[str, str], ...] = ()
     extra_source: tuple[tuple[str, str], ...] = ()
+    app_kind: Literal["ephemeral", "deployed"] = "deployed"
+    api_socket: str | None = None  # host path of the app's scoped control socket, if it has one
+    volumes: tuple[tuple[str, str], ...] = ()
+
+
+#: Inside a container: the path of its app's scoped control socket (read by `cove._client`).
+CONTAINER_API_ENV = "COVE_CONTAINER_API"
+
+
+def app_env(request: ContainerRequest, api_socket: str | None) -> dict[str, str]:
+    """What a container is told about its app: name, kind and where its scoped control socket is
+    (`api_socket`, as the container sees it; None when this backend gives it none)."""
+    env = {"COVE_APP_NAME": request.app_name, "COVE_APP_KIND": request.app_kind}
+    if api_socket is not None:
+        env[CONTAINER_API_ENV] = api_socket
+    return env
 
 
 class StartupError(Exception):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import importlib.util
 import inspect
 import json
@@ -83,10 +84,18 @@ class Channel:
 
 
 def import_user_module(module_file: str, source_dir: str) -> ModuleType:
-    """Import the user's file as a top-level module named after its stem, as Modal mounts it."""
+    """Import the user's code as Modal mounts it: a file directly in `source_dir` as a top-level
+    module named after its stem; a file deeper down (`cove deploy -m pkg.mod`) by its dotted name,
+    so the relative imports of its package work."""
     if source_dir not in sys.path:
         sys.path.insert(0, source_dir)
-    name = os.path.splitext(os.path.basename(module_file))[0]
+    relative = os.path.relpath(module_file, source_dir)
+    parts = os.path.splitext(relative)[0].split(os.sep)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    if len(parts) > 1 or os.path.basename(module_file) == "__init__.py":
+        return importlib.import_module(".".join(parts))
+    name = parts[0]
     spec = importlib.util.spec_from_file_location(name, module_file)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {module_file}")
@@ -194,7 +203,7 @@ async def serve(
 
     stop = asyncio.Event()
     try:
-        if web is not None and web.kind == "web_server":
+        if web is not None and web.relays_port:  # web_server, or an http_server its @enter started
             return await _serve_web_server(
                 user.call, web.port or 0, web.startup_timeout_s, listener, channel, stop, ready
             )
@@ -252,6 +261,9 @@ async def _serve_web_server(
     stop: asyncio.Event,
     ready: Callable[[], None],
 ) -> int:
+    """Call the function (a no-op for an http_server, whose @enter started the server), wait for
+    `port`, then relay until SIGTERM. (An http_server's `exit_grace_period` is the pool's: it sends
+    SIGTERM once the requests in flight are done, or the period is over.)"""
     from cove._runtime import adapters
 
     loop = asyncio.get_running_loop()

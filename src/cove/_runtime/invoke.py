@@ -8,6 +8,9 @@ The server POSTs each input of a non-web function to `/__cove__/call` on the con
     200   cloudpickle({"ok": True, "value": ...})
           | {"ok": False, "exc": <pickled exception | None>, "type", "message", "traceback"}
 
+A generator function answers a stream of frames instead, one per item as it is yielded, then a done
+(or error) frame (see `cove._payload.encode_frame`).
+
 Sync functions run in a worker thread, async ones on the event loop; `cove.current_function_call_id()`
 and `cove.current_input_id()` name the input while it runs. A class method called with parameters
 (`Model(size=3).predict.remote()`) runs on an instance made once per distinct parameter set, with its
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import inspect
 import os
 import threading
@@ -33,10 +37,15 @@ from cove._payload import (
     CALL_ID_HEADER,
     CALL_PATH,
     CONTENT_TYPE,
+    FRAME_DONE,
+    FRAME_ERROR,
+    FRAME_ITEM,
+    FRAMES_CONTENT_TYPE,
     INPUT_ID_HEADER,
     CallInput,
     decode_input,
     encode_exception,
+    encode_frame,
     encode_value,
 )
 from cove._spec import FunctionSpec
@@ -93,8 +102,79 @@ class _CallHandler:
         if body is None:
             return  # the server went away (its call timed out or it stopped)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        result = await self.run(body, headers.get(CALL_ID_HEADER), headers.get(INPUT_ID_HEADER))
+        call_id, input_id = headers.get(CALL_ID_HEADER), headers.get(INPUT_ID_HEADER)
+        if self._spec.is_generator:
+            await self.stream(body, call_id, input_id, receive, send)
+            return
+        result = await self.run(body, call_id, input_id)
         await _respond(send, 200, result, CONTENT_TYPE)
+
+    async def stream(
+        self, body: bytes, call_id: str | None, input_id: str | None, receive: Receive, send: Send
+    ) -> None:
+        """Run one input of a generator function, sending a frame per item as it is yielded.
+
+        When the caller goes away (it stopped iterating, or the server cut the call), the generator
+        is closed at its next `yield` instead of running on for nobody.
+        """
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", FRAMES_CONTENT_TYPE.encode())],
+            }
+        )
+        gone = asyncio.Event()
+        watcher = asyncio.ensure_future(_wait_disconnect(receive, gone))
+
+        async def frame(kind: bytes, data: bytes = b"") -> None:
+            if gone.is_set():
+                return
+            try:
+                message = {"type": "http.response.body", "body": encode_frame(kind, data), "more_body": True}
+                await send(message)
+            except OSError:  # the caller went away while we sent
+                gone.set()
+
+        token = None
+        produced: Any = None
+        try:
+            call_input = decode_input(body, call_id=call_id)
+            function = await self._callable(call_input)
+            token = _set_current_ids(call_input.call_id, input_id)
+            produced = function(*call_input.args, **call_input.kwargs)
+            if inspect.isasyncgen(produced):
+                async for item in produced:
+                    if gone.is_set():
+                        break
+                    await frame(FRAME_ITEM, encode_value(item))
+            elif inspect.isgenerator(produced):
+                done = object()
+                while not gone.is_set():
+                    item = await asyncio.to_thread(next, produced, done)
+                    if item is done:
+                        break
+                    await frame(FRAME_ITEM, encode_value(item))
+            else:
+                raise InvalidError(
+                    f"{self._spec.tag!r} was declared a generator but returned a {type(produced).__name__}; "
+                    "use `yield` in it, or declare it with is_generator=False."
+                )
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            await frame(FRAME_ERROR, encode_exception(exc, traceback_text=remote_traceback(exc)))
+        else:
+            await frame(FRAME_DONE)
+        finally:
+            watcher.cancel()
+            if token is not None:
+                _current_ids.reset(token)
+            if gone.is_set():
+                await _close_generator(produced)
+        if not gone.is_set():
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def run(self, body: bytes, call_id: str | None, input_id: str | None) -> bytes:
         """Run one pickled input; return the pickled result (user exceptions included)."""
@@ -182,6 +262,23 @@ async def _run_hooks(hooks: list[Callable[[], Any]]) -> None:
         result = await asyncio.to_thread(hook)
         if inspect.isawaitable(result):
             await result
+
+
+async def _wait_disconnect(receive: Receive, gone: asyncio.Event) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+
+
+async def _close_generator(produced: Any) -> None:
+    """Close a generator its caller abandoned (runs its `finally` blocks)."""
+    try:
+        if inspect.isasyncgen(produced):
+            await produced.aclose()
+        elif inspect.isgenerator(produced):
+            await asyncio.to_thread(produced.close)
+    except Exception:
+        traceback.print_exc()
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -23,7 +23,7 @@ from typing import Literal
 import cove
 from cove._bundle import IGNORED_DIRS, IGNORED_SUFFIXES
 from cove._runtime import sandbox
-from cove._runtime.backend import ContainerRequest
+from cove._runtime.backend import ContainerRequest, StartupError
 from cove._runtime.sandbox import Bind, ContainerNeeds, HostSystem, NetworkMode
 from cove.config import SandboxSetting
 
@@ -156,6 +156,11 @@ def place(host: Host, request: ContainerRequest) -> Placement:
     """Map a request onto this host: a sandbox when bubblewrap runs here, else a plain process."""
     fn = request.function
     image = request.image
+    if request.volumes and (image is None or host.bwrap is None):
+        raise StartupError(
+            f"{fn.tag} mounts Volumes, which need the bubblewrap sandbox (install bubblewrap, "
+            "and do not set COVE_SANDBOX=off)"
+        )
     if image is None:
         # No image: the server's interpreter and environment, as before images existed.
         env = dict(os.environ)
@@ -215,13 +220,17 @@ def place(host: Host, request: ContainerRequest) -> Placement:
         source_dir=request.source_dir,
         source_entries=source_entries,
         extra_source=extra,
-        mounts=tuple(Bind(src, dst) for src, dst in request.mounts),
+        mounts=(
+            *(Bind(src, dst) for src, dst in request.mounts),
+            *(Bind(src, dst, writable=True) for src, dst in request.volumes),  # Volumes
+        ),
         workdir=workdir,
         image_home=image_home,
         workdir_entries=workdir_entries,
         env=image.env,
         network=host.network_for(fn.block_network),
         host_is_root=host.is_root,
+        api_dir=os.path.dirname(request.api_socket) if request.api_socket else None,
     )
     # Binds pin inodes: a file replaced by an editor's atomic save is a new inode that an older
     # sandbox would not see, so the inodes are part of what makes a spare fit.

@@ -3,14 +3,18 @@
 `cove serve` and `cove deploy` never import user code in their own process: each load is a new
 interpreter, so a reload sees the edited code and a crash in user code cannot take the CLI down.
 The process starts warm (FastAPI and Pydantic imported) and waits on stdin for one request:
-    {"file": "/abs/app.py", "app_var": "app" | null}
+    {"file": "/abs/app.py", "app_var": "app" | null}                       a file (`cove serve app.py`)
+    {"module": "pkg.mod", "root": "/abs/cwd", "app_var": "app" | null}     a module (`cove serve -m pkg.mod`)
 and answers on its original stdout with one JSON line (the user's prints go to stderr):
-    {"ok": true, "spec": {...}, "app_var": "app", "module_file": "...", "source_dir": "..."}
+    {"ok": true, "spec": {...}, "app_var": "app", "module_file": "...", "source_dir": "...",
+     "module_name": "pkg.mod", "package_dir": "/abs/cwd/pkg" | null, "function": "tag" | null}
     {"ok": false, "error": "<traceback or message>"}
+`app_var` may name a Function or Cls instead of an App: its App is loaded and `function` is its tag.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -28,19 +32,46 @@ def _warm_imports() -> None:
     import cove  # noqa: F401
 
 
+class RefError(LookupError):
+    """The reference names no usable App (or no module); the message says what to pass instead."""
+
+
 def find_app(module: ModuleType, app_var: str | None) -> tuple[str, Any]:
-    """The App to serve: `FILE::name`, else the variable `app`, else the only App in the file."""
+    """The App to serve: `REF::name`, else the variable `app`, else the only App in the module."""
+    var, app, _ = select(module, app_var)
+    return var, app
+
+
+def select(module: ModuleType, name: str | None) -> tuple[str, Any, str | None]:
+    """(App variable, App, function tag or None) for `REF::name`: `name` may be an App, or a
+    Function or Cls registered with one of the module's Apps (Modal's `file.py::function`)."""
+    from cove.app import App
+    from cove.functions import Cls, Function
+
+    if name is None:
+        return (*_default_app(module), None)
+    value = getattr(module, name, None)
+    if isinstance(value, App):
+        return name, value, None
+    if isinstance(value, (Function, Cls)):
+        for var, app in vars(module).items():
+            if isinstance(app, App):
+                for tag, obj in app._registry.items():
+                    if obj is value:
+                        return var, app, tag
+        raise RefError(
+            f"{module.__file__}: {name!r} is not registered with an App of this module. "
+            "Decorate it with @app.function() (or @app.cls()) of an App defined in the same module."
+        )
+    raise RefError(
+        f"{module.__file__} has {'no App' if value is None else 'a non-App object'} named {name!r}. "
+        + _apps_hint(module)
+    )
+
+
+def _default_app(module: ModuleType) -> tuple[str, Any]:
     from cove.app import App
 
-    if app_var is not None:
-        value = getattr(module, app_var, None)
-        if not isinstance(value, App):
-            found = value is not None
-            raise LookupError(
-                f"{module.__file__} has {'no App' if not found else 'a non-App object'} named {app_var!r}. "
-                + _apps_hint(module)
-            )
-        return app_var, value
     value = getattr(module, "app", None)
     if isinstance(value, App):
         return "app", value
@@ -48,11 +79,11 @@ def find_app(module: ModuleType, app_var: str | None) -> tuple[str, Any]:
     if len(apps) == 1:
         return apps[0]
     if not apps:
-        raise LookupError(
+        raise RefError(
             f"{module.__file__} defines no cove.App. "
             "Add `app = cove.App()` and decorate functions with `@app.function()`."
         )
-    raise LookupError(f"{module.__file__} defines several Apps. " + _apps_hint(module))
+    raise RefError(f"{module.__file__} defines several Apps. " + _apps_hint(module))
 
 
 def _apps_hint(module: ModuleType) -> str:
@@ -61,7 +92,8 @@ def _apps_hint(module: ModuleType) -> str:
     names = [name for name, obj in vars(module).items() if isinstance(obj, App)]
     if not names:
         return "It defines no cove.App."
-    return "Choose one with FILE::NAME, e.g. " + ", ".join(f"{module.__file__}::{n}" for n in names) + "."
+    ref = module.__name__ if "." in module.__name__ else module.__file__
+    return "Choose one with REF::NAME, e.g. " + ", ".join(f"{ref}::{n}" for n in names) + "."
 
 
 def user_traceback(exc: BaseException, module_file: str) -> str:
@@ -81,19 +113,30 @@ def user_traceback(exc: BaseException, module_file: str) -> str:
     return "".join(lines).rstrip()
 
 
-def load(file: str, app_var: str | None) -> dict[str, Any]:
+def load(
+    file: str | None, app_var: str | None, module_name: str | None = None, root: str | None = None
+) -> dict[str, Any]:
+    """Import a file (or, with `module_name`, a module from `root`) and describe its App."""
     from cove._modal_compat import install as install_modal_compat
     from cove._runtime.entrypoint import import_user_module
 
-    module_file = os.path.abspath(file)
-    source_dir = os.path.dirname(module_file)
     install_modal_compat()
+    where = file or module_name or "?"
     try:
-        module = import_user_module(module_file, source_dir)
-        var, app = find_app(module, app_var)
+        if module_name is not None:
+            module, source_dir, package_dir = import_module(module_name, root or os.getcwd())
+            module_file = str(module.__file__)
+        else:
+            assert file is not None
+            module_file = os.path.abspath(file)
+            source_dir, package_dir = os.path.dirname(module_file), None
+            module = import_user_module(module_file, source_dir)
+        var, app, function = select(module, app_var)
         spec = app._manifest()
+    except RefError as exc:
+        return {"ok": False, "error": str(exc)}
     except BaseException as exc:  # user code may raise anything, SystemExit included
-        return {"ok": False, "error": user_traceback(exc, module_file)}
+        return {"ok": False, "error": user_traceback(exc, where)}
     from cove._spec import spec_to_dict
 
     return {
@@ -102,7 +145,37 @@ def load(file: str, app_var: str | None) -> dict[str, Any]:
         "app_var": var,
         "module_file": module_file,
         "source_dir": source_dir,
+        "module_name": module.__name__,
+        "package_dir": package_dir,
+        "function": function,
     }
+
+
+def import_module(name: str, root: str) -> tuple[ModuleType, str, str | None]:
+    """Import `name` as `python -m` does from `root`: (module, the sys.path entry it came from,
+    the top-level package's directory, or None for a top-level module)."""
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            raise RefError(
+                f"No module named {exc.name!r} (looked in {root} and the installed packages). "
+                f"Run the command from the directory that contains the package {name.split('.')[0]!r}, "
+                "or pass the file path without -m."
+            ) from None
+        raise
+    module_file = getattr(module, "__file__", None)
+    if not module_file:
+        raise RefError(f"{name!r} is a namespace package with no code; name one of its modules.")
+    parts = name.split(".")
+    depth = len(parts) if os.path.basename(module_file) == "__init__.py" else len(parts) - 1
+    source_dir = os.path.dirname(os.path.abspath(module_file))
+    for _ in range(depth):
+        source_dir = os.path.dirname(source_dir)
+    is_package = depth > 0
+    return module, source_dir, os.path.join(source_dir, parts[0]) if is_package else None
 
 
 def main() -> int:
@@ -116,7 +189,7 @@ def main() -> int:
     if not line:
         return 0  # a spare loader that was not needed
     request = json.loads(line)
-    result = load(request["file"], request.get("app_var"))
+    result = load(request.get("file"), request.get("app_var"), request.get("module"), request.get("root"))
     answer.write(json.dumps(result) + "\n")
     answer.flush()
     return 0

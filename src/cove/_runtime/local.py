@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Stream
-from cove._runtime.isolation import Host, place
+from cove._runtime import sandbox
+from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Stream, app_env
+from cove._runtime.isolation import Host, Placement, place
 from cove._runtime.limits import Limiter
 from cove._runtime.spawner import Spawner, socket_dir
 from cove._runtime.zygote import Zygotes, probe_forks, startup_breakdown
@@ -245,7 +246,7 @@ class LocalBackend:
             "source_dir": placement.source_dir,
             "workdir": placement.workdir,
             "socket": self._spawner.inner_socket(placement, address),
-            "env": dict(request.env),
+            "env": {**request.env, **app_env(request, _inner_api_socket(placement, request))},
         }
 
         async def begin() -> None:
@@ -271,6 +272,15 @@ class LocalBackend:
         if self._zygotes is not None:
             await self._zygotes.close()
         self._limiter.close()
+
+
+def _inner_api_socket(placement: Placement, request: ContainerRequest) -> str | None:
+    """The app's scoped control socket as the container sees it: bound at `/cove/api` in a sandbox."""
+    if request.api_socket is None:
+        return None
+    if placement.needs is None:
+        return request.api_socket
+    return f"{sandbox.API_DIR}/{os.path.basename(request.api_socket)}"
 
 
 def _fail_if_error(task: asyncio.Task[None], container: LocalContainer) -> None:

@@ -6,14 +6,18 @@ import asyncio
 import collections
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cove._gateway.upstream import UpstreamError
+from cove._runtime.affinity import SessionTable, StickySessions
 from cove._runtime.autoscaler import ContainerView, ScalingPolicy, decide
 from cove._runtime.backend import ContainerHandle, ContainerState, StartupError
 from cove._spec import FunctionSpec
+from cove.exception import InvalidError
+from cove.exception import TimeoutError as CoveTimeoutError
 
 log = logging.getLogger("cove.pool")
 
@@ -23,6 +27,10 @@ _BACKOFF_FIRST_S = 1.0
 _BACKOFF_MAX_S = 30.0
 #: How often idle containers are checked against `scaledown_window`, at most.
 _TICK_MAX_S = 1.0
+#: What an HTTP server's refusals (503 while cold, 429 at capacity) tell clients to wait, in seconds.
+_RETRY_AFTER = (("Retry-After", "1"),)
+#: How long a refused request counts as demand for one more container (its client is due back).
+_REFUSED_DEMAND_S = 5.0
 
 Launcher = Callable[[], ContainerHandle]
 
@@ -42,12 +50,13 @@ class _Slot:
 class _Lease:
     """One request slot on one container; released exactly once."""
 
-    __slots__ = ("_pool", "_released", "_slot")
+    __slots__ = ("_pool", "_released", "_slot", "_token")
 
-    def __init__(self, pool: FunctionPool, slot: _Slot) -> None:
+    def __init__(self, pool: FunctionPool, slot: _Slot, token: str | None = None) -> None:
         self._pool = pool
         self._slot = slot
         self._released = False
+        self._token = token  # the sticky session the request belongs to
 
     @property
     def address(self) -> str:
@@ -57,11 +66,11 @@ class _Lease:
     def container_id(self) -> str:
         return self._slot.handle.id
 
-    def release(self, *, broken: bool = False) -> None:
+    def release(self, *, broken: bool = False, timed_out: bool = False) -> None:
         if self._released:
             return
         self._released = True
-        self._pool._release(self._slot, broken=broken)
+        self._pool._release(self._slot, broken=broken, timed_out=timed_out, token=self._token)
 
     def failure_message(self) -> str:
         code = self._slot.handle.returncode
@@ -87,6 +96,11 @@ class FunctionPool:
 
     Implements the gateway's `Upstream`. Every change of demand or of containers asks the pure
     autoscaler (`cove._runtime.autoscaler.decide`) what to start and what to stop.
+
+    An HTTP server's pool (`@app.server`, `modal.experimental.http_server`) has no queue, as on
+    Modal: `acquire` answers at once, with a container chosen by session (`cove._runtime.affinity`)
+    or the least busy one, `503` while no container is ready (counting as demand, so one starts)
+    and `429` when all are at `max_concurrency` (its `max_inputs`).
     """
 
     def __init__(
@@ -113,6 +127,13 @@ class FunctionPool:
         self._retry_at = 0.0
         self._backoff_s = _BACKOFF_FIRST_S
         self._ticker: asyncio.Task[None] | None = None
+        self._no_queue = spec.web is not None and spec.web.kind == "http_server"
+        self._sessions = SessionTable(clock=clock)
+        sessioned = self._no_queue and spec.web is not None and spec.web.sessioned
+        self._sticky: StickySessions | None = StickySessions() if sessioned else None
+        self._ready_waiters: list[asyncio.Future[None]] = []  # session starts waiting for a container
+        # Until then, an HTTP server's refused request (cold or full) counts as demand for a container.
+        self._refused_until = 0.0
         self._on_ready: Callable[[float], None] | None = None
         self._unreported: list[float] = []  # startups before `on_ready` was set (a deploy's first)
 
@@ -141,7 +162,9 @@ class FunctionPool:
 
     # -- the gateway's side ------------------------------------------------------------------
 
-    async def acquire(self) -> _Lease:
+    async def acquire(self, session: bytes | None = None) -> _Lease:
+        if self._no_queue:
+            return self._acquire_now(session)
         slot = self._free_slot()
         if slot is not None:
             self._take(slot)
@@ -167,6 +190,134 @@ class FunctionPool:
             raise
         return _Lease(self, slot)
 
+    def _acquire_now(self, session: bytes | None) -> _Lease:
+        """An HTTP server's request: a slot now, or a refusal now (it never waits)."""
+        tag = self.spec.tag
+        if self._closed or self._draining:
+            raise UpstreamError(503, f"cove: {tag} is shutting down", _RETRY_AFTER)
+        if self._sticky is not None:
+            return self._acquire_sticky(self._sticky, session)
+        ready = {s.handle.id: s for s in self._slots if s.state is ContainerState.READY}
+        if not ready:
+            self._refused_until = self._clock() + _REFUSED_DEMAND_S
+            self._rescale()
+            if self._failure is not None and self.container_count == 0:
+                raise UpstreamError(
+                    503,
+                    f"cove: {tag} failed to start: {self._failure} (details: cove app logs)",
+                    _RETRY_AFTER,
+                )
+            raise UpstreamError(
+                503,
+                f"cove: {tag} has no ready container yet (one is starting); retry shortly",
+                _RETRY_AFTER,
+            )
+        limit = self.spec.max_inputs
+        slot: _Slot | None
+        if session is not None:
+            chosen = self._sessions.choose(session, ready, lambda cid: ready[cid].in_flight < limit)
+            slot = ready[chosen] if chosen is not None else None
+        else:
+            slot = self._free_slot()
+        if slot is None:
+            self._refused_until = self._clock() + _REFUSED_DEMAND_S
+            self._rescale()
+            raise UpstreamError(
+                429,
+                f"cove: every container of {tag} is serving max_concurrency={limit} requests; retry shortly",
+                _RETRY_AFTER,
+            )
+        self._take(slot)
+        self._rescale()
+        return _Lease(self, slot)
+
+    def _acquire_sticky(self, sticky: StickySessions, token_bytes: bytes | None) -> _Lease:
+        """A request to a `@sessioned` server: served by its session's container, or refused."""
+        tag = self.spec.tag
+        if token_bytes is None:
+            raise UpstreamError(
+                401,
+                f"cove: {tag} serves sticky sessions only: send `Modal-Authorization: Bearer <token>` with "
+                f"a token from cove.Server.from_name(app_name, {tag!r}).sessions.start()",
+                (("WWW-Authenticate", 'Bearer realm="cove-session"'),),
+            )
+        token = token_bytes.decode("latin-1")
+        session = sticky.get(token, self._clock())
+        if session is None:
+            raise UpstreamError(
+                404,
+                f"cove: no live session of {tag} has this token: it was terminated, expired after its "
+                "idle_timeout, or never started. Start a new session.",
+            )
+        slot = next((s for s in self._slots if s.handle.id == session.container_id), None)
+        if slot is None or slot.state is not ContainerState.READY:
+            sticky.drop(token)
+            raise UpstreamError(
+                410,
+                f"cove: the container of this session of {tag} is gone ({session.container_id}); "
+                "start a new session.",
+            )
+        if slot.in_flight >= self.spec.max_inputs:
+            raise UpstreamError(
+                429,
+                f"cove: the session's container is serving max_concurrency={self.spec.max_inputs} requests; "
+                "retry shortly",
+                _RETRY_AFTER,
+            )
+        self._take(slot)
+        sticky.begin(token)
+        self._rescale()
+        return _Lease(self, slot, token)
+
+    async def start_session(self, idle_timeout_s: float, wait_s: float) -> tuple[str, str]:
+        """Start a sticky session on the ready container with the fewest sessions (starting one if
+        none is ready, waiting up to `wait_s`); returns (token, container id)."""
+        sticky = self._sticky
+        if sticky is None:
+            raise InvalidError(
+                f"{self.spec.tag} does not take sessions: decorate its class with @modal.sessioned() "
+                "below @app.server()."
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            if self._closed or self._draining:
+                raise InvalidError(f"{self.spec.tag} is shutting down; start the session on its new version.")
+            now = self._clock()
+            ready = [s for s in self._slots if s.state is ContainerState.READY]
+            if ready:
+                slot = min(ready, key=lambda s: (sticky.count(s.handle.id, now), s.in_flight))
+                token = "ss-" + secrets.token_urlsafe(24)
+                sticky.start(token, slot.handle.id, idle_timeout_s, now)
+                log.info("function=%s container=%s event=session_started", self.spec.tag, slot.handle.id)
+                return token, slot.handle.id
+            if self._failure is not None and self.container_count == 0 and now < self._retry_at:
+                raise InvalidError(
+                    f"{self.spec.tag} failed to start: {self._failure} (details: cove app logs)"
+                )
+            self._refused_until = self._clock() + _REFUSED_DEMAND_S
+            self._rescale()
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._ready_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise CoveTimeoutError(
+                    f"No container of {self.spec.tag} became ready within {wait_s:.0f} s to host the session."
+                ) from None
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._ready_waiters.remove(waiter)
+
+    def terminate_session(self, token: str) -> bool:
+        """End a sticky session now; False if there was no such live session."""
+        return self._sticky is not None and self._sticky.terminate(token)
+
+    def _wake_session_starts(self) -> None:
+        for waiter in self._ready_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self, warm: int = 0) -> None:
@@ -188,11 +339,19 @@ class FunctionPool:
         await self.close()
 
     async def close(self) -> None:
-        """Stop now: fail queued requests, stop containers (in-flight requests get their 502)."""
+        """Stop now: fail queued requests, stop containers (in-flight requests get their 502).
+
+        An HTTP server's requests in flight first get its `exit_grace_period` to finish (Modal's
+        "time to finish up requests when closing down"); new ones are refused meanwhile.
+        """
         self._closed = True
         if self._ticker is not None:
             self._ticker.cancel()
         self._fail_waiters(f"cove: {self.spec.tag} was stopped", prefix=False)
+        grace_s = self.spec.web.exit_grace_period_s if self._no_queue and self.spec.web is not None else 0.0
+        if grace_s > 0 and not self._quiet.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._quiet.wait(), grace_s)
         slots, self._slots = self._slots, []
         await asyncio.gather(*(s.handle.stop() for s in slots), return_exceptions=True)
         for task in list(self._tasks):
@@ -247,13 +406,21 @@ class FunctionPool:
         slot.served += 1
         self._quiet.clear()
 
-    def _release(self, slot: _Slot, *, broken: bool) -> None:
+    def _release(
+        self, slot: _Slot, *, broken: bool, timed_out: bool = False, token: str | None = None
+    ) -> None:
+        if token is not None and self._sticky is not None:
+            self._sticky.end(token, self._clock())
         slot.in_flight -= 1
-        if slot.in_flight == 0:
+        if timed_out:
+            self._kill(slot)
+        elif slot.in_flight == 0:
             slot.idle_since = self._clock()
             if slot.state is ContainerState.DRAINING:
                 self._spawn(slot.handle.stop())
-        if broken and slot.handle.returncode is not None:
+        # A killed container is forgotten once it has exited (`_run`); asking its returncode now
+        # would wait for a process that is still dying.
+        if broken and not timed_out and slot.handle.returncode is not None:
             self._forget(slot)
         self._dispatch()
         self._check_quiet()
@@ -289,7 +456,8 @@ class FunctionPool:
             )
             for s in live
         ]
-        decision = decide(now, views, len(self._waiters), self.policy)
+        refused = 1 if now < self._refused_until else 0
+        decision = decide(now, views, len(self._waiters) + refused, self.policy)
         start = decision.start
         if self._draining and not self._waiters:
             start = 0  # an old version only finishes its queue
@@ -300,7 +468,12 @@ class FunctionPool:
             start = 0
         for _ in range(start):
             self._start_container()
+        sticky = self._sticky
+        if sticky is not None:
+            sticky.expire(now)
         for container_id in decision.stop:
+            if sticky is not None and sticky.count(container_id, now):
+                continue  # Modal: a container holding a live sticky session is not scaled down
             slot = next(s for s in live if s.handle.id == container_id)
             self._retire(slot, reason=f"idle for {now - slot.idle_since:.1f}s")
 
@@ -312,6 +485,27 @@ class FunctionPool:
         log.info("function=%s container=%s event=scaledown reason=%r", self.spec.tag, slot.handle.id, reason)
         if slot.in_flight == 0:
             self._spawn(slot.handle.stop())
+
+    def _kill(self, slot: _Slot) -> None:
+        """An input ran past the function's timeout: end its container now and let it be replaced.
+
+        The input may still be running (a loop that never yields, a blocked thread) and cannot be
+        cancelled from outside, so the container is killed, as Modal terminates a container whose
+        input timed out. Under `@concurrent` its other inputs fail with it (502 to web requests,
+        an error to `.remote()` calls). The slot leaves rotation at once; the autoscaler starts a
+        replacement if demand needs one, and `_run` forgets the slot once the process has exited.
+        """
+        if slot not in self._slots or slot.state in (ContainerState.EXITED, ContainerState.FAILED):
+            return
+        log.warning(
+            "function=%s container=%s event=timeout_kill in_flight=%d timeout_s=%g",
+            self.spec.tag,
+            slot.handle.id,
+            slot.in_flight,
+            self.spec.timeout_s,
+        )
+        slot.state = ContainerState.DRAINING
+        self._spawn(slot.handle.stop(grace_s=0))
 
     def _start_container(self) -> None:
         slot = _Slot(self._launch(), started_at=self._clock(), idle_since=self._clock())
@@ -329,6 +523,7 @@ class FunctionPool:
         except StartupError as exc:
             slot.state = ContainerState.FAILED
             self._forget(slot)
+            self._refused_until = 0.0  # the next request tries again (after the backoff)
             self._failure = exc.reason
             self._retry_at = self._clock() + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
@@ -340,12 +535,14 @@ class FunctionPool:
             )
             if self.container_count == 0:
                 self._fail_waiters(exc.reason)
+            self._wake_session_starts()
             return
         if self._closed or slot.state is ContainerState.DRAINING:
             await slot.handle.stop()
             return
         slot.state = ContainerState.READY
         slot.idle_since = self._clock()
+        self._refused_until = 0.0
         self._failure = None
         self._backoff_s = _BACKOFF_FIRST_S
         self._retry_at = 0.0
@@ -354,6 +551,7 @@ class FunctionPool:
             "function=%s container=%s event=ready startup_s=%.3f", self.spec.tag, slot.handle.id, startup_s
         )
         self._report_ready(startup_s)
+        self._wake_session_starts()
         self._dispatch()
         code = await slot.handle.wait_exit()
         if slot in self._slots:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from cove._bundle import make_bundle
-from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Stream
+from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Stream, app_env
 from cove._runtime.local import new_container_id
 from cove._runtime.ray_node import ContainerActor
 from cove._runtime.ray_options import plan
@@ -331,7 +331,9 @@ class RayBackend:
             "container_id": container_id,
             "function": spec_to_dict(request.function),
             "module_file": os.path.relpath(request.module_file, request.source_dir),
-            "env": dict(request.env),  # secrets: in the start message, never in the runtime_env
+            # secrets: in the start message, never in the runtime_env. No scoped control socket on
+            # Ray (docs/ray.md): calls from inside a container say so.
+            "env": {**request.env, **app_env(request, None)},
         }
         self._containers[container_id] = container
         container._exited.add_done_callback(lambda _: self._containers.pop(container_id, None))
@@ -368,7 +370,7 @@ class _Sources:
             entry = self._refs.get(id(request))
             if entry is not None and entry[0]() is request:
                 return entry[1]
-            ref = ray.put(pack_sources(request.function, request.module_file))
+            ref = ray.put(pack_sources(request.function, request.module_file, request.source_dir))
             self._refs[id(request)] = (weakref.ref(request), ref)
             return ref
 
@@ -379,7 +381,7 @@ class _Sources:
                 del self._refs[id(request)]
 
 
-def pack_sources(spec: FunctionSpec, module_file: str) -> bytes:
+def pack_sources(spec: FunctionSpec, module_file: str, source_dir: str | None = None) -> bytes:
     """The app's directory and its `add_local_python_source` packages, as `cove deploy` bundles them
     (packages the server cannot see are left out: a deployed bundle has them in its directory)."""
     steps = []
@@ -388,7 +390,8 @@ def pack_sources(spec: FunctionSpec, module_file: str) -> bytes:
             paths = tuple(p for p in step.arg("paths", ()) if p and os.path.exists(p))
             steps.append(ImageStep(step.kind, tuple((k, paths if k == "paths" else v) for k, v in step.args)))
     only_sources = dataclasses.replace(spec, image=ImageSpec(tuple(steps)))
-    return make_bundle(AppSpec(None, (only_sources,)), module_file)
+    # The whole source_dir: with -m it is the directory the package was imported from.
+    return make_bundle(AppSpec(None, (only_sources,)), module_file, source_dir=source_dir)
 
 
 async def _await(ref: Any) -> Any:

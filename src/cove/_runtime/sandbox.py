@@ -15,6 +15,8 @@ What a container sees (local backend, bubblewrap):
                        app's source bound read-only inside it
     <remote paths>     baked files (copy=True) and mounted local files/dirs, read-only
     /cove/run          the container's own directory on the host, where it creates its HTTP socket
+    /cove/api          read-only: the directory of its app's scoped control socket (`control.sock`),
+                       through which it may call functions of its app and nothing else of the API
     /tmp               private tmpfs
     /dev, /proc        minimal devices; a /proc of its own PID namespace
 
@@ -37,6 +39,7 @@ SDK = "/cove/sdk"
 RUN = "/cove/run"
 HOME = "/root"
 SOCKET = f"{RUN}/http.sock"
+API_DIR = "/cove/api"
 
 NetworkMode = Literal["none", "outbound"]
 
@@ -149,6 +152,7 @@ class ContainerNeeds:
     info_fd: int | None = None
     host_is_root: bool = True
     limits: Limits = Limits()
+    api_dir: str | None = None  # host directory of the app's scoped control socket (→ API_DIR)
 
 
 @dataclass(frozen=True)
@@ -263,6 +267,11 @@ def container_argv(needs: ContainerNeeds, bwrap: str = "bwrap") -> list[str]:
     for bind in needs.mounts:
         argv += _bind_args(bind)
     argv += ["--bind", needs.run_dir, RUN]
+    if needs.api_dir is not None:
+        _check_absolute(needs.api_dir, "the control socket's directory")
+        # Read-only: connecting to a socket needs no write access to its mount, and the container
+        # can neither replace the socket nor add others next to it.
+        argv += ["--ro-bind", needs.api_dir, API_DIR]
     argv += ["--remount-ro", "/"]
     argv += [
         "--unshare-all",  # user, ipc, pid, net, uts, cgroup
@@ -359,4 +368,5 @@ def spare_key(needs: ContainerNeeds) -> tuple[object, ...]:
         needs.network,
         needs.hostname,
         needs.host_is_root,
+        needs.api_dir,
     )

@@ -172,7 +172,7 @@ class Zygotes:
     ) -> Forked:
         fn = entry.request.function
         placement = entry.placement
-        plan = _plan(placement, network=fn.web is not None and fn.web.kind == "web_server")
+        plan = _plan(placement, network=fn.web is not None and fn.web.relays_port)
         outbound = (
             plan is not None
             and plan["network"]

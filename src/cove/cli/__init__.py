@@ -11,10 +11,14 @@ from cove.cli import _render as render
 from cove.cli.app import app
 from cove.cli.container import container
 from cove.cli.deploy import deploy
+from cove.cli.dict import dict_group
+from cove.cli.queue import queue_group
+from cove.cli.run import run
 from cove.cli.secret import secret
 from cove.cli.serve import serve
 from cove.cli.server import server
 from cove.cli.token import token
+from cove.cli.volume import volume_group
 
 
 class _Main(click.Group):
@@ -35,11 +39,15 @@ def main() -> None:
 
 
 main.add_command(serve)
+main.add_command(run)
 main.add_command(deploy)
 main.add_command(app)
 main.add_command(container)
 main.add_command(server)
 main.add_command(secret)
 main.add_command(token)
+main.add_command(dict_group)
+main.add_command(queue_group)
+main.add_command(volume_group)
 
 __all__ = ["main"]

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from cove import exception
-from cove._control.server import control_socket_alive
+from cove._probe import control_socket_alive
 from cove.config import Settings, env
 
 _SERVER_START_TIMEOUT_S = 30.0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from typing import Any
 
 import click
 
@@ -26,17 +28,33 @@ def app() -> None:
     """Manage deployed and ephemeral apps."""
 
 
+def listed(apps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The apps `cove app list` shows: one row per name, unless a deployed app and a `cove serve` of
+    the same name both run. A running app hides a stopped one of its name; among stopped ones the
+    deployed app wins. Order: by creation time, as the server lists them."""
+    chosen: dict[str, list[dict[str, Any]]] = {}
+    for app in apps:
+        rows = chosen.setdefault(app["name"], [])
+        running = [r for r in rows if r["state"] != "stopped"]
+        if app["state"] != "stopped":
+            chosen[app["name"]] = [*running, app]
+        elif not running and not any(r["kind"] == "deployed" for r in rows):
+            chosen[app["name"]] = [app]
+    order = {id(app): index for index, app in enumerate(apps)}
+    return sorted((app for rows in chosen.values() for app in rows), key=lambda a: order[id(a)])
+
+
 @app.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts (every app, stopped ones too).")
 def list_apps(as_json: bool) -> None:
-    """List apps: state (deployed, ephemeral, stopped), containers, version, creation time."""
+    """List apps: state (deployed, ephemeral, stopped), containers, version, first deploy time."""
     apps = _client().request("GET", "/v1/apps")["apps"]
     if as_json:
         render.out.print_json(json.dumps(apps))
         return
     rows = [
         (a["name"], a["state"], str(a["containers"]), f"v{a['version']}", render.timestamp(a["created_at"]))
-        for a in apps
+        for a in listed(apps)
     ]
     render.table("Apps", ("Name", "State", "Containers", "Version", "Created at"), rows)
 

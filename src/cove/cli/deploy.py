@@ -14,7 +14,7 @@ from cove._spec import spec_to_dict
 from cove.cli import _render as render
 from cove.cli._build import build_images
 from cove.cli._client import ControlClient, ensure_server
-from cove.cli._load import AppRef, LoadError, WarmLoader
+from cove.cli._load import LoadError, WarmLoader, app_ref_arguments, parse_app_ref
 from cove.config import Settings
 
 _TAG_RE = re.compile(r"^[A-Za-z0-9._-]{1,50}$")
@@ -25,15 +25,13 @@ NO_NAME = (
 
 
 @click.command()
-@click.argument("app_ref", metavar="FILE[::APP]")
+@app_ref_arguments
 @click.option("--name", help="Deployment name (default: the App's name).")
 @click.option("--tag", default="", help="A label recorded with this version (<= 50 of [A-Za-z0-9._-]).")
-def deploy(app_ref: str, name: str | None, tag: str) -> None:
-    """Deploy the app in FILE: a new version that keeps serving after this command and server restarts."""
-    try:
-        ref = AppRef.parse(app_ref)
-    except exception.InvalidError as exc:
-        raise click.BadParameter(str(exc), param_hint="FILE[::APP]") from None
+def deploy(app_ref: str, use_module: bool, name: str | None, tag: str) -> None:
+    """Deploy the app in FILE (or, with -m, in MODULE): a new version that keeps serving after this
+    command and server restarts. With -m, the module's top-level package is shipped."""
+    ref = parse_app_ref(app_ref, use_module)
     if tag and not _TAG_RE.match(tag):
         raise click.BadParameter(f"{tag!r}: use at most 50 of [A-Za-z0-9._-]", param_hint="--tag")
     started = time.monotonic()
@@ -50,11 +48,14 @@ def deploy(app_ref: str, name: str | None, tag: str) -> None:
             raise SystemExit(1) from None
         app_name = name or loaded.spec.name
         if not app_name:
-            render.error(NO_NAME.format(file=os.path.relpath(ref.file)))
+            where = f"-m {ref.module}" if ref.file is None else os.path.relpath(ref.file)
+            render.error(NO_NAME.format(file=where))
             raise SystemExit(1)
         render.success(f"Loaded app {app_name} ({len(loaded.spec.functions)} functions).")
         # The server reads the files image steps name from the bundle only, at these paths.
-        bundle = make_bundle(loaded.spec, loaded.module_file)
+        bundle = make_bundle(
+            loaded.spec, loaded.module_file, source_dir=loaded.source_dir, package_dir=loaded.package_dir
+        )
         spec_json = spec_to_dict(relocate(loaded.spec))
         bundle_id = client.request("POST", "/v1/bundles", content=bundle)["bundle_id"]
         render.success(f"Uploaded sources ({_size(len(bundle))}, bundle {bundle_id[:12]}).")

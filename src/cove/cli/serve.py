@@ -18,7 +18,7 @@ from cove import exception
 from cove.cli import _render as render
 from cove.cli._build import build_images
 from cove.cli._client import ControlClient, ensure_server
-from cove.cli._load import AppRef, Loaded, LoadError, WarmLoader
+from cove.cli._load import AppRef, Loaded, LoadError, WarmLoader, app_ref_arguments, parse_app_ref
 from cove.config import Settings, env
 
 
@@ -93,7 +93,7 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 @click.command()
-@click.argument("app_ref", metavar="FILE[::APP]")
+@app_ref_arguments
 @click.option("-n", "--name", help="Name of the ephemeral app (default: App(name) or the file name).")
 @click.option(
     "--timeout",
@@ -101,12 +101,10 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     default=lambda: float(env("COVE_SERVE_TIMEOUT") or 0) or None,
     help="Stop serving after this many seconds (default: until Ctrl-C).",
 )
-def serve(app_ref: str, name: str | None, timeout: float | None) -> None:
-    """Serve the web endpoints of FILE as an ephemeral app that reloads when its files change."""
-    try:
-        ref = AppRef.parse(app_ref)
-    except exception.InvalidError as exc:
-        raise click.BadParameter(str(exc), param_hint="FILE[::APP]") from None
+def serve(app_ref: str, use_module: bool, name: str | None, timeout: float | None) -> None:
+    """Serve the web endpoints of FILE (or, with -m, of MODULE) as an ephemeral app that reloads
+    when its files change (with -m, the files of its package)."""
+    ref = parse_app_ref(app_ref, use_module)
     settings = Settings.from_env()
     loader = WarmLoader()
     loader.prepare()  # imports start while the server comes up
@@ -121,20 +119,20 @@ def serve(app_ref: str, name: str | None, timeout: float | None) -> None:
         except LoadError as exc:
             render.user_error(exc.text)
             raise SystemExit(1) from None
-        app_name = name or loaded.spec.name or os.path.splitext(os.path.basename(ref.file))[0]
+        app_name = name or loaded.spec.name or ref.default_name
         session = _Session(client, app_name, uuid.uuid4().hex)
         started = time.monotonic()
         app = session.publish(loaded)
         render.success(f"Initialized app {app_name} ({time.monotonic() - started:.2f}s).")
         render.created_objects(app)
         render.info(f"View at {client.health()['dashboard_url']}")
-        render.serving(loaded.source_dir)
+        render.serving(loaded.watch_dir)
         threading.Thread(target=session.follow, name="cove-serve-logs", daemon=True).start()
         if timeout:
             timer = threading.Timer(timeout, session.time_out)
             timer.daemon = True
             timer.start()
-        _watch(session, loader, ref, loaded.source_dir, mounted_paths(loaded.spec_json, loaded.source_dir))
+        _watch(session, loader, ref, loaded.watch_dir, mounted_paths(loaded.spec_json, loaded.watch_dir))
     except KeyboardInterrupt:
         pass
     except exception.Error as exc:

@@ -9,8 +9,7 @@ import select
 
 import click
 
-from cove import exception
-from cove._control import server as control_server
+from cove import _probe, exception
 from cove.cli import _render as render
 from cove.cli._client import ControlClient
 from cove.config import Settings, backend_name
@@ -65,6 +64,8 @@ def server(
         settings = dataclasses.replace(settings, ray_address=ray_address)
     if ready_fd is None:
         render.info(f"Cove server for {settings.home}: gateway on http://{settings.host}:{settings.port}")
+    from cove._control import server as control_server  # the server stack, only when it runs
+
     try:
         control_server.run(
             settings,
@@ -84,7 +85,7 @@ def server(
 def stop() -> None:
     """Stop the server running for COVE_HOME (its apps stop serving until it starts again)."""
     settings = Settings.from_env()
-    if not control_server.control_socket_alive(settings.control_socket):
+    if not _probe.control_socket_alive(settings.control_socket):
         render.info(f"No Cove server is running for {settings.home}.")
         return
     pid = _server_pid(settings)
@@ -103,7 +104,7 @@ def stop() -> None:
 
 def _server_pid(settings: Settings) -> int | None:
     try:
-        return int(json.loads(control_server.state_file(settings).read_text())["pid"])
+        return int(json.loads(_probe.state_file(settings.home).read_text())["pid"])
     except (OSError, ValueError, KeyError):
         return None
 
