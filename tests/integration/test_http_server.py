@@ -222,6 +222,10 @@ def test_cold_server_answers_503_then_serves_and_refuses_beyond_max_concurrency(
     urls = _deploy(cove_env, tmp_path / "edge.py")
     flash = next(u for u in urls if "edge-flash" in u)
     private = next(u for u in urls if "edge-private" in u)
+    # The deploy proved each server starts (one container each, issue 12); stop them to see it cold.
+    for container in _containers(cove_env):
+        cove_env.run("container", "stop", str(container["id"]))
+    _until(lambda: not _containers(cove_env), "the deploy's containers to stop")
 
     cold = _get(flash)
     assert cold.status_code == 503, cold.text
