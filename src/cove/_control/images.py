@@ -46,9 +46,10 @@ from cove._bundle import IGNORED_DIRS, IGNORED_SUFFIXES, move_step_paths, resolv
 from cove._control.secrets import SecretStore
 from cove._runtime import sandbox
 from cove._runtime.backend import ImageLayout
-from cove._runtime.isolation import probe_bwrap
+from cove._runtime.isolation import _host_system, probe_bwrap
 from cove._runtime.sandbox import Bind, BuildNeeds
 from cove._spec import AppSpec, ImageSpec, ImageStep, SecretRef, spec_to_dict
+from cove.config import SandboxSetting
 from cove.exception import ImageBuildError, InvalidError
 
 log = logging.getLogger("cove.images")
@@ -84,6 +85,12 @@ _LAYER_FORMAT = "cove-layer-2"
 #: uv never downloads a Python, and compiles bytecode: a container's virtualenv is read-only, so a
 #: module without its .pyc would be compiled again at every container start.
 _UV_ENV = {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1", "UV_COMPILE_BYTECODE": "1"}
+#: What a sandboxed uv keeps of the server's environment: index, proxy and TLS settings. Everything
+#: else (the server's tokens, COVE_* settings, ...) never reaches a package's build code.
+_KEPT_ENV = frozenset(
+    {"http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"}
+    | {"ALL_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR"}
+)
 _TAIL_LINES = 15
 _ACTION_KINDS = frozenset(
     {
@@ -553,10 +560,21 @@ def _pip_args(step: ImageStep, packages: tuple[str, ...], requirements: tuple[st
 class ImageBuilder:
     """Builds images on this machine and finds built ones; one build per key at a time."""
 
-    def __init__(self, cache: Path, secrets: SecretStore, *, mirror: str) -> None:
+    def __init__(
+        self,
+        cache: Path,
+        secrets: SecretStore,
+        *,
+        mirror: str,
+        home: Path | None = None,
+        sandbox_setting: SandboxSetting = "auto",
+    ) -> None:
         self.cache = cache
         self._secrets = secrets
         self._mirror = mirror
+        self._home = home  # COVE_HOME: never visible to a build step
+        self._sandbox_setting = sandbox_setting
+        self._warned_unsandboxed = False
         self._locks: dict[str, asyncio.Lock] = {}
         for sub in ("layers", "logs", "locks"):
             (cache / sub).mkdir(parents=True, exist_ok=True)
@@ -755,18 +773,17 @@ class ImageBuilder:
         await self._pip(plan, layer, work, output, args, env, requirements)
 
     async def _base(self, plan: Plan, work: Path, output: _Output) -> None:
-        env = self._host_env()
-        venv = str(work / "venv")
-        await _run(
-            [_uv(), "venv", "--relocatable", "--seed", "--python", plan.interpreter.executable, venv],
+        venv = work / "venv"
+        venv.mkdir()  # bound into the build sandbox, so it exists before uv fills it
+        await self._uv_in_venv(
+            ["venv", "--relocatable", "--seed", "--python", plan.interpreter.executable, str(venv)],
+            plan,
+            venv,
             output,
-            env=env,
+            {},
         )
-        await _run(
-            [_uv(), "pip", "install", "--python", f"{venv}/bin/python", *worker_requirements()],
-            output,
-            env=env,
-        )
+        install = ["pip", "install", "--python", f"{venv}/bin/python", *worker_requirements()]
+        await self._uv_in_venv(install, plan, venv, output, {})
 
     def _host_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("COVE_")}
@@ -786,9 +803,10 @@ class ImageBuilder:
         requirements: tuple[str, ...],
     ) -> None:
         if not (work / "rootfs").is_dir():
-            venv_python = str(work / "venv" / "bin" / "python")
-            await _run(
-                [_uv(), "pip", "install", "--python", venv_python, *args], output, env=self._host_env(env)
+            venv = work / "venv"
+            reads = [*(os.path.dirname(r) for r in requirements), *_local_sources(layer.step)]
+            await self._uv_in_venv(
+                ["pip", "install", "--python", f"{venv}/bin/python", *args], plan, venv, output, env, reads
             )
             return
         # After apt_install/run_commands, install inside the root filesystem, so builds from source
@@ -800,6 +818,102 @@ class ImageBuilder:
         command = ["/cove/bin/uv", "pip", "install", "--python", f"{sandbox.VENV}/bin/python", *args]
         env = {**env, **_UV_ENV, "UV_CACHE_DIR": cache}
         await self._in_rootfs(plan, layer, work, output, command, env, workdir="/", extra=binds)
+
+    def _build_bwrap(self) -> str | None:
+        """bwrap for build steps, or None (COVE_SANDBOX=off, or unusable here: warned once)."""
+        bwrap: str | None = None
+        reason = "COVE_SANDBOX=off"
+        if self._sandbox_setting != "off":
+            bwrap, reason = probe_bwrap()
+        if bwrap is None and not self._warned_unsandboxed:
+            self._warned_unsandboxed = True
+            log.warning(
+                "event=build_unsandboxed reason=%r: image builds run uv, and the build code of the "
+                "packages they install, as the server's user on the host, without a sandbox",
+                reason,
+            )
+        return bwrap
+
+    async def _uv_in_venv(
+        self,
+        args: list[str],
+        plan: Plan,
+        venv: Path,
+        output: _Output,
+        env: Mapping[str, str],
+        reads: Iterable[str] = (),
+    ) -> None:
+        """Run `uv *args` on the virtualenv `venv` of a venv-only image. uv runs package code (an
+        sdist's setup.py, a PEP 517 backend), so it runs in a bubblewrap sandbox (see
+        `_venv_sandbox`), unless none is available."""
+        bwrap = self._build_bwrap()
+        if bwrap is None:
+            await _run([_uv(), *args], output, env=self._host_env(env))
+            return
+        uv = os.path.realpath(_uv())
+        argv = self._venv_sandbox(bwrap, plan, venv, [uv, *args], env, reads)
+        await _run(argv, output, env=self._host_env())
+
+    def _venv_sandbox(
+        self,
+        bwrap: str,
+        plan: Plan,
+        venv: Path,
+        command: list[str],
+        env: Mapping[str, str],
+        reads: Iterable[str],
+    ) -> list[str]:
+        """The bwrap argv of one uv command on a venv-only image. The step sees the host's system
+        directories and allow-listed /etc (read-only), the interpreter, uv and the files the step
+        names (read-only), the virtualenv being built and uv's cache (writable), a private /tmp and
+        HOME, and the network (the package index). Never COVE_HOME (masked even where a bound
+        directory holds it), the server's sockets or the rest of the server's home. Paths stay the
+        host's, so the virtualenv is built exactly as without the sandbox."""
+        cache = _uv_cache_dir()
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        host = _host_system()
+        argv = [bwrap]
+        for path in host.dirs:
+            argv += ["--ro-bind", path, path]
+        for link, target in host.links:
+            argv += ["--symlink", target, link]
+        for path in host.etc:
+            argv += ["--ro-bind", path, path]
+        argv += ["--ro-bind-try", "/etc/uv", "/etc/uv"]  # uv's system-wide settings (index, ...)
+        argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", sandbox.HOME]
+        binds = [Bind(path, path) for path in plan.interpreter.binds(False)]
+        binds.append(Bind(command[0], command[0]))
+        user_config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "uv"
+        if user_config.is_dir():  # the server user's uv settings (index, ...), as uv found them
+            binds.append(Bind(str(user_config), f"{sandbox.HOME}/.config/uv"))
+        for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+            cert = os.environ.get(name, "")
+            if os.path.isabs(cert) and os.path.exists(cert):
+                binds.append(Bind(cert, cert))
+        binds += [Bind(path, path) for path in dict.fromkeys(reads) if path and os.path.exists(path)]
+        # uv's cache is shared by every build (that is what makes builds fast), so a build can
+        # write wheels a later build of another image reuses: accepted, as with a shared pip cache.
+        binds.append(Bind(cache, cache, writable=True))
+        binds.append(Bind(str(venv), str(venv), writable=True))
+        # A tmpfs over COVE_HOME hides it even where a bound directory (the server user's home, say)
+        # holds it; the binds inside it (the virtualenv, a bundle's files) are made after it.
+        home = os.path.realpath(self._home) if self._home is not None else None
+        inside = [b for b in binds if home is not None and _under(os.path.realpath(b.source), home)]
+        for bind in [b for b in binds if b not in inside]:
+            argv += ["--bind" if bind.writable else "--ro-bind", bind.source, bind.target]
+        if home is not None:
+            argv += ["--tmpfs", home]
+        for bind in inside:
+            argv += ["--bind" if bind.writable else "--ro-bind", bind.source, bind.target]
+        argv += ["--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
+        argv += ["--share-net", "--hostname", "cove-build", "--die-with-parent", "--new-session"]
+        argv += ["--cap-drop", "ALL", "--chdir", "/tmp", "--clearenv"]
+        kept = {k: v for k, v in os.environ.items() if k.startswith("UV_") or k in _KEPT_ENV}
+        merged = {"PATH": sandbox.DEFAULT_PATH, "HOME": sandbox.HOME, "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+        merged |= {**kept, **_UV_ENV, "UV_CACHE_DIR": cache, **env}
+        for key, value in sorted(merged.items()):
+            argv += ["--setenv", key, value]
+        return [*argv, "--", *command]
 
     async def _in_rootfs(
         self,
@@ -896,6 +1010,22 @@ class ImageBuilder:
             shutil.rmtree(base)
         (staging / ".cove-complete").write_text(SUITE)
         os.rename(staging, base)
+
+
+def _under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def _local_sources(step: ImageStep | None) -> list[str]:
+    """Local directories a pip step's index options name (`cove serve` only: a deployed step's
+    must be http(s) URLs), which a sandboxed uv must see."""
+    found: list[str] = []
+    for name in ("index_url", "extra_index_url", "find_links"):
+        value = str(step.arg(name) or "") if step is not None else ""
+        path = value.removeprefix("file://")
+        if path.startswith("/"):
+            found.append(path)
+    return found
 
 
 def _copy_tree_contents(source: Path, destination: Path) -> None:
