@@ -4,7 +4,7 @@ COVE_HOME, no server socket, none of the server's environment, and cannot write 
 
 The package is a real sdist served over HTTP on loopback, the way a deployer's chosen index serves
 one. Its in-tree build backend probes the server's machine while uv builds it, and bakes what it saw
-into the wheel; the deployed function returns that report.
+into the wheel (as the module `<package name>.REPORT`); the deployed function returns that report.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,7 +68,7 @@ def get_requires_for_build_wheel(config_settings=None):
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     files = {{
-        "build_report.py": "REPORT = " + repr(json.dumps(_probe())) + "\\n",
+        f"{{NAME}}.py": "REPORT = " + repr(json.dumps(_probe())) + "\\n",
         f"{{NAME}}-0.1.dist-info/METADATA": f"Metadata-Version: 2.1\\nName: {{NAME}}\\nVersion: 0.1\\n",
         f"{{NAME}}-0.1.dist-info/WHEEL": (
             "Wheel-Version: 1.0\\nGenerator: probe\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"
@@ -98,20 +99,19 @@ version = "0.1"
 """
 
 APP = """
+import importlib
 import json
 
 import cove
 
-image = cove.Image.debian_slim().pip_install("{name} @ {url}")
+image = cove.Image.debian_slim(){steps}
 app = cove.App("probe", image=image)
 
 
 @app.function()
 @cove.fastapi_endpoint()
 def report():
-    import build_report
-
-    return json.loads(build_report.REPORT)
+    return json.loads(importlib.import_module({first!r}).REPORT)
 """
 
 
@@ -149,24 +149,35 @@ def index(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         thread.join(timeout=10)
 
 
+def _deploy_probes(
+    cove: CoveEnv, tmp_path: Path, index: tuple[str, Path], marker: Path, count: int = 1
+) -> dict[str, Any]:
+    """Deploy an app whose image installs `count` probe sdists (one step each); return what the
+    first one's build saw."""
+    base_url, directory = index
+    names = [f"probe_{uuid.uuid4().hex[:10]}" for _ in range(count)]  # new: uv has no wheel cached
+    steps = ""
+    for name in names:
+        backend = BACKEND.format(home=str(cove.home), marker=str(marker), name=name)
+        steps += f".pip_install({f'{name} @ {base_url}/{_sdist(directory, name, backend)}'!r})"
+    app = tmp_path / "app" / "probe.py"
+    app.parent.mkdir()
+    app.write_text(APP.format(steps=steps, first=names[0]))
+    result = cove.run("deploy", str(app), timeout=300)
+    match = URL_RE.search(result.stdout + result.stderr)
+    assert match, result.stdout + result.stderr
+    seen: dict[str, Any] = host_request("GET", match.group(1)).json()
+    return seen
+
+
 def test_a_package_build_sees_no_cove_home_no_control_socket_and_cannot_write_the_hosts_tmp(
     tmp_path: Path, cove_env: CoveEnv, index: tuple[str, Path]
 ) -> None:
-    base_url, directory = index
     cove_env.run("secret", "create", "vault", "TOKEN=s3cr3t-build-probe")
-    name = f"probe_{uuid.uuid4().hex[:10]}"  # a new name: uv has no built wheel of it cached
     marker = Path("/tmp") / f"cove-build-escape-{uuid.uuid4().hex}"
-    backend = BACKEND.format(home=str(cove_env.home), marker=str(marker), name=name)
-    url = f"{base_url}/{_sdist(directory, name, backend)}"
-    app = tmp_path / "app" / "probe.py"
-    app.parent.mkdir()
-    app.write_text(APP.format(name=name, url=url))
     try:
-        result = cove_env.run("deploy", str(app), timeout=300)
+        seen = _deploy_probes(cove_env, tmp_path, index, marker)
         assert (cove_env.home / "server.sock").exists() and any((cove_env.home / "secrets").iterdir())
-        match = URL_RE.search(result.stdout + result.stderr)
-        assert match, result.stdout + result.stderr
-        seen = host_request("GET", match.group(1)).json()
         assert not marker.exists(), "the build wrote to the host's /tmp"
         assert seen["marker_written"] is True, seen  # it wrote to a /tmp of its own
         assert not seen["cove_home"], seen  # absent, or an empty directory masking it
@@ -176,5 +187,20 @@ def test_a_package_build_sees_no_cove_home_no_control_socket_and_cannot_write_th
         # A private HOME, not the server user's: only the way to uv's cache and settings and to the
         # interpreter (pyenv's, say) are bound into it, never ~/.ssh, ~/.bashrc, ...
         assert set(seen["home_entries"]) <= {".cache", ".config", ".local", ".pyenv"}, seen
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def test_with_cove_sandbox_off_builds_still_work_and_the_server_warns_once(
+    tmp_path: Path, cove_env: CoveEnv, index: tuple[str, Path]
+) -> None:
+    """COVE_SANDBOX=off keeps the unsandboxed builds (the operator's choice), said once in the log."""
+    cove_env.env["COVE_SANDBOX"] = "off"
+    marker = Path("/tmp") / f"cove-build-escape-{uuid.uuid4().hex}"
+    try:
+        seen = _deploy_probes(cove_env, tmp_path, index, marker, count=2)
+        assert seen["marker_written"] is True and marker.exists(), seen
+        log = (cove_env.home / "server.log").read_text()
+        assert log.count("event=build_unsandboxed") == 1, log
     finally:
         marker.unlink(missing_ok=True)

@@ -774,7 +774,7 @@ class ImageBuilder:
 
     async def _base(self, plan: Plan, work: Path, output: _Output) -> None:
         venv = work / "venv"
-        venv.mkdir()  # bound into the build sandbox, so it exists before uv fills it
+        venv.mkdir(exist_ok=True)  # bound into the build sandbox, so it exists before uv fills it
         await self._uv_in_venv(
             ["venv", "--relocatable", "--seed", "--python", plan.interpreter.executable, str(venv)],
             plan,
@@ -804,7 +804,7 @@ class ImageBuilder:
     ) -> None:
         if not (work / "rootfs").is_dir():
             venv = work / "venv"
-            reads = [*(os.path.dirname(r) for r in requirements), *_local_sources(layer.step)]
+            reads = [*self._requirement_dirs(requirements), *_local_sources(layer.step)]
             await self._uv_in_venv(
                 ["pip", "install", "--python", f"{venv}/bin/python", *args], plan, venv, output, env, reads
             )
@@ -814,10 +814,22 @@ class ImageBuilder:
         cache = _uv_cache_dir()
         Path(cache).mkdir(parents=True, exist_ok=True)
         binds = [Bind(_uv(), "/cove/bin/uv"), Bind(cache, cache, writable=True)]
-        binds += [Bind(os.path.dirname(r), os.path.dirname(r)) for r in requirements]
+        binds += [Bind(path, path) for path in self._requirement_dirs(requirements)]
         command = ["/cove/bin/uv", "pip", "install", "--python", f"{sandbox.VENV}/bin/python", *args]
         env = {**env, **_UV_ENV, "UV_CACHE_DIR": cache}
         await self._in_rootfs(plan, layer, work, output, command, env, workdir="/", extra=binds)
+
+    def _requirement_dirs(self, requirements: Iterable[str]) -> list[str]:
+        """What a step reads its requirements files from: their directories (for the files they
+        include), or the file alone where its directory holds COVE_HOME (`cove serve` of a file in
+        the server user's home)."""
+        home = os.path.realpath(self._home) if self._home is not None else None
+        found = []
+        for requirement in requirements:
+            directory = os.path.dirname(requirement)
+            hides = home is not None and _under(home, os.path.realpath(directory))
+            found.append(requirement if hides else directory)
+        return found
 
     def _build_bwrap(self) -> str | None:
         """bwrap for build steps, or None (COVE_SANDBOX=off, or unusable here: warned once)."""
@@ -871,6 +883,10 @@ class ImageBuilder:
         host's, so the virtualenv is built exactly as without the sandbox."""
         cache = _uv_cache_dir()
         Path(cache).mkdir(parents=True, exist_ok=True)
+        kept = {k: v for k, v in os.environ.items() if k.startswith("UV_") or k in _KEPT_ENV}
+        # The operator's local indexes (UV_FIND_LINKS=/srv/wheels, file:// URLs) stay usable.
+        settings = [v for k, v in kept.items() if k.startswith("UV_") and k != "UV_CACHE_DIR"]
+        reads = [*reads, *(path for value in settings for path in _paths_in(value))]
         host = _host_system()
         argv = [bwrap]
         for path in host.dirs:
@@ -908,7 +924,6 @@ class ImageBuilder:
         argv += ["--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
         argv += ["--share-net", "--hostname", "cove-build", "--die-with-parent", "--new-session"]
         argv += ["--cap-drop", "ALL", "--chdir", "/tmp", "--clearenv"]
-        kept = {k: v for k, v in os.environ.items() if k.startswith("UV_") or k in _KEPT_ENV}
         merged = {"PATH": sandbox.DEFAULT_PATH, "HOME": sandbox.HOME, "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
         merged |= {**kept, **_UV_ENV, "UV_CACHE_DIR": cache, **env}
         for key, value in sorted(merged.items()):
@@ -1014,6 +1029,12 @@ class ImageBuilder:
 
 def _under(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def _paths_in(value: str) -> list[str]:
+    """The local paths (absolute, or file:// URLs) in a setting's space- or comma-separated value."""
+    words = value.replace(",", " ").split()
+    return [w.removeprefix("file://") for w in words if w.removeprefix("file://").startswith("/")]
 
 
 def _local_sources(step: ImageStep | None) -> list[str]:
