@@ -15,6 +15,11 @@ reads (requirements files, pyproject.toml, copy=True sources), so an edit to one
 virtualenv on a local interpreter of the requested version, with the worker's own packages
 (FastAPI, uvicorn, ...) at the server's versions; the user's steps come after it, so a version the
 user pins wins.
+
+Every build step runs package code (an sdist's setup.py, a build backend, an apt maintainer script)
+in a bubblewrap sandbox: `uv` for a virtualenv-only image in one that shows it the host's system
+directories, the interpreter, the virtualenv being built and uv's cache, but never COVE_HOME (see
+`ImageBuilder._venv_sandbox`); apt_install/run_commands inside the image's root filesystem.
 """
 
 from __future__ import annotations
