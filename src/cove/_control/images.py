@@ -19,7 +19,7 @@ user pins wins.
 Every build step runs package code (an sdist's setup.py, a build backend, an apt maintainer script)
 in a bubblewrap sandbox: `uv` for a virtualenv-only image in one that shows it the host's system
 directories, the interpreter, the virtualenv being built and uv's cache, but never COVE_HOME (see
-`ImageBuilder._venv_sandbox`); apt_install/run_commands inside the image's root filesystem.
+`build_sandbox`); apt_install/run_commands inside the image's root filesystem.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from cove._bundle import IGNORED_DIRS, IGNORED_SUFFIXES, move_step_paths, resolve_in_bundle
+from cove._control import build_sandbox
+from cove._control.build_sandbox import VenvBuild
 from cove._control.secrets import SecretStore
 from cove._runtime import sandbox
 from cove._runtime.backend import ImageLayout
@@ -90,12 +92,6 @@ _LAYER_FORMAT = "cove-layer-2"
 #: uv never downloads a Python, and compiles bytecode: a container's virtualenv is read-only, so a
 #: module without its .pyc would be compiled again at every container start.
 _UV_ENV = {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1", "UV_COMPILE_BYTECODE": "1"}
-#: What a sandboxed uv keeps of the server's environment: index, proxy and TLS settings. Everything
-#: else (the server's tokens, COVE_* settings, ...) never reaches a package's build code.
-_KEPT_ENV = frozenset(
-    {"http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"}
-    | {"ALL_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR"}
-)
 _TAIL_LINES = 15
 _ACTION_KINDS = frozenset(
     {
@@ -778,7 +774,7 @@ class ImageBuilder:
         await self._pip(plan, layer, work, output, args, env, requirements)
 
     async def _base(self, plan: Plan, work: Path, output: _Output) -> None:
-        venv = work / "venv"
+        venv = Path(os.path.realpath(work / "venv"))
         venv.mkdir(exist_ok=True)  # bound into the build sandbox, so it exists before uv fills it
         await self._uv_in_venv(
             ["venv", "--relocatable", "--seed", "--python", plan.interpreter.executable, str(venv)],
@@ -808,8 +804,11 @@ class ImageBuilder:
         requirements: tuple[str, ...],
     ) -> None:
         if not (work / "rootfs").is_dir():
-            venv = work / "venv"
-            reads = [*self._requirement_dirs(requirements), *_local_sources(layer.step)]
+            venv = Path(os.path.realpath(work / "venv"))
+            reads = [
+                *build_sandbox.requirement_reads(requirements, self._cove_home()),
+                *_local_sources(layer.step),
+            ]
             await self._uv_in_venv(
                 ["pip", "install", "--python", f"{venv}/bin/python", *args], plan, venv, output, env, reads
             )
@@ -819,22 +818,14 @@ class ImageBuilder:
         cache = _uv_cache_dir()
         Path(cache).mkdir(parents=True, exist_ok=True)
         binds = [Bind(_uv(), "/cove/bin/uv"), Bind(cache, cache, writable=True)]
-        binds += [Bind(path, path) for path in self._requirement_dirs(requirements)]
+        reads = build_sandbox.requirement_reads(requirements, self._cove_home())
+        binds += [Bind(path, path) for path in reads]
         command = ["/cove/bin/uv", "pip", "install", "--python", f"{sandbox.VENV}/bin/python", *args]
         env = {**env, **_UV_ENV, "UV_CACHE_DIR": cache}
         await self._in_rootfs(plan, layer, work, output, command, env, workdir="/", extra=binds)
 
-    def _requirement_dirs(self, requirements: Iterable[str]) -> list[str]:
-        """What a step reads its requirements files from: their directories (for the files they
-        include), or the file alone where its directory holds COVE_HOME (`cove serve` of a file in
-        the server user's home)."""
-        home = os.path.realpath(self._home) if self._home is not None else None
-        found = []
-        for requirement in requirements:
-            directory = os.path.dirname(requirement)
-            hides = home is not None and _under(home, os.path.realpath(directory))
-            found.append(requirement if hides else directory)
-        return found
+    def _cove_home(self) -> str | None:
+        return str(self._home) if self._home is not None else None
 
     def _build_bwrap(self) -> str | None:
         """bwrap for build steps, or None (COVE_SANDBOX=off, or unusable here: warned once)."""
@@ -862,78 +853,29 @@ class ImageBuilder:
     ) -> None:
         """Run `uv *args` on the virtualenv `venv` of a venv-only image. uv runs package code (an
         sdist's setup.py, a PEP 517 backend), so it runs in a bubblewrap sandbox (see
-        `_venv_sandbox`), unless none is available."""
+        `build_sandbox`), unless none is available."""
         bwrap = self._build_bwrap()
         if bwrap is None:
             await _run([_uv(), *args], output, env=self._host_env(env))
             return
-        uv = os.path.realpath(_uv())
-        argv = self._venv_sandbox(bwrap, plan, venv, [uv, *args], env, reads)
-        await _run(argv, output, env=self._host_env())
-
-    def _venv_sandbox(
-        self,
-        bwrap: str,
-        plan: Plan,
-        venv: Path,
-        command: list[str],
-        env: Mapping[str, str],
-        reads: Iterable[str],
-    ) -> list[str]:
-        """The bwrap argv of one uv command on a venv-only image. The step sees the host's system
-        directories and allow-listed /etc (read-only), the interpreter, uv and the files the step
-        names (read-only), the virtualenv being built and uv's cache (writable), a private /tmp and
-        HOME, and the network (the package index). Never COVE_HOME (masked even where a bound
-        directory holds it), the server's sockets or the rest of the server's home. Paths stay the
-        host's, so the virtualenv is built exactly as without the sandbox."""
-        cache = _uv_cache_dir()
+        cache = os.path.realpath(_uv_cache_dir())
         Path(cache).mkdir(parents=True, exist_ok=True)
-        kept = {k: v for k, v in os.environ.items() if k.startswith("UV_") or k in _KEPT_ENV}
-        # The operator's local indexes (UV_FIND_LINKS=/srv/wheels, file:// URLs) stay usable.
-        settings = [v for k, v in kept.items() if k.startswith("UV_") and k != "UV_CACHE_DIR"]
-        reads = [*reads, *(path for value in settings for path in _paths_in(value))]
-        host = _host_system()
-        argv = [bwrap]
-        for path in host.dirs:
-            argv += ["--ro-bind", path, path]
-        for link, target in host.links:
-            argv += ["--symlink", target, link]
-        for path in host.etc:
-            argv += ["--ro-bind", path, path]
-        argv += ["--ro-bind-try", "/etc/uv", "/etc/uv"]  # uv's system-wide settings (index, ...)
-        argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", sandbox.HOME]
-        binds = [Bind(path, path) for path in plan.interpreter.binds(False)]
-        binds.append(Bind(command[0], command[0]))
         user_config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "uv"
-        if user_config.is_dir():  # the server user's uv settings (index, ...), as uv found them
-            binds.append(Bind(str(user_config), f"{sandbox.HOME}/.config/uv"))
-        for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
-            cert = os.environ.get(name, "")
-            if os.path.isabs(cert) and os.path.exists(cert):
-                binds.append(Bind(cert, cert))
-        binds += [Bind(path, path) for path in dict.fromkeys(reads) if path and os.path.exists(path)]
-        # uv's cache is shared by every build (that is what makes builds fast), so a build can
-        # write wheels a later build of another image reuses: accepted, as with a shared pip cache.
-        binds.append(Bind(cache, cache, writable=True))
-        binds.append(Bind(str(venv), str(venv), writable=True))
-        # A tmpfs over COVE_HOME hides it even where a bound directory (the server user's home, say)
-        # holds it; the binds inside it (the virtualenv, a bundle's files) are made after it.
-        home = os.path.realpath(self._home) if self._home is not None else None
-        inside = [b for b in binds if home is not None and _under(os.path.realpath(b.source), home)]
-        for bind in [b for b in binds if b not in inside]:
-            argv += ["--bind" if bind.writable else "--ro-bind", bind.source, bind.target]
-        if home is not None:
-            argv += ["--tmpfs", home]
-        for bind in inside:
-            argv += ["--bind" if bind.writable else "--ro-bind", bind.source, bind.target]
-        argv += ["--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
-        argv += ["--share-net", "--hostname", "cove-build", "--die-with-parent", "--new-session"]
-        argv += ["--cap-drop", "ALL", "--chdir", "/tmp", "--clearenv"]
-        merged = {"PATH": sandbox.DEFAULT_PATH, "HOME": sandbox.HOME, "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
-        merged |= {**kept, **_UV_ENV, "UV_CACHE_DIR": cache, **env}
-        for key, value in sorted(merged.items()):
-            argv += ["--setenv", key, value]
-        return [*argv, "--", *command]
+        build = VenvBuild(
+            command=(os.path.realpath(_uv()), *args),
+            venv=str(venv),
+            cache=cache,
+            interpreter=plan.interpreter.binds(False),
+            reads=tuple(os.path.realpath(path) for path in reads),
+            env=tuple({**_UV_ENV, **env}.items()),
+            cove_home=self._cove_home(),
+            user_config=str(user_config) if user_config.is_dir() else None,
+        )
+        exists = build_sandbox.optional_paths(build, os.environ)
+        argv = build_sandbox.venv_build_argv(
+            build, bwrap=bwrap, host=_host_system(), environ=os.environ, exists=exists
+        )
+        await _run(argv, output, env=self._host_env())
 
     async def _in_rootfs(
         self,
@@ -1030,16 +972,6 @@ class ImageBuilder:
             shutil.rmtree(base)
         (staging / ".cove-complete").write_text(SUITE)
         os.rename(staging, base)
-
-
-def _under(path: str, parent: str) -> bool:
-    return path == parent or path.startswith(parent.rstrip("/") + "/")
-
-
-def _paths_in(value: str) -> list[str]:
-    """The local paths (absolute, or file:// URLs) in a setting's space- or comma-separated value."""
-    words = value.replace(",", " ").split()
-    return [w.removeprefix("file://") for w in words if w.removeprefix("file://").startswith("/")]
 
 
 def _local_sources(step: ImageStep | None) -> list[str]:
