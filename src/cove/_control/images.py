@@ -866,7 +866,7 @@ class ImageBuilder:
             venv=str(venv),
             cache=cache,
             interpreter=plan.interpreter.binds(False),
-            reads=tuple(os.path.realpath(path) for path in reads),
+            reads=tuple(reads),
             env=tuple({**_UV_ENV, **env}.items()),
             cove_home=self._cove_home(),
             user_config=str(user_config) if user_config.is_dir() else None,
@@ -977,13 +977,9 @@ class ImageBuilder:
 def _local_sources(step: ImageStep | None) -> list[str]:
     """Local directories a pip step's index options name (`cove serve` only: a deployed step's
     must be http(s) URLs), which a sandboxed uv must see."""
-    found: list[str] = []
-    for name in ("index_url", "extra_index_url", "find_links"):
-        value = str(step.arg(name) or "") if step is not None else ""
-        path = value.removeprefix("file://")
-        if path.startswith("/"):
-            found.append(path)
-    return found
+    names = ("index_url", "extra_index_url", "find_links")
+    values = [str(step.arg(name) or "") for name in names] if step is not None else []
+    return [path for value in values for path in build_sandbox.paths_in(value)]
 
 
 def _copy_tree_contents(source: Path, destination: Path) -> None:
