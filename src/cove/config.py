@@ -57,7 +57,7 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "COVE_FORCE_BUILD": (None, "1: `cove serve`/`cove deploy` rebuild every image layer"),
     "COVE_SANDBOX": (
         "auto",
-        "`auto`: containers run under bubblewrap where it works; `off`: plain processes",
+        "`auto`: containers and image builds run under bubblewrap where it works; `off`: plain processes",
     ),
     "COVE_ZYGOTE": ("1", "`1`: containers are forked from warm zygotes; `0`: each is a fresh worker process"),
     "COVE_ZYGOTE_WINDOW": ("600", "seconds a function zygote outlives its function's last container"),

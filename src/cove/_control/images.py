@@ -15,6 +15,11 @@ reads (requirements files, pyproject.toml, copy=True sources), so an edit to one
 virtualenv on a local interpreter of the requested version, with the worker's own packages
 (FastAPI, uvicorn, ...) at the server's versions; the user's steps come after it, so a version the
 user pins wins.
+
+Every build step runs package code (an sdist's setup.py, a build backend, an apt maintainer script)
+in a bubblewrap sandbox: `uv` for a virtualenv-only image in one that shows it the host's system
+directories, the interpreter, the virtualenv being built and uv's cache, but never COVE_HOME (see
+`build_sandbox`); apt_install/run_commands inside the image's root filesystem.
 """
 
 from __future__ import annotations
@@ -43,12 +48,15 @@ from pathlib import Path
 from typing import Any
 
 from cove._bundle import IGNORED_DIRS, IGNORED_SUFFIXES, move_step_paths, resolve_in_bundle
+from cove._control import build_sandbox
+from cove._control.build_sandbox import VenvBuild
 from cove._control.secrets import SecretStore
 from cove._runtime import sandbox
 from cove._runtime.backend import ImageLayout
-from cove._runtime.isolation import probe_bwrap
+from cove._runtime.isolation import _host_system, probe_bwrap
 from cove._runtime.sandbox import Bind, BuildNeeds
 from cove._spec import AppSpec, ImageSpec, ImageStep, SecretRef, spec_to_dict
+from cove.config import SandboxSetting
 from cove.exception import ImageBuildError, InvalidError
 
 log = logging.getLogger("cove.images")
@@ -553,10 +561,21 @@ def _pip_args(step: ImageStep, packages: tuple[str, ...], requirements: tuple[st
 class ImageBuilder:
     """Builds images on this machine and finds built ones; one build per key at a time."""
 
-    def __init__(self, cache: Path, secrets: SecretStore, *, mirror: str) -> None:
+    def __init__(
+        self,
+        cache: Path,
+        secrets: SecretStore,
+        *,
+        mirror: str,
+        home: Path | None = None,
+        sandbox_setting: SandboxSetting = "auto",
+    ) -> None:
         self.cache = cache
         self._secrets = secrets
         self._mirror = mirror
+        self._home = home  # COVE_HOME: never visible to a build step
+        self._sandbox_setting = sandbox_setting
+        self._warned_unsandboxed = False
         self._locks: dict[str, asyncio.Lock] = {}
         for sub in ("layers", "logs", "locks"):
             (cache / sub).mkdir(parents=True, exist_ok=True)
@@ -755,18 +774,17 @@ class ImageBuilder:
         await self._pip(plan, layer, work, output, args, env, requirements)
 
     async def _base(self, plan: Plan, work: Path, output: _Output) -> None:
-        env = self._host_env()
-        venv = str(work / "venv")
-        await _run(
-            [_uv(), "venv", "--relocatable", "--seed", "--python", plan.interpreter.executable, venv],
+        venv = Path(os.path.realpath(work / "venv"))
+        venv.mkdir(exist_ok=True)  # bound into the build sandbox, so it exists before uv fills it
+        await self._uv_in_venv(
+            ["venv", "--relocatable", "--seed", "--python", plan.interpreter.executable, str(venv)],
+            plan,
+            venv,
             output,
-            env=env,
+            {},
         )
-        await _run(
-            [_uv(), "pip", "install", "--python", f"{venv}/bin/python", *worker_requirements()],
-            output,
-            env=env,
-        )
+        install = ["pip", "install", "--python", f"{venv}/bin/python", *worker_requirements()]
+        await self._uv_in_venv(install, plan, venv, output, {})
 
     def _host_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("COVE_")}
@@ -786,9 +804,13 @@ class ImageBuilder:
         requirements: tuple[str, ...],
     ) -> None:
         if not (work / "rootfs").is_dir():
-            venv_python = str(work / "venv" / "bin" / "python")
-            await _run(
-                [_uv(), "pip", "install", "--python", venv_python, *args], output, env=self._host_env(env)
+            venv = Path(os.path.realpath(work / "venv"))
+            reads = [
+                *build_sandbox.requirement_reads(requirements, self._cove_home()),
+                *_local_sources(layer.step),
+            ]
+            await self._uv_in_venv(
+                ["pip", "install", "--python", f"{venv}/bin/python", *args], plan, venv, output, env, reads
             )
             return
         # After apt_install/run_commands, install inside the root filesystem, so builds from source
@@ -796,10 +818,64 @@ class ImageBuilder:
         cache = _uv_cache_dir()
         Path(cache).mkdir(parents=True, exist_ok=True)
         binds = [Bind(_uv(), "/cove/bin/uv"), Bind(cache, cache, writable=True)]
-        binds += [Bind(os.path.dirname(r), os.path.dirname(r)) for r in requirements]
+        reads = build_sandbox.requirement_reads(requirements, self._cove_home())
+        binds += [Bind(path, path) for path in reads]
         command = ["/cove/bin/uv", "pip", "install", "--python", f"{sandbox.VENV}/bin/python", *args]
         env = {**env, **_UV_ENV, "UV_CACHE_DIR": cache}
         await self._in_rootfs(plan, layer, work, output, command, env, workdir="/", extra=binds)
+
+    def _cove_home(self) -> str | None:
+        return str(self._home) if self._home is not None else None
+
+    def _build_bwrap(self) -> str | None:
+        """bwrap for build steps, or None (COVE_SANDBOX=off, or unusable here: warned once)."""
+        bwrap: str | None = None
+        reason = "COVE_SANDBOX=off"
+        if self._sandbox_setting != "off":
+            bwrap, reason = probe_bwrap()
+        if bwrap is None and not self._warned_unsandboxed:
+            self._warned_unsandboxed = True
+            log.warning(
+                "event=build_unsandboxed reason=%r: image builds run uv, and the build code of the "
+                "packages they install, as the server's user on the host, without a sandbox",
+                reason,
+            )
+        return bwrap
+
+    async def _uv_in_venv(
+        self,
+        args: list[str],
+        plan: Plan,
+        venv: Path,
+        output: _Output,
+        env: Mapping[str, str],
+        reads: Iterable[str] = (),
+    ) -> None:
+        """Run `uv *args` on the virtualenv `venv` of a venv-only image. uv runs package code (an
+        sdist's setup.py, a PEP 517 backend), so it runs in a bubblewrap sandbox (see
+        `build_sandbox`), unless none is available."""
+        bwrap = self._build_bwrap()
+        if bwrap is None:
+            await _run([_uv(), *args], output, env=self._host_env(env))
+            return
+        cache = os.path.realpath(_uv_cache_dir())
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        user_config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "uv"
+        build = VenvBuild(
+            command=(os.path.realpath(_uv()), *args),
+            venv=str(venv),
+            cache=cache,
+            interpreter=plan.interpreter.binds(False),
+            reads=tuple(reads),
+            env=tuple({**_UV_ENV, **env}.items()),
+            cove_home=self._cove_home(),
+            user_config=str(user_config) if user_config.is_dir() else None,
+        )
+        exists = build_sandbox.optional_paths(build, os.environ)
+        argv = build_sandbox.venv_build_argv(
+            build, bwrap=bwrap, host=_host_system(), environ=os.environ, exists=exists
+        )
+        await _run(argv, output, env=self._host_env())
 
     async def _in_rootfs(
         self,
@@ -896,6 +972,14 @@ class ImageBuilder:
             shutil.rmtree(base)
         (staging / ".cove-complete").write_text(SUITE)
         os.rename(staging, base)
+
+
+def _local_sources(step: ImageStep | None) -> list[str]:
+    """Local directories a pip step's index options name (`cove serve` only: a deployed step's
+    must be http(s) URLs), which a sandboxed uv must see."""
+    names = ("index_url", "extra_index_url", "find_links")
+    values = [str(step.arg(name) or "") for name in names] if step is not None else []
+    return [path for value in values for path in build_sandbox.paths_in(value)]
 
 
 def _copy_tree_contents(source: Path, destination: Path) -> None:

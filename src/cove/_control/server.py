@@ -130,7 +130,13 @@ async def serve(
     await backend.start()
     # Images are built on this machine for the local backend's containers.
     images = (
-        ImageBuilder(settings.images_dir, secrets, mirror=settings.debian_mirror)
+        ImageBuilder(
+            settings.images_dir,
+            secrets,
+            mirror=settings.debian_mirror,
+            home=settings.home,
+            sandbox_setting=settings.sandbox,
+        )
         if settings.backend == "local"
         else None
     )
