@@ -325,19 +325,6 @@ class FunctionZygote(Zygote):
         self.forked.release()
 
 
-def listen(address: str) -> socket.socket:
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(address)
-    try:
-        listener.bind(address)
-        listener.listen(2048)
-    except BaseException:
-        listener.close()
-        raise
-    return listener
-
-
 async def pump(stream: asyncio.StreamReader, emit: Callable[[str], None]) -> None:
     while True:
         try:

@@ -231,10 +231,8 @@ class LocalBackend:
         placement = place(self._host, request)
         container_id = new_container_id()
         zygotes = self._zygotes
-        if zygotes is not None:
-            address = str(self._sockets / f"{container_id}.sock")
-        else:
-            address = self._spawner.address(placement, container_id)
+        # Made by the server where no container can write (see `spawner`), for forks and workers alike.
+        address = self._spawner.address(container_id)
         container = LocalContainer(container_id, address, log_sink)
         self._containers[container_id] = container
         message = {
@@ -244,7 +242,6 @@ class LocalBackend:
             "module_file": placement.module_file,
             "source_dir": placement.source_dir,
             "workdir": placement.workdir,
-            "socket": self._spawner.inner_socket(placement, address),
             "env": dict(request.env),
         }
 
@@ -254,7 +251,7 @@ class LocalBackend:
                 container._attach(forked)
                 return
             spawned = await self._spawner.spawn(placement, container_id)
-            spawned.start_message = message
+            spawned.start_message = {**message, "listen_fd": spawned.listen_fd}
             container._attach(spawned)
 
         task = asyncio.ensure_future(begin())

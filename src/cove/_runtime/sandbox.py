@@ -14,7 +14,9 @@ What a container sees (local backend, bubblewrap):
     /root              private tmpfs: HOME and working directory, with each top-level entry of the
                        app's source bound read-only inside it
     <remote paths>     baked files (copy=True) and mounted local files/dirs, read-only
-    /cove/run          the container's own directory on the host, where it creates its HTTP socket
+    /cove/run          the container's own directory on the host (scratch for a zygote's forks). Its
+                       HTTP socket is not here: the server makes it where no container can write
+                       and passes it down as a listening descriptor (see `spawner`)
     /tmp               private tmpfs
     /dev, /proc        minimal devices; a /proc of its own PID namespace
 
@@ -36,7 +38,6 @@ VENV = "/cove/venv"
 SDK = "/cove/sdk"
 RUN = "/cove/run"
 HOME = "/root"
-SOCKET = f"{RUN}/http.sock"
 
 NetworkMode = Literal["none", "outbound"]
 

@@ -41,11 +41,11 @@ from typing import Any
 
 from cove._runtime import namespaces
 from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Stream
-from cove._runtime.forks import Forked, FunctionZygote, ImageZygote, Wire, Zygote, finish, listen, pump
+from cove._runtime.forks import Forked, FunctionZygote, ImageZygote, Wire, Zygote, finish, pump
 from cove._runtime.isolation import Host, Placement, attach_network, stop_network
 from cove._runtime.limits import Applied, Limiter
 from cove._runtime.sandbox import HOME
-from cove._runtime.spawner import Spawner
+from cove._runtime.spawner import Spawner, listen
 from cove._spec import spec_to_dict
 
 log = logging.getLogger("cove.runtime")
