@@ -27,7 +27,7 @@ from typing import Any
 
 from cove._runtime import procfs, sandbox
 from cove._runtime.backend import StartupError
-from cove._runtime.isolation import Host, Placement, attach_network, stop_network
+from cove._runtime.isolation import Host, Network, Placement, attach_network
 from cove._runtime.limits import Applied, Limiter
 from cove._runtime.sandbox import Limits
 
@@ -96,7 +96,7 @@ class Spawned:
         self.cleanup = cleanup
         self.limits = limits
         self.limiter = limiter
-        self.network_pid_file: Path | None = None
+        self.network: Network | None = None
         self.start_message: dict[str, Any] | None = None
         self.listen_fd: int | None = None  # the worker's number of the listener it inherited
         assert process.stdout is not None and process.stderr is not None
@@ -139,8 +139,8 @@ class Spawned:
 
     def release(self) -> None:
         """Remove what the worker owned on the host, once its process has exited."""
-        if self.network_pid_file is not None:
-            stop_network(self.network_pid_file)
+        if self.network is not None:
+            self.network.stop()
         self.limiter.release(self.limits)
         for path in self.cleanup:
             if path.is_dir():
@@ -299,8 +299,7 @@ class Spawner:
             spawned.init_pid = int(info["child-pid"])
             spawned.sandboxed = True
             if needs.network == "outbound" and self._host.network_tool is not None:
-                spawned.network_pid_file = self._sockets / f"{worker_id}.net.pid"
-                await attach_network(self._host, spawned.init_pid, spawned.network_pid_file)
+                spawned.network = await attach_network(self._host, spawned.init_pid)
         except BaseException:
             await spawned.discard()
             raise

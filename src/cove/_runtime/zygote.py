@@ -42,7 +42,7 @@ from typing import Any
 from cove._runtime import namespaces
 from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Stream
 from cove._runtime.forks import Forked, FunctionZygote, ImageZygote, Wire, Zygote, finish, pump
-from cove._runtime.isolation import Host, Placement, attach_network, stop_network
+from cove._runtime.isolation import Host, Network, Placement, attach_network
 from cove._runtime.limits import Applied, Limiter
 from cove._runtime.sandbox import HOME
 from cove._runtime.spawner import Spawner, listen
@@ -182,11 +182,11 @@ class Zygotes:
         )
         limits = self._limiter.apply(container_id, placement.cpu, placement.memory_mib)
         hold = bool(limits.limits.cgroup_procs or limits.limits.data_bytes or outbound)
-        network_pid_file = self._sockets / f"{container_id}.net.pid" if outbound else None
+        networks: list[Network] = []  # its pasta, once attached
 
         def cleanup() -> None:
-            if network_pid_file is not None:
-                stop_network(network_pid_file)
+            for network in networks:
+                network.stop()
             self._limiter.release(limits)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(address)
@@ -215,12 +215,14 @@ class Zygotes:
             cleanup()
             raise
         if hold:
-            await self._place(forked, limits, network_pid_file)
+            await self._place(forked, limits, networks if outbound else None)
+            if forked.exited.done():  # it died meanwhile: its cleanup may have run before pasta came
+                cleanup()
         if forked.via == "image" and not entry.released:
             self._spawn(self._rezygote_when_ready(entry, forked))
         return forked
 
-    async def _place(self, forked: Forked, limits: Applied, network_pid_file: Path | None) -> None:
+    async def _place(self, forked: Forked, limits: Applied, networks: list[Network] | None) -> None:
         """A held child is in its own namespaces: put it in its cgroup and network, then let it go."""
         event = await forked.wire.receive()
         if event is None or event.get("event") != "isolated":
@@ -231,8 +233,10 @@ class Zygotes:
                 Path(procs).write_text(str(forked.host_pid))
             except OSError as exc:
                 log.warning("container=%s event=cgroup_failed error=%r", forked.id, exc)
-        if network_pid_file is not None:
-            await attach_network(self._host, forked.host_pid, network_pid_file)
+        if networks is not None:
+            network = await attach_network(self._host, forked.host_pid)
+            if network is not None:
+                networks.append(network)
         with contextlib.suppress(OSError):
             await forked.wire.send({"op": "go", "data_bytes": limits.limits.data_bytes})
 
