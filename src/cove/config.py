@@ -45,6 +45,10 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     ),
     "COVE_ZYGOTE": ("1", "`1`: containers are forked from warm zygotes; `0`: each is a fresh worker process"),
     "COVE_ZYGOTE_WINDOW": ("600", "seconds a function zygote outlives its function's last container"),
+    "COVE_MAX_PIDS": (
+        "1024",
+        "processes and threads per container (cgroup pids.max; forks past it fail); 0: no cap",
+    ),
     "COVE_DEBIAN_MIRROR": (
         "http://deb.debian.org/debian",
         "Debian mirror for the root filesystem of apt_install/run_commands images (debootstrap)",
@@ -179,6 +183,7 @@ class Settings:
     sandbox: SandboxSetting = "auto"
     zygote: bool = True
     zygote_window_s: float = 600.0
+    max_pids: int = 1024  # per container; 0: no cap
     debian_mirror: str = "http://deb.debian.org/debian"
 
     @classmethod
@@ -224,6 +229,7 @@ class Settings:
             sandbox=_choice("COVE_SANDBOX", ("auto", "off")),  # type: ignore[arg-type]
             zygote=_choice("COVE_ZYGOTE", ("1", "0")) == "1",
             zygote_window_s=_gateway_number("COVE_ZYGOTE_WINDOW", zero=True),
+            max_pids=int(_gateway_number("COVE_MAX_PIDS", integer=True, zero=True)),
             debian_mirror=env("COVE_DEBIAN_MIRROR") or "http://deb.debian.org/debian",
         )
 

@@ -1,5 +1,6 @@
 """Nothing the server started outlives it (issue 12, item 8a): after `kill -9` of the server, its
-sandboxes, zygotes, containers and their pasta network helpers are gone within seconds."""
+sandboxes, zygotes, containers and their pasta network helpers are gone within seconds, and the
+next server of that COVE_HOME removes the cgroups the killed one left."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cove._runtime.isolation import probe_bwrap
+from cove._runtime.limits import Limiter, leftover_groups, owner_of
 from tests.integration.conftest import URL_RE, CoveEnv, host_request
 
 pytestmark = [
@@ -110,3 +112,8 @@ def test_a_killed_server_leaves_no_process_behind(tmp_path: Path, cove_env: Cove
         time.sleep(0.2)
         survivors = {p for p in started if _alive(p)}
     assert not survivors, "outlived the server:\n" + "\n".join(_cmdline(pid) for pid, _ in survivors)
+
+    left = leftover_groups(owner_of(cove_env.home.resolve()))
+    assert left or Limiter(max_pids=1).max_pids is None  # every container has a group, where possible
+    cove_env.run("app", "list")  # starts a server for this home again
+    assert not [group for group in left if group.exists()]

@@ -20,6 +20,8 @@ from typing import Any
 
 from cove._runtime import procfs
 from cove._runtime.backend import StartupError
+from cove._runtime.limits import Applied
+from cove._runtime.sandbox import Limits
 from cove._runtime.spawner import Spawned
 
 _STOP_GRACE_S = 5.0
@@ -109,6 +111,7 @@ class Forked:
         self.stdout, self.stderr = pipes[0][0], pipes[1][0]
         self._transports = [transport for _, transport in pipes]
         self._cleanup = cleanup
+        self.limits = Applied(Limits())  # its cgroups, set by whoever placed it there
         self.host_pid = 0
         self.ns_pid = 0
         self.located: asyncio.Future[int] = loop.create_future()

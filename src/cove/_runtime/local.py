@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Stream
 from cove._runtime.isolation import Host, place
-from cove._runtime.limits import Limiter
+from cove._runtime.limits import Applied, Limiter, owner_of, pids_refused
 from cove._runtime.spawner import Spawner, socket_dir
 from cove._runtime.zygote import Zygotes, probe_forks, startup_breakdown
 from cove._spec import spec_to_dict
@@ -43,6 +43,7 @@ class Worker(Protocol):
     via: str
     stdout: asyncio.StreamReader
     stderr: asyncio.StreamReader
+    limits: Applied
 
     @property
     def signal_pid(self) -> int: ...
@@ -61,8 +62,11 @@ class Worker(Protocol):
 class LocalContainer:
     """A worker process serving one function on a unix socket."""
 
-    def __init__(self, container_id: str, address: str, log_sink: LogSink) -> None:
+    def __init__(
+        self, container_id: str, address: str, log_sink: LogSink, *, max_pids: int | None = None
+    ) -> None:
         self._id = container_id
+        self._max_pids = max_pids
         self._address = address
         self._log = log_sink
         self._launched = time.monotonic()
@@ -166,7 +170,15 @@ class LocalContainer:
 
     async def _watch_exit(self, worker: Worker) -> None:
         code = await worker.wait()
+        refused = pids_refused(worker.limits)  # before release removes its cgroup
         worker.release()
+        if refused:
+            self._log(
+                self._id,
+                "system",
+                f"cove: the container hit its process limit: {refused} fork(s) failed (EAGAIN) at "
+                f"{self._max_pids} processes and threads; raise COVE_MAX_PIDS on the server if it needs more",
+            )
         self._log(self._id, "system", f"container exited with code {code}")
         if not self._ready.done():
             self._ready.set_exception(StartupError(f"container exited during startup (code {code})"))
@@ -194,10 +206,12 @@ class LocalBackend:
         sandbox_setting: SandboxSetting = "auto",
         zygote: bool = True,
         zygote_window_s: float = DEFAULT_ZYGOTE_WINDOW_S,
+        max_pids: int = 0,
     ) -> None:
         self._sockets = socket_dir(home)
         self._host = Host(sandbox_setting, self._sockets)
-        self._limiter = Limiter()
+        # Its cgroups are named after COVE_HOME: a restart removes those a killed server left.
+        self._limiter = Limiter(owner=owner_of(home), max_pids=max_pids)
         self._spawner = Spawner(self._host, self._limiter, self._sockets)
         if zygote and self._host.bwrap is not None:
             forks_ok, why = probe_forks(self._host.bwrap)
@@ -233,7 +247,7 @@ class LocalBackend:
         zygotes = self._zygotes
         # Made by the server where no container can write (see `spawner`), for forks and workers alike.
         address = self._spawner.address(container_id)
-        container = LocalContainer(container_id, address, log_sink)
+        container = LocalContainer(container_id, address, log_sink, max_pids=self._limiter.max_pids)
         self._containers[container_id] = container
         message = {
             "op": "start",

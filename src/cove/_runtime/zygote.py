@@ -214,6 +214,7 @@ class Zygotes:
         except BaseException:
             cleanup()
             raise
+        forked.limits = limits
         if hold:
             await self._place(forked, limits, networks if outbound else None)
             if forked.exited.done():  # it died meanwhile: its cleanup may have run before pasta came
@@ -272,13 +273,27 @@ class Zygotes:
             "env": dict(request.env),
         }
         plan = _plan(placement, network=False)
+        # The user's module runs here (import, snap hooks): it gets a container's process cap.
+        limits = self._limiter.apply(zygote_id, None, None)
+        hold = bool(limits.limits.cgroup_procs)
         try:
             image = await self._image_zygote(entry.key)
-            forked = await image.fork(zygote_id, "function", start, plan=plan)
+            forked = await image.fork(
+                zygote_id,
+                "function",
+                start,
+                plan=plan,
+                hold=hold,
+                cleanup=lambda: self._limiter.release(limits),
+            )
+            forked.limits = limits
+            if hold:
+                await self._place(forked, limits, None)
             self._spawn(pump(forked.stdout, _to_function_log(entry, zygote_id, "stdout")))
             self._spawn(pump(forked.stderr, _to_function_log(entry, zygote_id, "stderr")))
             event = await forked.started()
         except (StartupError, OSError) as exc:
+            self._limiter.release(limits)
             log.warning("function=%s event=zygote_failed error=%r", request.function.tag, exc)
             return None
         finally:
