@@ -29,7 +29,6 @@ from cove._runtime import procfs, sandbox
 from cove._runtime.backend import StartupError
 from cove._runtime.isolation import Host, Network, Placement, attach_network
 from cove._runtime.limits import Applied, Limiter
-from cove._runtime.sandbox import Limits
 
 log = logging.getLogger("cove.runtime")
 
@@ -176,8 +175,9 @@ class Spawner:
 
     async def spawn(self, placement: Placement, worker_id: str, *, zygote: bool = False) -> Spawned:
         """Start a worker. A container's worker inherits its listening socket (`Spawned.listen_fd`).
-        A zygote gets no limits (its forks get their own) and no listener, and keeps CAP_SETFCAP in
-        its sandbox, so that its forks may map root in user namespaces of their own (`namespaces`)."""
+        A zygote gets no listener and only the process cap (its forks get their own limits), and
+        keeps CAP_SETFCAP in its sandbox, so that its forks may map root in user namespaces of
+        their own (`namespaces`)."""
         parent, child = socket.socketpair()
         listener = None if zygote else listen(self.address(worker_id))
         # subprocess keeps the numbers of `pass_fds`: the worker finds its listener at this one.
@@ -202,7 +202,9 @@ class Spawner:
 
     def _limits(self, placement: Placement, worker_id: str, zygote: bool) -> Applied:
         if zygote:
-            return Applied(Limits())
+            # Only the process cap: it bounds the whole sandbox (zygotes, and a container forked
+            # there until it is in its own cgroup); the forks get their cpu/memory limits.
+            return self._limiter.apply(worker_id, None, None)
         return self._limiter.apply(worker_id, placement.cpu, placement.memory_mib)
 
     async def _spawn_plain(

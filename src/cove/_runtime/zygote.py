@@ -181,7 +181,12 @@ class Zygotes:
             and self._host.network_tool is not None
         )
         limits = self._limiter.apply(container_id, placement.cpu, placement.memory_mib)
-        hold = bool(limits.limits.cgroup_procs or limits.limits.data_bytes or outbound)
+        # cpu= and memory= hold the child until it is in its cgroup. The process cap alone (every
+        # container's group has one) does not: moving a process between cgroups takes ~10 ms (an
+        # RCU grace period), so the child is moved while it starts, and until then it is under
+        # its sandbox's cap (the image zygote's group, see `spawner`).
+        limited = placement.cpu is not None or placement.memory_mib is not None
+        hold = bool((limited and limits.limits.cgroup_procs) or limits.limits.data_bytes or outbound)
         networks: list[Network] = []  # its pasta, once attached
 
         def cleanup() -> None:
@@ -219,6 +224,8 @@ class Zygotes:
             await self._place(forked, limits, networks if outbound else None)
             if forked.exited.done():  # it died meanwhile: its cleanup may have run before pasta came
                 cleanup()
+        elif limits.limits.cgroup_procs:
+            self._spawn(_join_cgroups(forked, limits))
         if forked.via == "image" and not entry.released:
             self._spawn(self._rezygote_when_ready(entry, forked))
         return forked
@@ -273,27 +280,13 @@ class Zygotes:
             "env": dict(request.env),
         }
         plan = _plan(placement, network=False)
-        # The user's module runs here (import, snap hooks): it gets a container's process cap.
-        limits = self._limiter.apply(zygote_id, None, None)
-        hold = bool(limits.limits.cgroup_procs)
         try:
             image = await self._image_zygote(entry.key)
-            forked = await image.fork(
-                zygote_id,
-                "function",
-                start,
-                plan=plan,
-                hold=hold,
-                cleanup=lambda: self._limiter.release(limits),
-            )
-            forked.limits = limits
-            if hold:
-                await self._place(forked, limits, None)
+            forked = await image.fork(zygote_id, "function", start, plan=plan)
             self._spawn(pump(forked.stdout, _to_function_log(entry, zygote_id, "stdout")))
             self._spawn(pump(forked.stderr, _to_function_log(entry, zygote_id, "stderr")))
             event = await forked.started()
         except (StartupError, OSError) as exc:
-            self._limiter.release(limits)
             log.warning("function=%s event=zygote_failed error=%r", request.function.tag, exc)
             return None
         finally:
@@ -473,6 +466,17 @@ def probe_forks(bwrap: str) -> tuple[bool, str]:
     if result.returncode != 0:
         return False, (result.stderr.strip().splitlines() or ["unknown error"])[-1]
     return True, ""
+
+
+async def _join_cgroups(forked: Forked, limits: Applied) -> None:
+    """Move a running container into its cgroups (off the event loop: the kernel takes its time)."""
+    for procs in limits.limits.cgroup_procs:
+        try:
+            await asyncio.to_thread(Path(procs).write_text, str(forked.host_pid))
+        except ProcessLookupError:
+            return  # it has exited already
+        except OSError as exc:
+            log.warning("container=%s event=cgroup_failed error=%r", forked.id, exc)
 
 
 def sandbox_key(request: ContainerRequest, placement: Placement) -> Key:
