@@ -93,9 +93,20 @@ def _of_server(server: int, home: Path) -> set[Process]:
     return {(pid, starts[pid]) for pid in found if pid in starts}
 
 
+def _survivors(processes: set[Process], timeout: float) -> set[Process]:
+    """Those of `processes` still alive once all have ended or `timeout` has passed."""
+    deadline = time.monotonic() + timeout
+    alive = {p for p in processes if _alive(p)}
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = {p for p in alive if _alive(p)}
+    return alive
+
+
 def test_a_killed_server_leaves_no_process_behind(tmp_path: Path, cove_env: CoveEnv) -> None:
     """Containers with outbound network (pasta attached to the image zygote's sandbox and to a
-    web_server fork's own namespace) all end, helpers included, when the server gets SIGKILL."""
+    web_server fork's own namespace) all end, helpers included, when the server gets SIGKILL; the
+    next server removes the killed one's cgroups, and, stopped, leaves no process either."""
     (tmp_path / "orphans.py").write_text(NETWORKED_APP)
     urls = URL_RE.findall(cove_env.run("deploy", str(tmp_path / "orphans.py"), timeout=300).stdout)
     for url in urls:
@@ -106,14 +117,21 @@ def test_a_killed_server_leaves_no_process_behind(tmp_path: Path, cove_env: Cove
     assert helpers, "no pasta ran: " + "\n".join(_cmdline(pid) for pid, _ in started)
 
     os.kill(server, signal.SIGKILL)
-    deadline = time.monotonic() + 15
-    survivors = started
-    while survivors and time.monotonic() < deadline:
-        time.sleep(0.2)
-        survivors = {p for p in started if _alive(p)}
+    survivors = _survivors(started, timeout=15)
     assert not survivors, "outlived the server:\n" + "\n".join(_cmdline(pid) for pid, _ in survivors)
 
     left = leftover_groups(owner_of(cove_env.home.resolve()))
     assert left or Limiter(max_pids=1).max_pids is None  # every container has a group, where possible
     cove_env.run("app", "list")  # starts a server for this home again
     assert not [group for group in left if group.exists()]
+
+    # A server stopped the normal way leaves nothing behind either.
+    state = json.loads((cove_env.home / "server.json").read_text())
+    for url in urls:  # the new server listens on a new port
+        response = host_request("GET", url.rsplit(":", 1)[0] + f":{state['gateway_port']}")
+        assert response.status_code == 200, response.text
+    server = state["pid"]
+    started = _of_server(server, cove_env.home)
+    cove_env.run("server", "stop")
+    survivors = _survivors(started, timeout=30)
+    assert not survivors, "outlived `cove server stop`:\n" + "\n".join(_cmdline(pid) for pid, _ in survivors)
