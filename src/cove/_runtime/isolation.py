@@ -85,6 +85,7 @@ class Host:
         if shutil.which("pasta"):
             self.network_tool = "pasta"
         self._warned_network = False
+        self.networks: set[Network] = set()  # the pasta processes running now
         self.system = _host_system()
         self.is_root = os.geteuid() == 0
         self.sdk = str(Path(cove.__file__).resolve().parent)
@@ -97,6 +98,12 @@ class Host:
             with contextlib.suppress(FileNotFoundError):
                 link.unlink()
             link.symlink_to(self.sdk)
+
+    async def close(self) -> None:
+        """Stop the network helpers still running (the server is stopping) and reap them."""
+        for network in list(self.networks):
+            network.stop()
+        await asyncio.gather(*(network.wait(timeout_s=5) for network in list(self.networks)))
 
     def network_for(self, block_network: bool) -> NetworkMode:
         if block_network:
@@ -249,9 +256,11 @@ class Network:
     """A container's outbound network: the pasta process attached to its namespace, owned by the
     server (a child of its event loop's thread, killed by the kernel if the server dies; see `tether`)."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, live: set[Network]) -> None:
         self.process = process
         self._reaped = asyncio.ensure_future(process.wait())
+        live.add(self)
+        self._reaped.add_done_callback(lambda _: live.discard(self))
 
     @property
     def pid(self) -> int:
@@ -262,6 +271,15 @@ class Network:
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.terminate()
+
+    async def wait(self, timeout_s: float) -> None:
+        """Wait until pasta has exited and been reaped; kill it past `timeout_s`."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._reaped), timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self._reaped
 
 
 async def attach_network(host: Host, pid: int) -> Network | None:
@@ -314,7 +332,7 @@ async def attach_network(host: Host, pid: int) -> Network | None:
             raise
         finally:
             os.close(ready_write)
-        network = Network(process)
+        network = Network(process, host.networks)
         try:
             line = await asyncio.wait_for(
                 asyncio.to_thread(_read_line, ready_read), _NETWORK_ATTACH_TIMEOUT_S

@@ -281,6 +281,7 @@ class LocalBackend:
         await asyncio.gather(*(c.stop(grace_s=10) for c in list(self._containers.values())))
         if self._zygotes is not None:
             await self._zygotes.close()
+        await self._host.close()
         self._limiter.close()
 
 

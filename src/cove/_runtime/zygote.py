@@ -236,15 +236,15 @@ class Zygotes:
         if event is None or event.get("event") != "isolated":
             forked.pending = event
             return
-        for procs in limits.limits.cgroup_procs:
-            try:
-                Path(procs).write_text(str(forked.host_pid))
-            except OSError as exc:
-                log.warning("container=%s event=cgroup_failed error=%r", forked.id, exc)
-        if networks is not None:
-            network = await attach_network(self._host, forked.host_pid)
-            if network is not None:
-                networks.append(network)
+        # Both take milliseconds in the kernel (a cgroup move waits for an RCU grace period): at once.
+        joining = asyncio.ensure_future(_join_cgroups(forked, limits))
+        try:
+            if networks is not None:
+                network = await attach_network(self._host, forked.host_pid)
+                if network is not None:
+                    networks.append(network)
+        finally:
+            await joining
         with contextlib.suppress(OSError):
             await forked.wire.send({"op": "go", "data_bytes": limits.limits.data_bytes})
 
