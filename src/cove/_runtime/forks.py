@@ -112,6 +112,7 @@ class Forked:
         self._transports = [transport for _, transport in pipes]
         self._cleanup = cleanup
         self.limits = Applied(Limits())  # its cgroups, set by whoever placed it there
+        self.joining: asyncio.Future[None] | None = None  # it being moved into them, while it starts
         self.host_pid = 0
         self.ns_pid = 0
         self.located: asyncio.Future[int] = loop.create_future()
@@ -185,6 +186,8 @@ class Forked:
             event = await self.wire.receive()
             if event is None:
                 break
+        if self.joining is not None:  # no request before it is in its cgroups
+            await self.joining
         if not self.first_event.done():
             self.first_event.set_result(event)
         return event

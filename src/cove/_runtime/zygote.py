@@ -183,8 +183,8 @@ class Zygotes:
         limits = self._limiter.apply(container_id, placement.cpu, placement.memory_mib)
         # cpu= and memory= hold the child until it is in its cgroup. The process cap alone (every
         # container's group has one) does not: moving a process between cgroups takes ~10 ms (an
-        # RCU grace period), so the child is moved while it starts, and until then it is under
-        # its sandbox's cap (the image zygote's group, see `spawner`).
+        # RCU grace period), so the child is moved while it starts (under its sandbox's cap until
+        # then: the image zygote's group, see `spawner`), and is ready once it is in (`started`).
         limited = placement.cpu is not None or placement.memory_mib is not None
         hold = bool((limited and limits.limits.cgroup_procs) or limits.limits.data_bytes or outbound)
         networks: list[Network] = []  # its pasta, once attached
@@ -225,7 +225,7 @@ class Zygotes:
             if forked.exited.done():  # it died meanwhile: its cleanup may have run before pasta came
                 cleanup()
         elif limits.limits.cgroup_procs:
-            self._spawn(_join_cgroups(forked, limits))
+            forked.joining = asyncio.ensure_future(_join_cgroups(forked, limits))
         if forked.via == "image" and not entry.released:
             self._spawn(self._rezygote_when_ready(entry, forked))
         return forked
