@@ -65,6 +65,10 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
         str(16 * 1024**2),
         "size in bytes at which an app's log file is rotated (one previous file, NAME.log.1, is kept)",
     ),
+    "COVE_MAX_PIDS": (
+        "1024",
+        "processes and threads per container (cgroup pids.max; forks past it fail); 0: no cap",
+    ),
     "COVE_DEBIAN_MIRROR": (
         "http://deb.debian.org/debian",
         "Debian mirror for the root filesystem of apt_install/run_commands images (debootstrap)",
@@ -201,6 +205,7 @@ class Settings:
     sandbox: SandboxSetting = "auto"
     zygote: bool = True
     zygote_window_s: float = 600.0
+    max_pids: int = 1024  # per container; 0: no cap
     debian_mirror: str = "http://deb.debian.org/debian"
     log_max_bytes: int = 16 * 1024**2
 
@@ -249,6 +254,7 @@ class Settings:
             sandbox=_choice("COVE_SANDBOX", ("auto", "off")),  # type: ignore[arg-type]
             zygote=_choice("COVE_ZYGOTE", ("1", "0")) == "1",
             zygote_window_s=_gateway_number("COVE_ZYGOTE_WINDOW", zero=True),
+            max_pids=int(_gateway_number("COVE_MAX_PIDS", integer=True, zero=True)),
             debian_mirror=env("COVE_DEBIAN_MIRROR") or "http://deb.debian.org/debian",
             log_max_bytes=int(_gateway_number("COVE_LOG_MAX_BYTES", integer=True)),
         )

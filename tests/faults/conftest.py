@@ -1,3 +1,5 @@
-"""Fault tests start the real thing too: they share the integration fixtures."""
+"""The integration fixtures (a private COVE_HOME, its server, `cove serve`), shared with these tests."""
 
-from tests.integration.conftest import cove_env, serve  # noqa: F401 - fixtures re-exported
+from tests.integration.conftest import cove_env, serve
+
+__all__ = ["cove_env", "serve"]

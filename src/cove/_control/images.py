@@ -55,6 +55,7 @@ from cove._runtime import sandbox
 from cove._runtime.backend import ImageLayout
 from cove._runtime.isolation import _host_system, probe_bwrap
 from cove._runtime.sandbox import Bind, BuildNeeds
+from cove._runtime.tether import tethered
 from cove._spec import AppSpec, ImageSpec, ImageStep, SecretRef, spec_to_dict
 from cove.config import SandboxSetting
 from cove.exception import ImageBuildError, InvalidError
@@ -486,7 +487,7 @@ async def _run(argv: list[str], output: _Output, *, env: Mapping[str, str], cwd:
     shown = argv[argv.index("--") + 1 :] if "--" in argv else argv
     output.line("$ " + shlex.join(shown))
     process = await asyncio.create_subprocess_exec(
-        *argv,
+        *tethered(argv),  # a build outlives no server (issue 12)
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

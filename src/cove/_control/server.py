@@ -59,6 +59,7 @@ def make_backend(settings: Settings) -> Backend:
         sandbox_setting=settings.sandbox,
         zygote=settings.zygote,
         zygote_window_s=settings.zygote_window_s,
+        max_pids=settings.max_pids,
     )
 
 

@@ -5,7 +5,10 @@ Run as `python -m cove._runtime.entrypoint`. The process starts *warm*: it impor
 at file descriptor `COVE_CONTROL_FD`) for its first message:
 
     supervisor -> worker  {"op": "start", "container_id", "function", "module_file", "source_dir",
-                           "workdir", "socket", "env"}      serve that function, once
+                           "workdir", "listen_fd" | "socket", "env"}
+                                                   serve that function, once: on the listening
+                                                   socket it inherited (local backend), or one it
+                                                   makes at the path `socket` (Ray nodes)
                         | {"op": "zygote"}                 become an image zygote (`forkserver`)
     worker -> supervisor  {"event": "ready", "stamps": {...}} | {"event": "failed", "reason": "..."}
 
@@ -158,7 +161,9 @@ def report_failure(channel: Channel, exc: BaseException) -> int:
 
 
 async def _serve(message: dict[str, Any], channel: Channel) -> int:
-    """A worker started for one container: load the user's code, then serve it on `message["socket"]`."""
+    """A worker started for one container: load the user's code, then serve it on the listening socket
+    the server made and passed down (`listen_fd`; the local backend: the gateway's path is never one
+    the container can replace), or on a socket it binds at `socket` (a Ray node's private dir)."""
     stamps = {"received": time.monotonic()}
     enter_container(message)
     try:
@@ -166,6 +171,9 @@ async def _serve(message: dict[str, Any], channel: Channel) -> int:
     except BaseException as exc:
         return report_failure(channel, exc)
     stamps["imported"] = time.monotonic()
+    if message.get("listen_fd") is not None:
+        listener = socket.socket(fileno=int(message["listen_fd"]))
+        return await serve(loaded, listener, channel, snap=True, stamps=stamps)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(message["socket"])

@@ -20,6 +20,8 @@ from typing import Any
 
 from cove._runtime import procfs
 from cove._runtime.backend import StartupError
+from cove._runtime.limits import Applied
+from cove._runtime.sandbox import Limits
 from cove._runtime.spawner import Spawned
 
 _STOP_GRACE_S = 5.0
@@ -109,6 +111,8 @@ class Forked:
         self.stdout, self.stderr = pipes[0][0], pipes[1][0]
         self._transports = [transport for _, transport in pipes]
         self._cleanup = cleanup
+        self.limits = Applied(Limits())  # its cgroups, set by whoever placed it there
+        self.joining: asyncio.Future[None] | None = None  # it being moved into them, while it starts
         self.host_pid = 0
         self.ns_pid = 0
         self.located: asyncio.Future[int] = loop.create_future()
@@ -182,6 +186,8 @@ class Forked:
             event = await self.wire.receive()
             if event is None:
                 break
+        if self.joining is not None:  # no request before it is in its cgroups
+            await self.joining
         if not self.first_event.done():
             self.first_event.set_result(event)
         return event
@@ -323,19 +329,6 @@ class FunctionZygote(Zygote):
             self.forked.kill()
             await self.forked.wait()
         self.forked.release()
-
-
-def listen(address: str) -> socket.socket:
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(address)
-    try:
-        listener.bind(address)
-        listener.listen(2048)
-    except BaseException:
-        listener.close()
-        raise
-    return listener
 
 
 async def pump(stream: asyncio.StreamReader, emit: Callable[[str], None]) -> None:

@@ -25,6 +25,7 @@ from cove._bundle import IGNORED_DIRS, IGNORED_SUFFIXES
 from cove._runtime import sandbox
 from cove._runtime.backend import ContainerRequest, StartupError
 from cove._runtime.sandbox import Bind, ContainerNeeds, HostSystem, NetworkMode
+from cove._runtime.tether import tethered
 from cove.config import SandboxSetting
 
 log = logging.getLogger("cove.runtime")
@@ -84,6 +85,7 @@ class Host:
         if shutil.which("pasta"):
             self.network_tool = "pasta"
         self._warned_network = False
+        self.networks: set[Network] = set()  # the pasta processes running now
         self.system = _host_system()
         self.is_root = os.geteuid() == 0
         self.sdk = str(Path(cove.__file__).resolve().parent)
@@ -96,6 +98,12 @@ class Host:
             with contextlib.suppress(FileNotFoundError):
                 link.unlink()
             link.symlink_to(self.sdk)
+
+    async def close(self) -> None:
+        """Stop the network helpers still running (the server is stopping) and reap them."""
+        for network in list(self.networks):
+            network.stop()
+        await asyncio.gather(*(network.wait(timeout_s=5) for network in list(self.networks)))
 
     def network_for(self, block_network: bool) -> NetworkMode:
         if block_network:
@@ -249,64 +257,119 @@ def place(host: Host, request: ContainerRequest) -> Placement:
     )
 
 
-async def attach_network(host: Host, pid: int, pid_file: Path) -> None:
-    """Give the network namespace of `pid` outbound access through a user-mode stack.
+#: pasta configures the namespace within milliseconds; this long means it is stuck.
+_NETWORK_ATTACH_TIMEOUT_S = 30.0
 
-    pasta runs outside the sandbox as a daemon tied to the namespace: it exits when
-    the container's namespace goes away. Inbound port forwarding stays off and the host's loopback
-    is not mapped in, so a container cannot reach services listening on the host's 127.0.0.1.
+
+class Network:
+    """A container's outbound network: the pasta process attached to its namespace, owned by the
+    server (a child of its event loop's thread, killed by the kernel if the server dies; see `tether`)."""
+
+    def __init__(self, process: asyncio.subprocess.Process, live: set[Network]) -> None:
+        self.process = process
+        self._reaped = asyncio.ensure_future(process.wait())
+        live.add(self)
+        self._reaped.add_done_callback(lambda _: live.discard(self))
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        """Stop pasta (it serves a namespace that is gone or going); the event loop reaps it."""
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.terminate()
+
+    async def wait(self, timeout_s: float) -> None:
+        """Wait until pasta has exited and been reaped; kill it past `timeout_s`."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._reaped), timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self._reaped
+
+
+async def attach_network(host: Host, pid: int) -> Network | None:
+    """Give the network namespace of `pid` outbound access through a user-mode stack (None: no tool,
+    or it failed, which is logged; the container then has loopback only).
+
+    pasta runs outside the sandbox, in the foreground as the server's child (so it dies with the
+    server), and writes its pid to the pipe named by `--pid` once the namespace is configured: that
+    line is the readiness signal. Inbound port forwarding stays off and the host's loopback is not
+    mapped in, so a container cannot reach services listening on the host's 127.0.0.1.
     """
-    if host.network_tool == "pasta":
-        argv = [
-            "pasta",
-            "--config-net",
-            "--quiet",
-            "--no-map-gw",
-            "-t",
-            "none",
-            "-u",
-            "none",
-            "-T",
-            "none",
-            "-U",
-            "none",
-            "--pid",
-            str(pid_file),
-            "--netns",
-            f"/proc/{pid}/ns/net",
-            "--userns",
-            f"/proc/{pid}/ns/user",
-        ]
-        if host.is_root:
-            argv += ["--runas", "0"]  # pasta would drop to `nobody`, who may not enter our namespaces
-    else:
-        return
-    # pasta forks a daemon that inherits its stderr: a pipe would never reach EOF, so a file it is.
+    if host.network_tool != "pasta":
+        return None
+    ready_read, ready_write = os.pipe()
+    argv = [
+        "pasta",
+        "--foreground",
+        "--config-net",
+        "--quiet",
+        "--no-map-gw",
+        "-t",
+        "none",
+        "-u",
+        "none",
+        "-T",
+        "none",
+        "-U",
+        "none",
+        "--pid",
+        f"/dev/fd/{ready_write}",
+        "--netns",
+        f"/proc/{pid}/ns/net",
+        "--userns",
+        f"/proc/{pid}/ns/user",
+    ]
+    if host.is_root:
+        argv += ["--runas", "0"]  # pasta would drop to `nobody`, who may not enter our namespaces
     with tempfile.TemporaryFile() as errors:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=errors,
-            start_new_session=True,
-        )
-        code = await process.wait()
-        if code != 0:
-            errors.seek(0)
-            log.warning(
-                "event=network_attach_failed tool=pasta code=%s error=%r",
-                code,
-                errors.read().decode("utf-8", "replace").strip()[-300:],
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *tethered(argv),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=errors,
+                pass_fds=(ready_write,),
+                start_new_session=True,
             )
+        except BaseException:
+            os.close(ready_read)
+            raise
+        finally:
+            os.close(ready_write)
+        network = Network(process, host.networks)
+        try:
+            line = await asyncio.wait_for(
+                asyncio.to_thread(_read_line, ready_read), _NETWORK_ATTACH_TIMEOUT_S
+            )
+        except BaseException:
+            network.stop()
+            raise
+        if line:
+            return network
+        code = await process.wait()
+        errors.seek(0)
+        log.warning(
+            "event=network_attach_failed tool=pasta code=%s error=%r",
+            code,
+            errors.read().decode("utf-8", "replace").strip()[-300:],
+        )
+        return None
 
 
-def stop_network(pid_file: Path) -> None:
-    """Stop a container's network helper if it is still running (it normally ends with the namespace)."""
+def _read_line(fd: int) -> bytes:
+    """The first line written to pipe `fd` (b"" if every writer closed it first); closes `fd`."""
+    data = b""
     try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return
-    with contextlib.suppress(OSError):
-        pid_file.unlink()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, 15)
+        while not data.endswith(b"\n"):
+            chunk = os.read(fd, 64)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    return data

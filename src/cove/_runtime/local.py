@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from cove._runtime import sandbox
 from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Stream, app_env
 from cove._runtime.isolation import Host, Placement, place
-from cove._runtime.limits import Limiter
+from cove._runtime.limits import Applied, Limiter, owner_of, pids_refused
 from cove._runtime.spawner import Spawner, socket_dir
 from cove._runtime.zygote import Zygotes, probe_forks, startup_breakdown
 from cove._spec import spec_to_dict
@@ -44,6 +44,7 @@ class Worker(Protocol):
     via: str
     stdout: asyncio.StreamReader
     stderr: asyncio.StreamReader
+    limits: Applied
 
     @property
     def signal_pid(self) -> int: ...
@@ -62,8 +63,11 @@ class Worker(Protocol):
 class LocalContainer:
     """A worker process serving one function on a unix socket."""
 
-    def __init__(self, container_id: str, address: str, log_sink: LogSink) -> None:
+    def __init__(
+        self, container_id: str, address: str, log_sink: LogSink, *, max_pids: int | None = None
+    ) -> None:
         self._id = container_id
+        self._max_pids = max_pids
         self._address = address
         self._log = log_sink
         self._launched = time.monotonic()
@@ -167,7 +171,15 @@ class LocalContainer:
 
     async def _watch_exit(self, worker: Worker) -> None:
         code = await worker.wait()
+        refused = pids_refused(worker.limits)  # before release removes its cgroup
         worker.release()
+        if refused:
+            self._log(
+                self._id,
+                "system",
+                f"cove: the container hit its process limit: {refused} fork(s) failed (EAGAIN) at "
+                f"{self._max_pids} processes and threads; raise COVE_MAX_PIDS on the server if it needs more",
+            )
         self._log(self._id, "system", f"container exited with code {code}")
         if not self._ready.done():
             self._ready.set_exception(StartupError(f"container exited during startup (code {code})"))
@@ -195,10 +207,12 @@ class LocalBackend:
         sandbox_setting: SandboxSetting = "auto",
         zygote: bool = True,
         zygote_window_s: float = DEFAULT_ZYGOTE_WINDOW_S,
+        max_pids: int = 0,
     ) -> None:
         self._sockets = socket_dir(home)
         self._host = Host(sandbox_setting, self._sockets)
-        self._limiter = Limiter()
+        # Its cgroups are named after COVE_HOME: a restart removes those a killed server left.
+        self._limiter = Limiter(owner=owner_of(home), max_pids=max_pids)
         self._spawner = Spawner(self._host, self._limiter, self._sockets)
         if zygote and self._host.bwrap is not None:
             forks_ok, why = probe_forks(self._host.bwrap)
@@ -232,11 +246,9 @@ class LocalBackend:
         placement = place(self._host, request)
         container_id = new_container_id()
         zygotes = self._zygotes
-        if zygotes is not None:
-            address = str(self._sockets / f"{container_id}.sock")
-        else:
-            address = self._spawner.address(placement, container_id)
-        container = LocalContainer(container_id, address, log_sink)
+        # Made by the server where no container can write (see `spawner`), for forks and workers alike.
+        address = self._spawner.address(container_id)
+        container = LocalContainer(container_id, address, log_sink, max_pids=self._limiter.max_pids)
         self._containers[container_id] = container
         message = {
             "op": "start",
@@ -245,7 +257,6 @@ class LocalBackend:
             "module_file": placement.module_file,
             "source_dir": placement.source_dir,
             "workdir": placement.workdir,
-            "socket": self._spawner.inner_socket(placement, address),
             "env": {**request.env, **app_env(request, _inner_api_socket(placement, request))},
         }
 
@@ -255,7 +266,7 @@ class LocalBackend:
                 container._attach(forked)
                 return
             spawned = await self._spawner.spawn(placement, container_id)
-            spawned.start_message = message
+            spawned.start_message = {**message, "listen_fd": spawned.listen_fd}
             container._attach(spawned)
 
         task = asyncio.ensure_future(begin())
@@ -271,6 +282,7 @@ class LocalBackend:
         await asyncio.gather(*(c.stop(grace_s=10) for c in list(self._containers.values())))
         if self._zygotes is not None:
             await self._zygotes.close()
+        await self._host.close()
         self._limiter.close()
 
 

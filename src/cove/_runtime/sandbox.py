@@ -14,7 +14,9 @@ What a container sees (local backend, bubblewrap):
     /root              private tmpfs: HOME and working directory, with each top-level entry of the
                        app's source bound read-only inside it
     <remote paths>     baked files (copy=True) and mounted local files/dirs, read-only
-    /cove/run          the container's own directory on the host, where it creates its HTTP socket
+    /cove/run          the container's own directory on the host (scratch for a zygote's forks). Its
+                       HTTP socket is not here: the server makes it where no container can write
+                       and passes it down as a listening descriptor (see `spawner`)
     /cove/api          read-only: the directory of its app's scoped control socket (`control.sock`),
                        through which it may call functions of its app and nothing else of the API
     /tmp               private tmpfs
@@ -38,7 +40,6 @@ VENV = "/cove/venv"
 SDK = "/cove/sdk"
 RUN = "/cove/run"
 HOME = "/root"
-SOCKET = f"{RUN}/http.sock"
 API_DIR = "/cove/api"
 
 NetworkMode = Literal["none", "outbound"]

@@ -4,6 +4,11 @@ A worker (`python -m cove._runtime.entrypoint`) imports the serving stack, then 
 socket for its first message: a `start` (it serves one container) or `zygote` (it forks them, see
 `zygote`). `Spawner.spawn` returns it once the process (and, sandboxed, its namespaces and network)
 exists; the caller sends the message.
+
+A container's HTTP socket is made here, by the server, in the socket directory no container can see
+or write (`socket_dir`), and handed to the worker as a listening file descriptor (`listen_fd` in the
+start message). The gateway connects to that path; a container cannot replace it with a link to the
+server's control socket, or with a socket of its own that relays elsewhere (issue 12).
 """
 
 from __future__ import annotations
@@ -22,9 +27,8 @@ from typing import Any
 
 from cove._runtime import procfs, sandbox
 from cove._runtime.backend import StartupError
-from cove._runtime.isolation import Host, Placement, attach_network, stop_network
+from cove._runtime.isolation import Host, Network, Placement, attach_network
 from cove._runtime.limits import Applied, Limiter
-from cove._runtime.sandbox import Limits
 
 log = logging.getLogger("cove.runtime")
 
@@ -39,6 +43,20 @@ def socket_dir(home: Path) -> Path:
         candidate = Path(tempfile.gettempdir()) / f"cove-{os.getuid()}-{abs(hash(str(home))) % 10**8}"
     candidate.mkdir(parents=True, exist_ok=True, mode=0o700)
     return candidate
+
+
+def listen(address: str) -> socket.socket:
+    """A listening unix socket at `address` (replacing a stale one), for a container to serve on."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(address)
+    try:
+        listener.bind(address)
+        listener.listen(2048)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
 
 def exit_code(code: int, sandboxed: bool) -> int:
@@ -77,8 +95,9 @@ class Spawned:
         self.cleanup = cleanup
         self.limits = limits
         self.limiter = limiter
-        self.network_pid_file: Path | None = None
+        self.network: Network | None = None
         self.start_message: dict[str, Any] | None = None
+        self.listen_fd: int | None = None  # the worker's number of the listener it inherited
         assert process.stdout is not None and process.stderr is not None
         self.stdout: asyncio.StreamReader = process.stdout
         self.stderr: asyncio.StreamReader = process.stderr
@@ -119,8 +138,8 @@ class Spawned:
 
     def release(self) -> None:
         """Remove what the worker owned on the host, once its process has exited."""
-        if self.network_pid_file is not None:
-            stop_network(self.network_pid_file)
+        if self.network is not None:
+            self.network.stop()
         self.limiter.release(self.limits)
         for path in self.cleanup:
             if path.is_dir():
@@ -149,38 +168,53 @@ class Spawner:
         self._limiter = limiter
         self._sockets = sockets
 
-    def address(self, placement: Placement, worker_id: str) -> str:
-        """Where a spawned worker's HTTP socket is, on the host."""
-        if placement.needs is None:
-            return str(self._sockets / f"{worker_id}.sock")
-        return str(self._sockets / worker_id / "http.sock")
-
-    @staticmethod
-    def inner_socket(placement: Placement, address: str) -> str:
-        """The same socket as the worker sees it."""
-        return address if placement.needs is None else sandbox.SOCKET
+    def address(self, worker_id: str) -> str:
+        """Where a container's HTTP socket is, on the host: made by the server in a directory no
+        container sees (never in a container's own run dir, which the container can write)."""
+        return str(self._sockets / f"{worker_id}.sock")
 
     async def spawn(self, placement: Placement, worker_id: str, *, zygote: bool = False) -> Spawned:
-        """Start a worker. A zygote gets no limits (its forks get their own) and keeps CAP_SETFCAP in
-        its sandbox, so that its forks may map root in user namespaces of their own (`namespaces`)."""
+        """Start a worker. A container's worker inherits its listening socket (`Spawned.listen_fd`).
+        A zygote gets no listener and only the process cap (its forks get their own limits), and
+        keeps CAP_SETFCAP in its sandbox, so that its forks may map root in user namespaces of
+        their own (`namespaces`)."""
         parent, child = socket.socketpair()
+        listener = None if zygote else listen(self.address(worker_id))
+        # subprocess keeps the numbers of `pass_fds`: the worker finds its listener at this one.
+        listen_fd = None if listener is None else listener.fileno()
         try:
             if placement.needs is None:
-                return await self._spawn_plain(placement, worker_id, parent, child, zygote)
-            return await self._spawn_sandboxed(placement, worker_id, parent, child, zygote)
+                spawned = await self._spawn_plain(placement, worker_id, parent, child, listener, zygote)
+            else:
+                spawned = await self._spawn_sandboxed(placement, worker_id, parent, child, listener, zygote)
         except BaseException:
             parent.close()
+            if listener is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.address(worker_id))
             raise
         finally:
             child.close()
+            if listener is not None:
+                listener.close()  # the worker has its own copy
+        spawned.listen_fd = listen_fd
+        return spawned
 
     def _limits(self, placement: Placement, worker_id: str, zygote: bool) -> Applied:
         if zygote:
-            return Applied(Limits())
+            # Only the process cap: it bounds the whole sandbox (zygotes, and a container forked
+            # there until it is in its own cgroup); the forks get their cpu/memory limits.
+            return self._limiter.apply(worker_id, None, None)
         return self._limiter.apply(worker_id, placement.cpu, placement.memory_mib)
 
     async def _spawn_plain(
-        self, placement: Placement, worker_id: str, parent: socket.socket, child: socket.socket, zygote: bool
+        self,
+        placement: Placement,
+        worker_id: str,
+        parent: socket.socket,
+        child: socket.socket,
+        listener: socket.socket | None,
+        zygote: bool,
     ) -> Spawned:
         env = dict(placement.plain_env)
         env["COVE_CONTROL_FD"] = str(child.fileno())
@@ -192,13 +226,13 @@ class Spawner:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            pass_fds=(child.fileno(),),
+            pass_fds=_fds(child, listener),
             env=env,
             # Own session: a Ctrl-C at the server's terminal must not reach containers directly;
             # the server stops them in order.
             start_new_session=True,
         )
-        address = self.address(placement, worker_id)
+        address = self.address(worker_id)
         return Spawned(
             worker_id,
             process,
@@ -210,7 +244,13 @@ class Spawner:
         )
 
     async def _spawn_sandboxed(
-        self, placement: Placement, worker_id: str, parent: socket.socket, child: socket.socket, zygote: bool
+        self,
+        placement: Placement,
+        worker_id: str,
+        parent: socket.socket,
+        child: socket.socket,
+        listener: socket.socket | None,
+        zygote: bool,
     ) -> Spawned:
         assert placement.needs is not None and self._host.bwrap is not None
         run_dir = self._sockets / worker_id
@@ -233,7 +273,7 @@ class Spawner:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                pass_fds=(child.fileno(), info_write),
+                pass_fds=(*_fds(child, listener), info_write),
                 start_new_session=True,
             )
         except BaseException:
@@ -247,8 +287,8 @@ class Spawner:
             worker_id,
             process,
             parent,
-            address=str(run_dir / "http.sock"),
-            cleanup=[run_dir],
+            address=self.address(worker_id),
+            cleanup=[run_dir, Path(self.address(worker_id))],
             limits=limits,
             limiter=self._limiter,
         )
@@ -261,12 +301,15 @@ class Spawner:
             spawned.init_pid = int(info["child-pid"])
             spawned.sandboxed = True
             if needs.network == "outbound" and self._host.network_tool is not None:
-                spawned.network_pid_file = self._sockets / f"{worker_id}.net.pid"
-                await attach_network(self._host, spawned.init_pid, spawned.network_pid_file)
+                spawned.network = await attach_network(self._host, spawned.init_pid)
         except BaseException:
             await spawned.discard()
             raise
         return spawned
+
+
+def _fds(child: socket.socket, listener: socket.socket | None) -> tuple[int, ...]:
+    return (child.fileno(),) if listener is None else (child.fileno(), listener.fileno())
 
 
 def keep_setfcap(argv: list[str]) -> list[str]:

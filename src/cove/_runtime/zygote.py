@@ -41,11 +41,11 @@ from typing import Any
 
 from cove._runtime import namespaces
 from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Stream
-from cove._runtime.forks import Forked, FunctionZygote, ImageZygote, Wire, Zygote, finish, listen, pump
-from cove._runtime.isolation import Host, Placement, attach_network, stop_network
+from cove._runtime.forks import Forked, FunctionZygote, ImageZygote, Wire, Zygote, finish, pump
+from cove._runtime.isolation import Host, Network, Placement, attach_network
 from cove._runtime.limits import Applied, Limiter
 from cove._runtime.sandbox import HOME
-from cove._runtime.spawner import Spawner
+from cove._runtime.spawner import Spawner, listen
 from cove._spec import spec_to_dict
 
 log = logging.getLogger("cove.runtime")
@@ -181,12 +181,17 @@ class Zygotes:
             and self._host.network_tool is not None
         )
         limits = self._limiter.apply(container_id, placement.cpu, placement.memory_mib)
-        hold = bool(limits.limits.cgroup_procs or limits.limits.data_bytes or outbound)
-        network_pid_file = self._sockets / f"{container_id}.net.pid" if outbound else None
+        # cpu= and memory= hold the child until it is in its cgroup. The process cap alone (every
+        # container's group has one) does not: moving a process between cgroups takes ~10 ms (an
+        # RCU grace period), so the child is moved while it starts (under its sandbox's cap until
+        # then: the image zygote's group, see `spawner`), and is ready once it is in (`started`).
+        limited = placement.cpu is not None or placement.memory_mib is not None
+        hold = bool((limited and limits.limits.cgroup_procs) or limits.limits.data_bytes or outbound)
+        networks: list[Network] = []  # its pasta, once attached
 
         def cleanup() -> None:
-            if network_pid_file is not None:
-                stop_network(network_pid_file)
+            for network in networks:
+                network.stop()
             self._limiter.release(limits)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(address)
@@ -214,25 +219,32 @@ class Zygotes:
         except BaseException:
             cleanup()
             raise
+        forked.limits = limits
         if hold:
-            await self._place(forked, limits, network_pid_file)
+            await self._place(forked, limits, networks if outbound else None)
+            if forked.exited.done():  # it died meanwhile: its cleanup may have run before pasta came
+                cleanup()
+        elif limits.limits.cgroup_procs:
+            forked.joining = asyncio.ensure_future(_join_cgroups(forked, limits))
         if forked.via == "image" and not entry.released:
             self._spawn(self._rezygote_when_ready(entry, forked))
         return forked
 
-    async def _place(self, forked: Forked, limits: Applied, network_pid_file: Path | None) -> None:
+    async def _place(self, forked: Forked, limits: Applied, networks: list[Network] | None) -> None:
         """A held child is in its own namespaces: put it in its cgroup and network, then let it go."""
         event = await forked.wire.receive()
         if event is None or event.get("event") != "isolated":
             forked.pending = event
             return
-        for procs in limits.limits.cgroup_procs:
-            try:
-                Path(procs).write_text(str(forked.host_pid))
-            except OSError as exc:
-                log.warning("container=%s event=cgroup_failed error=%r", forked.id, exc)
-        if network_pid_file is not None:
-            await attach_network(self._host, forked.host_pid, network_pid_file)
+        # Both take milliseconds in the kernel (a cgroup move waits for an RCU grace period): at once.
+        joining = asyncio.ensure_future(_join_cgroups(forked, limits))
+        try:
+            if networks is not None:
+                network = await attach_network(self._host, forked.host_pid)
+                if network is not None:
+                    networks.append(network)
+        finally:
+            await joining
         with contextlib.suppress(OSError):
             await forked.wire.send({"op": "go", "data_bytes": limits.limits.data_bytes})
 
@@ -454,6 +466,17 @@ def probe_forks(bwrap: str) -> tuple[bool, str]:
     if result.returncode != 0:
         return False, (result.stderr.strip().splitlines() or ["unknown error"])[-1]
     return True, ""
+
+
+async def _join_cgroups(forked: Forked, limits: Applied) -> None:
+    """Move a running container into its cgroups (off the event loop: the kernel takes its time)."""
+    for procs in limits.limits.cgroup_procs:
+        try:
+            await asyncio.to_thread(Path(procs).write_text, str(forked.host_pid))
+        except ProcessLookupError:
+            return  # it has exited already
+        except OSError as exc:
+            log.warning("container=%s event=cgroup_failed error=%r", forked.id, exc)
 
 
 def sandbox_key(request: ContainerRequest, placement: Placement) -> Key:
