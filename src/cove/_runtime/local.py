@@ -282,7 +282,7 @@ class LocalBackend:
         if self._zygotes is not None:
             await self._zygotes.close()
         await self._host.close()
-        self._limiter.close()
+        await self._limiter.close()
 
 
 def _fail_if_error(task: asyncio.Task[None], container: LocalContainer) -> None:
