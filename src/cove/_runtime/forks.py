@@ -186,8 +186,8 @@ class Forked:
             event = await self.wire.receive()
             if event is None:
                 break
-        if self.joining is not None:  # no request before it is in its cgroups
-            await self.joining
+        if self.joining is not None and event is not None and event.get("event") == "ready":
+            await self.joining  # no request before it is in its cgroups
         if not self.first_event.done():
             self.first_event.set_result(event)
         return event

@@ -283,7 +283,7 @@ class LocalBackend:
         if self._zygotes is not None:
             await self._zygotes.close()
         await self._host.close()
-        self._limiter.close()
+        await self._limiter.close()
 
 
 def _inner_api_socket(placement: Placement, request: ContainerRequest) -> str | None:
