@@ -236,6 +236,15 @@ class AppRegistry:
                     pool.start(warm=1 if was_busy or probe else 0)
                 await asyncio.gather(*(p.wait_started(_WARM_TIMEOUT_S) for p in pools.values()))
                 await asyncio.sleep(0)  # let each pool record how its containers' starts ended
+                failed = [p for p in pools.values() if p.spec.web is not None and p.startup_failure]
+                if deploying and failed:
+                    # One more start each: code that fails at import fails again the same way, but a
+                    # start the platform lost (a sandbox that died while starting under load) must not
+                    # fail a good deploy.
+                    for pool in failed:
+                        pool.start_another()
+                    await asyncio.gather(*(p.wait_started(_WARM_TIMEOUT_S) for p in failed))
+                    await asyncio.sleep(0)
                 if deploying:
                     await self._check_started(record, version, old, started)
                 if restore_version is None:

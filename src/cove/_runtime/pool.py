@@ -507,6 +507,10 @@ class FunctionPool:
         slot.state = ContainerState.DRAINING
         self._spawn(slot.handle.stop(grace_s=0))
 
+    def start_another(self) -> None:
+        """Start one more container now, whatever the backoff after a failed start says."""
+        self._start_container()
+
     def _start_container(self) -> None:
         slot = _Slot(self._launch(), started_at=self._clock(), idle_since=self._clock())
         self._slots.append(slot)

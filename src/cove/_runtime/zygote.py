@@ -377,8 +377,11 @@ class Zygotes:
             for stream, reader in (("stdout", spawned.stdout), ("stderr", spawned.stderr)):
                 self._spawn(pump(reader, _to_server_log(spawned.id, stream)))
             wire = Wire(spawned.channel)
-            await wire.send({"op": "zygote"})
-            event = await wire.receive()
+            try:
+                await wire.send({"op": "zygote"})
+                event = await wire.receive()
+            except OSError:  # it died before reading its first message (its stderr is in the log)
+                event = None
             if event is None or event.get("event") != "ready":
                 raise StartupError(f"the image zygote exited during startup (code {await spawned.wait()})")
             host_pid = spawned.signal_pid if spawned.sandboxed else spawned.pid
