@@ -28,7 +28,7 @@ from pathlib import Path
 from _harness import Cove, Uvicorn, arguments, bare_square, cove_square, get, machine, table
 
 MiB = 1024
-WORKER = "cove._runtime.entrypoint"
+WORKER = "cove._container.entrypoint"
 
 
 def memory_kib(pid: int) -> tuple[int, int]:

@@ -26,7 +26,7 @@ import cloudpickle
 from cove import exception
 
 CONTENT_TYPE = "application/x-cove-pickle"
-#: Where a container of a non-web function takes calls (served by `cove._runtime.invoke`).
+#: Where a container of a non-web function takes calls (served by `cove._container.invoke`).
 CALL_PATH = "/__cove__/call"
 #: Headers with which the server names the call and input to the container (it never unpickles inputs).
 CALL_ID_HEADER = "x-cove-call-id"

@@ -61,7 +61,7 @@ async def app(scope, receive, send):
         await send({"type": "websocket.send", "bytes": message.get("bytes"), "text": message.get("text")})
 """
 
-# The container's uvicorn settings (src/cove/_runtime/entrypoint.py), on two listening sockets.
+# The container's uvicorn settings (src/cove/_container/entrypoint.py), on two listening sockets.
 RUNNER = """
 import asyncio, socket, sys
 import uvicorn

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cove._runtime.isolation import probe_bwrap
-from cove._runtime.limits import Limiter, leftover_groups, owner_of
+from cove._runtime.backends.local.isolation import probe_bwrap
+from cove._runtime.backends.local.limits import Limiter, leftover_groups, owner_of
 from tests.integration.conftest import URL_RE, CoveEnv, host_request
 
 pytestmark = [

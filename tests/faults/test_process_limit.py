@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cove._runtime.isolation import probe_bwrap
-from cove._runtime.limits import Limiter
+from cove._runtime.backends.local.isolation import probe_bwrap
+from cove._runtime.backends.local.limits import Limiter
 from tests.integration.conftest import URL_RE, CoveEnv, host_request
 
 CAP = 40

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cove._runtime.isolation import probe_bwrap
+from cove._runtime.backends.local.isolation import probe_bwrap
 from tests.integration.conftest import EXAMPLES, URL_RE, CoveEnv, ServeProcess, host_request
 
 pytestmark = [

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cove._runtime.isolation import probe_bwrap
+from cove._runtime.backends.local.isolation import probe_bwrap
 from tests.integration.conftest import URL_RE, CoveEnv, host_request
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cove._control.build_sandbox import VenvBuild, optional_paths, requirement_reads, venv_build_argv
-from cove._runtime.sandbox import HostSystem
+from cove._runtime.backends.local.sandbox import HostSystem
 
 HOST = HostSystem(dirs=("/usr",), links=(("/bin", "usr/bin"),), etc=("/etc/passwd",))
 

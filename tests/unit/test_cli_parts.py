@@ -64,7 +64,7 @@ def test_container_imports_a_nested_file_by_its_dotted_name(tmp_path: Path) -> N
     (tmp_path / "pkg" / "sub" / "__init__.py").write_text("")
     (tmp_path / "pkg" / "sub" / "mod.py").write_text("from ..base import VALUE\nANSWER = VALUE + 1\n")
     script = (
-        "import sys; from cove._runtime.entrypoint import import_user_module as i; "
+        "import sys; from cove._container.entrypoint import import_user_module as i; "
         f"m = i({str(tmp_path / 'pkg' / 'sub' / 'mod.py')!r}, {str(tmp_path)!r}); "
         "print(m.__name__, m.ANSWER)"
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cove._runtime.limits import Limiter, leftover_groups, owner_of, pids_refused
+from cove._runtime.backends.local.limits import Limiter, leftover_groups, owner_of, pids_refused
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the limiter uses cgroups only as root")
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import cove
-from cove._runtime.ray_options import DEFAULT_CPU, actor_options, parse_gpu, plan, runtime_env
+from cove._runtime.backends.ray.options import DEFAULT_CPU, actor_options, parse_gpu, plan, runtime_env
 from cove._spec import FunctionSpec, ImageSpec
 
 

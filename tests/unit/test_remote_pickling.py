@@ -15,9 +15,9 @@ import pytest
 import cove
 from cove import _payload
 from cove._client import ControlPlane
+from cove._container.invoke import call_app, remote_traceback
 from cove._control.calls import CallRegistry
 from cove._gateway.upstream import UpstreamError
-from cove._runtime.invoke import call_app, remote_traceback
 from cove._spec import FunctionSpec
 from cove.exception import (
     ConnectionError,

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from cove._runtime import sandbox
-from cove._runtime.sandbox import (
+from cove._runtime.backends.local import sandbox
+from cove._runtime.backends.local.sandbox import (
     Bind,
     BuildNeeds,
     ContainerNeeds,
@@ -29,7 +29,7 @@ HOST = HostSystem(
 
 def needs(**changes: object) -> ContainerNeeds:
     base = ContainerNeeds(
-        command=("python", "-m", "cove._runtime.entrypoint"),
+        command=("python", "-m", "cove._container.entrypoint"),
         venv="/cache/layers/k/venv",
         sdk="/srv/cove/src/cove",
         run_dir="/home/u/.cove/run/ta-1",
@@ -66,7 +66,7 @@ def test_a_container_gets_every_namespace_and_no_capabilities() -> None:
 def test_the_command_follows_the_double_dash_and_bwrap_comes_first() -> None:
     argv = container_argv(needs(), bwrap="/usr/bin/bwrap")
     assert argv[0] == "/usr/bin/bwrap"
-    assert argv[argv.index("--") + 1 :] == ["python", "-m", "cove._runtime.entrypoint"]
+    assert argv[argv.index("--") + 1 :] == ["python", "-m", "cove._container.entrypoint"]
 
 
 def test_a_venv_image_sees_host_system_dirs_read_only_and_only_allowlisted_etc() -> None:

@@ -7,9 +7,9 @@ import itertools
 
 import pytest
 
-from cove._runtime.namespaces import private_dirs
-from cove._runtime.spawner import keep_setfcap
-from cove._runtime.zygote import expiry_delay, startup_breakdown
+from cove._runtime.backends.local.namespaces import private_dirs
+from cove._runtime.backends.local.spawner import keep_setfcap
+from cove._runtime.backends.local.zygote import expiry_delay, startup_breakdown
 
 
 @pytest.mark.parametrize(

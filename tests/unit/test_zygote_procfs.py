@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from cove._runtime.procfs import parse_exit_status, parse_ns_pid
+from cove._runtime.backends.local.procfs import parse_exit_status, parse_ns_pid
 
 
 def _stat(state: str, wait_status: int, comm: str = "python") -> bytes:

@@ -6,8 +6,8 @@ import asyncio
 import os
 import socket
 
-from cove._runtime.forks import Wire
-from cove._runtime.forkserver import _Conduit
+from cove._container.forkserver import _Conduit
+from cove._runtime.backends.local.forks import Wire
 
 
 def test_messages_arrive_in_order_each_with_its_own_descriptors() -> None:

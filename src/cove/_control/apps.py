@@ -24,8 +24,8 @@ from cove._control.store import Store, StoredVersion
 from cove._gateway.routing import Route, host_key
 from cove._labels import endpoint_host, endpoint_url
 from cove._runtime.backend import Backend, ContainerHandle, ContainerRequest, ImageLayout, Stream
+from cove._runtime.backends.local.sandbox import HOME
 from cove._runtime.pool import ContainerInfo, FunctionPool
-from cove._runtime.sandbox import HOME
 from cove._spec import AppSpec, FunctionSpec, ImageSpec
 from cove.config import Settings
 from cove.exception import ExecutionError, InvalidError, NotFoundError

@@ -26,8 +26,8 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from cove._runtime import sandbox
-from cove._runtime.sandbox import Bind, HostSystem
+from cove._runtime.backends.local import sandbox
+from cove._runtime.backends.local.sandbox import Bind, HostSystem
 
 #: What a sandboxed uv keeps of the server's environment besides UV_*: proxy and TLS settings.
 #: Everything else (tokens, COVE_* settings, ...) never reaches a package's build code.

@@ -51,10 +51,10 @@ from cove._bundle import IGNORED_DIRS, IGNORED_SUFFIXES, move_step_paths, resolv
 from cove._control import build_sandbox
 from cove._control.build_sandbox import VenvBuild
 from cove._control.secrets import SecretStore
-from cove._runtime import sandbox
 from cove._runtime.backend import ImageLayout
-from cove._runtime.isolation import _host_system, probe_bwrap
-from cove._runtime.sandbox import Bind, BuildNeeds
+from cove._runtime.backends.local import sandbox
+from cove._runtime.backends.local.isolation import _host_system, probe_bwrap
+from cove._runtime.backends.local.sandbox import Bind, BuildNeeds
 from cove._runtime.tether import tethered
 from cove._spec import AppSpec, ImageSpec, ImageStep, SecretRef, spec_to_dict
 from cove.config import SandboxSetting

@@ -137,7 +137,7 @@ class WarmLoader:
 
     def _spawn(self) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-m", "cove._runtime.loader"],
+            [sys.executable, "-m", "cove._container.loader"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,  # the user's prints and warnings reach the terminal

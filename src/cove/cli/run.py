@@ -72,9 +72,9 @@ class Chosen:
 
 
 def _import(ref: AppRef) -> types.ModuleType:
+    from cove._container.entrypoint import import_user_module
+    from cove._container.loader import RefError, import_module, user_traceback
     from cove._modal_compat import install as install_modal_compat
-    from cove._runtime.entrypoint import import_user_module
-    from cove._runtime.loader import RefError, import_module, user_traceback
 
     install_modal_compat()
     try:

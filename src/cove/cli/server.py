@@ -64,7 +64,7 @@ def server(
         settings = dataclasses.replace(settings, ray_address=ray_address)
     if ready_fd is None:
         render.info(f"Cove server for {settings.home}: gateway on http://{settings.host}:{settings.port}")
-    from cove._control import server as control_server  # the server stack, only when it runs
+    from cove._server import main as control_server  # the server stack, only when it runs
 
     try:
         control_server.run(

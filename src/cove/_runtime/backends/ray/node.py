@@ -1,7 +1,7 @@
 """What runs on a Ray node for one container: the worker process, a TCP relay to it, its event stream.
 
 `ContainerActor` is the Ray actor of one container. It starts the same worker as the local backend
-(`python -m cove._runtime.entrypoint`, at once, so the serving stack is imported while the server
+(`python -m cove._container.entrypoint`, at once, so the serving stack is imported while the server
 is still connecting), unpacks the app's sources (a bundle as `cove deploy` makes them, sent with the
 start message) in a private directory, asks the worker to serve on a unix socket there, and relays
 TCP connections on the node's address to that socket. Output, readiness and exit reach the server
@@ -158,7 +158,7 @@ class Supervisor:
         process = await asyncio.create_subprocess_exec(
             sys.executable,  # the runtime_env's interpreter: the image's packages are importable
             "-m",
-            "cove._runtime.entrypoint",
+            "cove._container.entrypoint",
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -1,7 +1,7 @@
 """The Ray backend: each container is a Ray actor, placed on any node of an existing Ray cluster.
 
 The server (gateway and control plane) runs on the cluster's head as a Ray driver. A container is a
-`ContainerActor` (`cove._runtime.ray_node`) with the function's cpu/memory/gpu as its resources and
+`ContainerActor` (`cove._runtime.backends.ray.node`) with the function's cpu/memory/gpu as its resources and
 its image as its `runtime_env`. The app's sources go to the cluster's object store once per version
 (a bundle, as `cove deploy` makes them) and each actor unpacks them. The actor runs the same worker
 as the local backend and relays `tcp://NODE_IP:PORT` to it: the address the gateway proxies to. Its
@@ -36,9 +36,9 @@ from typing import Any
 
 from cove._bundle import make_bundle
 from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Stream, app_env
-from cove._runtime.local import new_container_id
-from cove._runtime.ray_node import ContainerActor
-from cove._runtime.ray_options import plan
+from cove._runtime.backends.local.backend import new_container_id
+from cove._runtime.backends.ray.node import ContainerActor
+from cove._runtime.backends.ray.options import plan
 from cove._spec import AppSpec, FunctionSpec, ImageSpec, ImageStep, spec_to_dict
 from cove.exception import Error
 

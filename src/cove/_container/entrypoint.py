@@ -1,6 +1,6 @@
 """Container entrypoint: import the user's code in container mode and serve it on a unix socket.
 
-Run as `python -m cove._runtime.entrypoint`. The process starts *warm*: it imports the serving stack
+Run as `python -m cove._container.entrypoint`. The process starts *warm*: it imports the serving stack
 (uvicorn, FastAPI, Starlette, Pydantic, a2wsgi) first, then blocks on its control channel (the socket
 at file descriptor `COVE_CONTROL_FD`) for its first message:
 
@@ -58,8 +58,8 @@ def _warm_imports() -> None:
     import uvloop  # noqa: F401
 
     import cove
-    import cove._runtime.adapters
-    import cove._runtime.invoke  # noqa: F401
+    import cove._container.adapters
+    import cove._container.invoke  # noqa: F401
 
 
 class Channel:
@@ -193,7 +193,7 @@ async def serve(
     serve it on `listener` until SIGTERM; report readiness, with `stamps`, on `channel`."""
     import uvicorn
 
-    from cove._runtime import adapters, invoke
+    from cove._container import adapters, invoke
 
     spec, user = loaded.spec, loaded.user
     web = spec.web  # None: a function called with .remote()/.spawn(), served by `invoke`
@@ -272,7 +272,7 @@ async def _serve_web_server(
     """Call the function (a no-op for an http_server, whose @enter started the server), wait for
     `port`, then relay until SIGTERM. (An http_server's `exit_grace_period` is the pool's: it sends
     SIGTERM once the requests in flight are done, or the period is over.)"""
-    from cove._runtime import adapters
+    from cove._container import adapters
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -351,7 +351,7 @@ def main() -> int:
     server_class()
     message = channel.receive()
     if message is not None and message.get("op") == "zygote":
-        from cove._runtime import forkserver
+        from cove._container import forkserver
 
         return forkserver.run_image_zygote(channel)
     if message is None or message.get("op") != "start":

@@ -1,6 +1,6 @@
 """Spawning worker processes: on the image's interpreter, inside a bubblewrap sandbox where it runs.
 
-A worker (`python -m cove._runtime.entrypoint`) imports the serving stack, then waits on its control
+A worker (`python -m cove._container.entrypoint`) imports the serving stack, then waits on its control
 socket for its first message: a `start` (it serves one container) or `zygote` (it forks them, see
 `zygote`). `Spawner.spawn` returns it once the process (and, sandboxed, its namespaces and network)
 exists; the caller sends the message.
@@ -25,10 +25,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cove._runtime import procfs, sandbox
 from cove._runtime.backend import StartupError
-from cove._runtime.isolation import Host, Network, Placement, attach_network
-from cove._runtime.limits import Applied, Limiter
+from cove._runtime.backends.local import procfs, sandbox
+from cove._runtime.backends.local.isolation import Host, Network, Placement, attach_network
+from cove._runtime.backends.local.limits import Applied, Limiter
 
 log = logging.getLogger("cove.runtime")
 
@@ -220,7 +220,7 @@ class Spawner:
         env["COVE_CONTROL_FD"] = str(child.fileno())
         env["PYTHONUNBUFFERED"] = "1"
         limits = self._limits(placement, worker_id, zygote)
-        argv = sandbox.with_limits([placement.python, "-m", "cove._runtime.entrypoint"], limits.limits)
+        argv = sandbox.with_limits([placement.python, "-m", "cove._container.entrypoint"], limits.limits)
         process = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,

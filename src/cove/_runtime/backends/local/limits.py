@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cove._runtime.sandbox import Limits
+from cove._runtime.backends.local.sandbox import Limits
 
 log = logging.getLogger("cove.runtime")
 

@@ -37,8 +37,9 @@ import time
 import traceback
 from typing import Any
 
-from cove._runtime import entrypoint, namespaces, warmup
-from cove._runtime.entrypoint import Loaded
+from cove._container import entrypoint, warmup
+from cove._container.entrypoint import Loaded
+from cove._runtime.backends.local import namespaces
 
 #: How often an idle zygote looks for children the server never asked it to reap.
 _SWEEP_S = 10.0

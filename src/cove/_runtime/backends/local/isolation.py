@@ -22,9 +22,9 @@ from typing import Literal
 
 import cove
 from cove._bundle import IGNORED_DIRS, IGNORED_SUFFIXES
-from cove._runtime import sandbox
 from cove._runtime.backend import ContainerRequest, StartupError
-from cove._runtime.sandbox import Bind, ContainerNeeds, HostSystem, NetworkMode
+from cove._runtime.backends.local import sandbox
+from cove._runtime.backends.local.sandbox import Bind, ContainerNeeds, HostSystem, NetworkMode
 from cove._runtime.tether import tethered
 from cove.config import SandboxSetting
 
@@ -217,7 +217,7 @@ def place(host: Host, request: ContainerRequest) -> Placement:
         if not (inner == PurePosixPath("/tmp") or PurePosixPath(sandbox.HOME) in (inner, *inner.parents)):
             workdir_entries = _listing(Path(image.rootfs) / workdir.lstrip("/"))
     needs = ContainerNeeds(
-        command=("python", "-m", "cove._runtime.entrypoint"),
+        command=("python", "-m", "cove._container.entrypoint"),
         venv=image.venv,
         sdk=host.sdk,
         run_dir="/",  # per container: filled in at spawn

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from cove._runtime import sandbox
 from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Stream, app_env
-from cove._runtime.isolation import Host, Placement, place
-from cove._runtime.limits import Applied, Limiter, owner_of, pids_refused
-from cove._runtime.spawner import Spawner, socket_dir
-from cove._runtime.zygote import Zygotes, probe_forks, startup_breakdown
+from cove._runtime.backends.local import sandbox
+from cove._runtime.backends.local.isolation import Host, Placement, place
+from cove._runtime.backends.local.limits import Applied, Limiter, owner_of, pids_refused
+from cove._runtime.backends.local.spawner import Spawner, socket_dir
+from cove._runtime.backends.local.zygote import Zygotes, probe_forks, startup_breakdown
 from cove._spec import spec_to_dict
 from cove.config import SandboxSetting
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pydantic
 
-from cove._runtime import adapters
+from cove._container import adapters
 from cove._spec import WebSpec
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]

@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cove._runtime import procfs
 from cove._runtime.backend import StartupError
-from cove._runtime.limits import Applied
-from cove._runtime.sandbox import Limits
-from cove._runtime.spawner import Spawned
+from cove._runtime.backends.local import procfs
+from cove._runtime.backends.local.limits import Applied
+from cove._runtime.backends.local.sandbox import Limits
+from cove._runtime.backends.local.spawner import Spawned
 
 _STOP_GRACE_S = 5.0
 #: A zygote answers a fork at once; this long without an answer means it is stuck or gone.

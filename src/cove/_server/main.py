@@ -32,8 +32,8 @@ from cove._control.store import Store
 from cove._dashboard import Dashboard
 from cove._gateway import Gateway, Limits
 from cove._runtime.backend import Backend
-from cove._runtime.local import LocalBackend
-from cove._runtime.spawner import socket_dir
+from cove._runtime.backends.local.backend import LocalBackend
+from cove._runtime.backends.local.spawner import socket_dir
 from cove.config import Settings
 from cove.exception import Error
 
@@ -51,7 +51,7 @@ def state_file(settings: Settings) -> Path:
 def make_backend(settings: Settings) -> Backend:
     """The runtime backend `settings.backend` names; Ray is imported only when it is asked for."""
     if settings.backend == "ray":
-        from cove._runtime.ray_backend import RayBackend
+        from cove._runtime.backends.ray.backend import RayBackend
 
         return RayBackend(settings.home, address=settings.ray_address)
     return LocalBackend(

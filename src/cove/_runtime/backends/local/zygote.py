@@ -39,13 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cove._runtime import namespaces
 from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Stream
-from cove._runtime.forks import Forked, FunctionZygote, ImageZygote, Wire, Zygote, finish, pump
-from cove._runtime.isolation import Host, Network, Placement, attach_network
-from cove._runtime.limits import Applied, Limiter
-from cove._runtime.sandbox import HOME
-from cove._runtime.spawner import Spawner, listen
+from cove._runtime.backends.local import namespaces
+from cove._runtime.backends.local.forks import Forked, FunctionZygote, ImageZygote, Wire, Zygote, finish, pump
+from cove._runtime.backends.local.isolation import Host, Network, Placement, attach_network
+from cove._runtime.backends.local.limits import Applied, Limiter
+from cove._runtime.backends.local.sandbox import HOME
+from cove._runtime.backends.local.spawner import Spawner, listen
 from cove._spec import spec_to_dict
 
 log = logging.getLogger("cove.runtime")

@@ -117,8 +117,8 @@ def load(
     file: str | None, app_var: str | None, module_name: str | None = None, root: str | None = None
 ) -> dict[str, Any]:
     """Import a file (or, with `module_name`, a module from `root`) and describe its App."""
+    from cove._container.entrypoint import import_user_module
     from cove._modal_compat import install as install_modal_compat
-    from cove._runtime.entrypoint import import_user_module
 
     install_modal_compat()
     where = file or module_name or "?"

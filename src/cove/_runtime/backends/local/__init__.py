@@ -1,0 +1,1 @@
+"""The local backend: containers as bubblewrap-sandboxed processes on this machine, forked from zygotes."""

@@ -1,0 +1,1 @@
+"""The Ray backend: containers as actors on the nodes of a Ray cluster."""
