@@ -16,7 +16,7 @@ from typing import Any
 import uvicorn
 
 from cove import _probe
-from cove._control.api import build_api
+from cove._control.api import ApiServices, build_api
 from cove._control.api_calls import call_routes
 from cove._control.api_objects import ObjectService, object_routes
 from cove._control.api_sessions import session_routes
@@ -169,16 +169,10 @@ async def serve(
             "dashboard_url": dashboard.url,
         }
 
+    services = ApiServices(registry, logs, secrets, store, bundles, health, stop.set, images=images)
     api = build_api(
-        registry,
-        logs,
-        secrets,
-        store,
-        bundles,
-        health,
-        stop.set,
+        services,
         extra_routes=[*call_routes(registry, calls), *session_routes(registry), *object_routes(objects)],
-        images=images,
     )
     container_apis.api = api
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
