@@ -28,6 +28,7 @@ from cove._control.images import ImageBuilder
 from cove._control.logs import LogHub
 from cove._control.secrets import SecretStore
 from cove._control.store import Store
+from cove._error_body import error_body
 from cove._spec import app_spec_from_dict
 
 API_VERSION = "1"
@@ -117,7 +118,7 @@ async def build_images(api: ApiServices, request: Request) -> Response:
                 await api.images.build_app(spec, events.put_nowait, force=force, root=root)
             events.put_nowait({"event": "done"})
         except exception.Error as exc:
-            events.put_nowait({"event": "error", "error": type(exc).__name__, "message": str(exc)})
+            events.put_nowait({"event": "error", **error_body(exc)})
         except Exception as exc:  # a bug must still end the stream with a readable line
             message = f"image build failed: {exc!r}"
             events.put_nowait({"event": "error", "error": "ImageBuildError", "message": message})
