@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from cove import exception
 from cove._control.api_errors import bind
-from cove._control.apps import AppKind, AppRegistry
+from cove._control.apps import AppKind, AppRegistry, AppState
 from cove._control.calls import CallRegistry
 from cove._payload import CALL_ID_HEADER, CONTENT_TYPE, FRAMES_CONTENT_TYPE
 
@@ -110,21 +110,17 @@ def function_metadata(
     except exception.NotFoundError as exc:
         cls_name, dot, method = tag.partition(".")
         what = f"Cls {cls_name!r} (method {method!r})" if dot else f"Function {tag!r}"
-        message = str(exc)
-        if message.startswith("Lookup failed") and dot:  # the app is deployed, the method is not in it
-            methods = [
-                t.partition(".")[2]
-                for t in _app_tags(registry, app_name, kind)
-                if t.startswith(cls_name + ".")
-            ]
+        tags = _running_tags(registry, app_name, kind)  # None: the app itself is not running
+        if tags is not None and dot:  # the app runs, the method is not in it
+            methods = [t.partition(".")[2] for t in tags if t.startswith(cls_name + ".")]
             hint = f"it has no such class method. Methods of {cls_name}: {', '.join(methods) or 'none'}."
-        elif message.startswith("Lookup failed"):  # the app is deployed, the function is not in it
-            deployed = ", ".join(t for t in _app_tags(registry, app_name, kind) if "." not in t) or "none"
+        elif tags is not None:  # the app runs, the function is not in it
+            deployed = ", ".join(t for t in tags if "." not in t) or "none"
             hint = f"it has no such function. Its functions: {deployed}."
         elif kind == "deployed":
-            hint = f"{message} Function.from_name reaches deployed apps only (`cove deploy FILE`)."
+            hint = f"{exc} Function.from_name reaches deployed apps only (`cove deploy FILE`)."
         else:
-            hint = message
+            hint = str(exc)
         raise exception.NotFoundError(f"Lookup failed for {what} from the {app_name!r} app: {hint}") from None
     spec = pool.spec
     version = record.current
@@ -146,12 +142,15 @@ def function_metadata(
     }
 
 
-def _app_tags(registry: AppRegistry, app_name: str, kind: AppKind) -> list[str]:
+def _running_tags(registry: AppRegistry, app_name: str, kind: AppKind) -> list[str] | None:
+    """The function tags of app `app_name` if it is running, else None."""
     try:
         record = registry.get(app_name, kind)
     except exception.NotFoundError:
-        return []
-    return [f.tag for f in record.current.spec.functions] if record.current else []
+        return None
+    if record.state is AppState.STOPPED or record.current is None:
+        return None
+    return [f.tag for f in record.current.spec.functions]
 
 
 async def _answer(calls: CallRegistry, call_id: str, wait_s: float) -> Response:
