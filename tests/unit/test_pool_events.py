@@ -1,5 +1,6 @@
 """What leaves a function pool, typed: cold starts reach the dashboard's figures through its
-`PoolObserver`, and a refusal carries its kind (a full queue is a limit reached, not a failure)."""
+`PoolObserver`, a refusal carries its kind (a full queue is a limit reached, not a failure), and
+the registry's routes reach the gateway without passing through the dashboard."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from cove._gateway.upstream import UpstreamError
 from cove._payload import decode_result
 from cove._runtime.backend import ContainerHandle
 from cove._runtime.pool import FunctionPool
+from cove._server.routes import RoutePublisher
 from cove._spec import FunctionSpec
 
 
@@ -71,3 +73,18 @@ def test_cold_starts_before_the_routes_go_live_are_counted_once_they_do() -> Non
     cold.routes_changed()  # what was held is counted once, and the unrouted start is gone
     assert figures.cold_starts == 1
     assert metrics.lookup("shop", "batch") is None
+
+
+def test_the_registrys_routes_reach_the_gateway_with_the_servers_own_hosts_then_followers_hear() -> None:
+    tables: list[dict[str, Route]] = []
+    heard: list[int] = []
+    dashboard = Route("", "dashboard", None)
+    publisher = RoutePublisher(
+        lambda table: tables.append(dict(table)),
+        {"dashboard.localhost": dashboard},
+        on_change=(lambda: heard.append(len(tables)),),
+    )
+    shop = Route("shop", "square", None)
+    publisher.publish({"ws--shop-square.localhost": shop, "dashboard.localhost": shop})
+    assert tables == [{"ws--shop-square.localhost": shop, "dashboard.localhost": dashboard}]
+    assert heard == [1]  # told after the swap, so held cold starts find their figures

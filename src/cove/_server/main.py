@@ -120,7 +120,9 @@ async def serve(
     store.revoke_listeners.append(gateway.forget_proxy_token)
     await gateway.start()
     dashboard = Dashboard(settings.home / "dashboard.sock", gateway, settings.base_domain)
-    routes = RoutePublisher(gateway, dashboard.routes, on_change=(dashboard.cold_starts.routes_changed,))
+    routes = RoutePublisher(
+        gateway.set_routes, dashboard.routes, on_change=(dashboard.cold_starts.routes_changed,)
+    )
     await backend.start()
     # Images are built on this machine for the local backend's containers.
     images = (
