@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from cove import config, exception
+from cove._error_body import decode_error
 from cove.config import Settings
 
 #: How long to wait for the server to accept a connection.
@@ -243,29 +244,8 @@ def _translated(chunks: Iterator[bytes], control: ControlPlane) -> Iterator[byte
 def _reply(response: httpx.Response) -> Reply:
     content_type = response.headers.get("content-type", "").split(";")[0].strip()
     if response.status_code >= 400:
-        raise _error(response, content_type)
+        raise decode_error(response.status_code, response.content, content_type)
     return Reply(response.status_code, content_type, response.content, response.headers)
-
-
-def _error(response: httpx.Response, content_type: str) -> exception.Error:
-    body: Any = None
-    if content_type == "application/json":
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        cls = getattr(exception, str(body.get("error", "")), None)
-        if isinstance(cls, type) and issubclass(cls, exception.Error):
-            return cls(body["message"])
-        return exception.Error(body["message"])
-    if response.status_code == 401:
-        return exception.AuthError(
-            "The Cove server refused the token (401). Create one with `cove token create` on the server "
-            "and set COVE_TOKEN."
-        )
-    text = response.text.strip()[:500]
-    return exception.Error(f"The Cove server answered {response.status_code}: {text or '(no body)'}")
 
 
 _default: ControlPlane | None = None

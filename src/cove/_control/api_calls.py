@@ -18,7 +18,7 @@ Waits are capped at `MAX_WAIT_S`, so a long `.get()` is a loop of long polls. Er
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from starlette.requests import Request
@@ -26,8 +26,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from cove import exception
-from cove._control.api import error_response
-from cove._control.apps import AppKind, AppRegistry
+from cove._control.api_errors import bind
+from cove._control.apps import AppKind, AppRegistry, AppState
 from cove._control.calls import CallRegistry
 from cove._payload import CALL_ID_HEADER, CONTENT_TYPE, FRAMES_CONTENT_TYPE
 
@@ -36,50 +36,61 @@ MAX_WAIT_S = 50.0
 #: Largest pickled input accepted (arguments travel in one request body).
 MAX_INPUT_BYTES = 256 * 1024 * 1024
 
-Handler = Callable[[Request], Awaitable[Response]]
+
+@dataclass(frozen=True)
+class CallServices:
+    """What the call routes work with: the apps (for lookups) and the running calls."""
+
+    registry: AppRegistry
+    calls: CallRegistry
+
+
+async def get_function(api: CallServices, request: Request) -> Response:
+    app_name, tag = request.path_params["app"], request.path_params["tag"]
+    return JSONResponse(function_metadata(api.registry, app_name, tag, app_kind(request)))
+
+
+async def post_call(api: CallServices, request: Request) -> Response:
+    wait_s = _seconds(request.query_params.get("wait", "0"), "wait")
+    app_name, tag, kind, body = await _read_input(api.registry, request)
+    call_id = api.calls.spawn(app_name, tag, body, kind)
+    return await _answer(api.calls, call_id, wait_s)
+
+
+async def post_stream(api: CallServices, request: Request) -> Response:
+    app_name, tag, kind, body = await _read_input(api.registry, request)
+    frames = api.calls.stream(app_name, tag, body, kind)
+    return StreamingResponse(frames, media_type=FRAMES_CONTENT_TYPE)
+
+
+async def get_call(api: CallServices, request: Request) -> Response:
+    timeout_s = _seconds(request.query_params.get("timeout", "0"), "timeout")
+    return await _answer(api.calls, request.path_params["call_id"], timeout_s)
 
 
 def call_routes(registry: AppRegistry, calls: CallRegistry) -> list[Route]:
     """Routes to add to the control API's Starlette app."""
-
-    async def get_function(request: Request) -> Response:
-        app_name, tag = request.path_params["app"], request.path_params["tag"]
-        return JSONResponse(function_metadata(registry, app_name, tag, app_kind(request)))
-
-    async def read_input(request: Request) -> tuple[str, str, AppKind, bytes]:
-        app_name = request.query_params["app"]
-        tag = request.query_params["function"]
-        kind = app_kind(request)
-        length = request.headers.get("content-length")
-        if length is not None and int(length) > MAX_INPUT_BYTES:
-            raise exception.InvalidError(
-                f"The pickled arguments are {int(length)} bytes, over the {MAX_INPUT_BYTES} byte limit. "
-                "Pass large data by reference (a path or URL) instead."
-            )
-        function_metadata(registry, app_name, tag, kind)  # Modal's lookup error for unknown names
-        return app_name, tag, kind, await request.body()
-
-    async def post_call(request: Request) -> Response:
-        wait_s = _seconds(request.query_params.get("wait", "0"), "wait")
-        app_name, tag, kind, body = await read_input(request)
-        call_id = calls.spawn(app_name, tag, body, kind)
-        return await _answer(calls, call_id, wait_s)
-
-    async def post_stream(request: Request) -> Response:
-        app_name, tag, kind, body = await read_input(request)
-        frames = calls.stream(app_name, tag, body, kind)
-        return StreamingResponse(frames, media_type=FRAMES_CONTENT_TYPE)
-
-    async def get_call(request: Request) -> Response:
-        timeout_s = _seconds(request.query_params.get("timeout", "0"), "timeout")
-        return await _answer(calls, request.path_params["call_id"], timeout_s)
-
+    api = CallServices(registry, calls)
     return [
-        Route("/v1/functions/{app}/{tag}", _guarded(get_function), methods=["GET"]),
-        Route("/v1/calls", _guarded(post_call), methods=["POST"]),
-        Route("/v1/calls/stream", _guarded(post_stream), methods=["POST"]),
-        Route("/v1/calls/{call_id}", _guarded(get_call), methods=["GET"]),
+        Route("/v1/functions/{app}/{tag}", bind(get_function, api), methods=["GET"]),
+        Route("/v1/calls", bind(post_call, api), methods=["POST"]),
+        Route("/v1/calls/stream", bind(post_stream, api), methods=["POST"]),
+        Route("/v1/calls/{call_id}", bind(get_call, api), methods=["GET"]),
     ]
+
+
+async def _read_input(registry: AppRegistry, request: Request) -> tuple[str, str, AppKind, bytes]:
+    app_name = request.query_params["app"]
+    tag = request.query_params["function"]
+    kind = app_kind(request)
+    length = request.headers.get("content-length")
+    if length is not None and int(length) > MAX_INPUT_BYTES:
+        raise exception.InvalidError(
+            f"The pickled arguments are {int(length)} bytes, over the {MAX_INPUT_BYTES} byte limit. "
+            "Pass large data by reference (a path or URL) instead."
+        )
+    function_metadata(registry, app_name, tag, kind)  # Modal's lookup error for unknown names
+    return app_name, tag, kind, await request.body()
 
 
 def app_kind(request: Request) -> AppKind:
@@ -99,21 +110,17 @@ def function_metadata(
     except exception.NotFoundError as exc:
         cls_name, dot, method = tag.partition(".")
         what = f"Cls {cls_name!r} (method {method!r})" if dot else f"Function {tag!r}"
-        message = str(exc)
-        if message.startswith("Lookup failed") and dot:  # the app is deployed, the method is not in it
-            methods = [
-                t.partition(".")[2]
-                for t in _app_tags(registry, app_name, kind)
-                if t.startswith(cls_name + ".")
-            ]
+        tags = _running_tags(registry, app_name, kind)  # None: the app itself is not running
+        if tags is not None and dot:  # the app runs, the method is not in it
+            methods = [t.partition(".")[2] for t in tags if t.startswith(cls_name + ".")]
             hint = f"it has no such class method. Methods of {cls_name}: {', '.join(methods) or 'none'}."
-        elif message.startswith("Lookup failed"):  # the app is deployed, the function is not in it
-            deployed = ", ".join(t for t in _app_tags(registry, app_name, kind) if "." not in t) or "none"
+        elif tags is not None:  # the app runs, the function is not in it
+            deployed = ", ".join(t for t in tags if "." not in t) or "none"
             hint = f"it has no such function. Its functions: {deployed}."
         elif kind == "deployed":
-            hint = f"{message} Function.from_name reaches deployed apps only (`cove deploy FILE`)."
+            hint = f"{exc} Function.from_name reaches deployed apps only (`cove deploy FILE`)."
         else:
-            hint = message
+            hint = str(exc)
         raise exception.NotFoundError(f"Lookup failed for {what} from the {app_name!r} app: {hint}") from None
     spec = pool.spec
     version = record.current
@@ -135,12 +142,15 @@ def function_metadata(
     }
 
 
-def _app_tags(registry: AppRegistry, app_name: str, kind: AppKind) -> list[str]:
+def _running_tags(registry: AppRegistry, app_name: str, kind: AppKind) -> list[str] | None:
+    """The function tags of app `app_name` if it is running, else None."""
     try:
         record = registry.get(app_name, kind)
     except exception.NotFoundError:
-        return []
-    return [f.tag for f in record.current.spec.functions] if record.current else []
+        return None
+    if record.state is AppState.STOPPED or record.current is None:
+        return None
+    return [f.tag for f in record.current.spec.functions]
 
 
 async def _answer(calls: CallRegistry, call_id: str, wait_s: float) -> Response:
@@ -160,18 +170,4 @@ def _seconds(text: str, name: str) -> float:
     return value
 
 
-def _guarded(handler: Handler) -> Handler:
-    async def wrapper(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except exception.Error as exc:
-            return error_response(exc)
-        except (KeyError, ValueError, TypeError) as exc:
-            return JSONResponse(
-                {"error": "InvalidError", "message": f"malformed request: {exc!r}"}, status_code=400
-            )
-
-    return wrapper
-
-
-__all__ = ["MAX_WAIT_S", "app_kind", "call_routes", "function_metadata"]
+__all__ = ["MAX_WAIT_S", "CallServices", "app_kind", "call_routes", "function_metadata"]

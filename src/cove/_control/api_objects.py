@@ -23,8 +23,10 @@ import base64
 import math
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from starlette.requests import Request
@@ -33,7 +35,7 @@ from starlette.routing import Route
 
 from cove import exception
 from cove._control import volumes as vol
-from cove._control.api import error_response
+from cove._control.api_errors import Handler, S, ServiceHandler, Translate, bind
 from cove._control.dicts import DictStore
 from cove._control.objects import ObjectInfo, ObjectKind, ObjectRegistry
 from cove._control.queues import DEFAULT_PARTITION_TTL_S, QueueStore, check_partition
@@ -44,7 +46,6 @@ MAX_WAIT_S = 50.0
 #: Largest JSON body (base64 pickles) of one Dict/Queue request.
 MAX_JSON_BYTES = 64 * 1024 * 1024
 
-Handler = Callable[[Request], Awaitable[Response]]
 _PLURAL: dict[ObjectKind, str] = {"dict": "dicts", "queue": "queues", "volume": "volumes"}
 
 
@@ -79,264 +80,310 @@ class ObjectService:
             await asyncio.to_thread(vol.remove_dir, self.volumes_root, info.id)
 
 
-def object_routes(service: ObjectService) -> list[Route]:
+@dataclass(frozen=True)
+class _OfKind:
+    """The routes every kind of object has (list, create, lookup, delete) work on one kind."""
+
+    service: ObjectService
+    kind: ObjectKind
+
+
+def _deleted(exc: Exception) -> exception.Error:
+    return exception.NotFoundError("The object was deleted during this request.")
+
+
+#: Guarded as every API route; an object deleted while a request waited is a 404.
+_FOREIGN: Mapping[type[Exception], Translate] = MappingProxyType({sqlite3.IntegrityError: _deleted})
+
+
+def _bind(handler: ServiceHandler[S], services: S) -> Handler:
+    return bind(handler, services, foreign=_FOREIGN)
+
+
+def object_routes(objects: ObjectService) -> list[Route]:
     """Routes to add to the control API's Starlette app."""
-    registry, dicts, queues = service.registry, service.dicts, service.queues
     routes: list[Route] = []
-
     for kind, plural in _PLURAL.items():
-        routes += _common_routes(service, kind, plural)
-
-    def dict_id(request: Request) -> str:
-        return registry.get("dict", request.path_params["id"]).id
-
-    def queue_id(request: Request) -> str:
-        return registry.get("queue", request.path_params["id"]).id
-
-    def volume_root(request: Request) -> Path:
-        info = registry.get("volume", request.path_params["id"])
-        return vol.create_dir(service.volumes_root, info.id)
-
-    # -- Dict ------------------------------------------------------------------------------------
-
-    async def dict_get(request: Request) -> Response:
-        body = await _json(request)
-        value = dicts.get(dict_id(request), _b64(body["key"]))
-        return JSONResponse({"found": value is not None, "value": _text(value)})
-
-    async def dict_contains(request: Request) -> Response:
-        body = await _json(request)
-        return JSONResponse({"found": dicts.get(dict_id(request), _b64(body["key"])) is not None})
-
-    async def dict_put(request: Request) -> Response:
-        body = await _json(request)
-        written = dicts.put(
-            dict_id(request),
-            _b64(body["key"]),
-            _b64(body["value"]),
-            skip_if_exists=bool(body.get("skip_if_exists")),
-        )
-        return JSONResponse({"written": written})
-
-    async def dict_update(request: Request) -> Response:
-        body = await _json(request)
-        dicts.update(dict_id(request), [(_b64(k), _b64(v)) for k, v in body["items"]])
-        return JSONResponse({})
-
-    async def dict_pop(request: Request) -> Response:
-        body = await _json(request)
-        value = dicts.pop(dict_id(request), _b64(body["key"]))
-        return JSONResponse({"found": value is not None, "value": _text(value)})
-
-    async def dict_len(request: Request) -> Response:
-        return JSONResponse({"len": dicts.length(dict_id(request))})
-
-    async def dict_clear(request: Request) -> Response:
-        dicts.clear(dict_id(request))
-        return JSONResponse({})
-
-    async def dict_items(request: Request) -> Response:
-        after = int(request.query_params.get("after", "0"))
-        rows = dicts.page(dict_id(request), after)
-        return JSONResponse(
-            {"items": [[_text(k), _text(v)] for _, k, v in rows], "next": rows[-1][0] if rows else None}
-        )
-
-    routes += [
-        Route("/v1/dicts/{id}/get", _guarded(dict_get), methods=["POST"]),
-        Route("/v1/dicts/{id}/contains", _guarded(dict_contains), methods=["POST"]),
-        Route("/v1/dicts/{id}/put", _guarded(dict_put), methods=["POST"]),
-        Route("/v1/dicts/{id}/update", _guarded(dict_update), methods=["POST"]),
-        Route("/v1/dicts/{id}/pop", _guarded(dict_pop), methods=["POST"]),
-        Route("/v1/dicts/{id}/len", _guarded(dict_len), methods=["GET"]),
-        Route("/v1/dicts/{id}/clear", _guarded(dict_clear), methods=["POST"]),
-        Route("/v1/dicts/{id}/items", _guarded(dict_items), methods=["GET"]),
-    ]
-
-    # -- Queue -----------------------------------------------------------------------------------
-
-    async def queue_put(request: Request) -> Response:
-        body = await _json(request)
-        ttl_s = _seconds(body.get("partition_ttl", DEFAULT_PARTITION_TTL_S), "partition_ttl")
-        if not 0 < ttl_s <= DEFAULT_PARTITION_TTL_S:
-            raise exception.InvalidError(
-                f"partition_ttl must be more than 0 and at most {DEFAULT_PARTITION_TTL_S:g} s (24 h), "
-                f"got {ttl_s:g}."
-            )
-        put = await queues.put(
-            queue_id(request),
-            check_partition(body.get("partition")),
-            [_b64(v) for v in body["values"]],
-            ttl_s,
-            min(_seconds(body.get("wait", 0), "wait"), MAX_WAIT_S),
-        )
-        return JSONResponse({"put": put})
-
-    async def queue_get(request: Request) -> Response:
-        body = await _json(request)
-        n = int(body.get("n", 1))
-        if n < 1:
-            raise exception.InvalidError(f"n_values must be at least 1, got {n}.")
-        values = await queues.get(
-            queue_id(request),
-            check_partition(body.get("partition")),
-            n,
-            min(_seconds(body.get("wait", 0), "wait"), MAX_WAIT_S),
-        )
-        return JSONResponse({"values": [_text(v) for v in values]})
-
-    async def queue_len(request: Request) -> Response:
-        total = request.query_params.get("total") in ("1", "true")
-        partition = None if total else check_partition(request.query_params.get("partition") or None)
-        return JSONResponse({"len": queues.length(queue_id(request), partition)})
-
-    async def queue_clear(request: Request) -> Response:
-        body = await _json(request)
-        partition = None if body.get("all") else check_partition(body.get("partition"))
-        queues.clear(queue_id(request), partition)
-        return JSONResponse({})
-
-    async def queue_items(request: Request) -> Response:
-        rows = await queues.page(
-            queue_id(request),
-            check_partition(request.query_params.get("partition") or None),
-            int(request.query_params.get("after", "0")),
-            min(_seconds(request.query_params.get("wait", "0"), "wait"), MAX_WAIT_S),
-        )
-        return JSONResponse({"values": [_text(v) for _, v in rows], "next": rows[-1][0] if rows else None})
-
-    async def queue_partitions(request: Request) -> Response:
-        parts = queues.partitions(queue_id(request))
-        return JSONResponse({"partitions": [{"partition": p or None, "len": n} for p, n in parts]})
-
-    routes += [
-        Route("/v1/queues/{id}/put", _guarded(queue_put), methods=["POST"]),
-        Route("/v1/queues/{id}/get", _guarded(queue_get), methods=["POST"]),
-        Route("/v1/queues/{id}/len", _guarded(queue_len), methods=["GET"]),
-        Route("/v1/queues/{id}/clear", _guarded(queue_clear), methods=["POST"]),
-        Route("/v1/queues/{id}/items", _guarded(queue_items), methods=["GET"]),
-        Route("/v1/queues/{id}/partitions", _guarded(queue_partitions), methods=["GET"]),
-    ]
-
-    # -- Volume ----------------------------------------------------------------------------------
-
-    async def volume_ls(request: Request) -> Response:
-        root = volume_root(request)
-        recursive = request.query_params.get("recursive") in ("1", "true")
-        entries = await asyncio.to_thread(
-            vol.listdir, root, request.query_params.get("path", "/"), recursive=recursive
-        )
-        return JSONResponse({"entries": [e.__dict__ for e in entries]})
-
-    async def volume_read(request: Request) -> Response:
-        root = volume_root(request)
-        fd = await asyncio.to_thread(vol.open_file, root, request.query_params["path"])
-
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                while chunk := await asyncio.to_thread(vol.read_chunk, fd):
-                    yield chunk
-            finally:
-                os.close(fd)
-
-        return StreamingResponse(chunks(), media_type="application/octet-stream")
-
-    async def volume_write(request: Request) -> Response:
-        root = volume_root(request)
-        force = request.query_params.get("force") in ("1", "true")
-        upload = await asyncio.to_thread(vol.Upload, root, request.query_params["path"], force=force)
-        try:
-            async for chunk in request.stream():
-                upload.write(chunk)  # one chunk of a socket read: a short write
-            await asyncio.to_thread(upload.commit)
-        except BaseException:
-            upload.abort()
-            raise
-        return JSONResponse({"path": upload.path})
-
-    async def volume_rm(request: Request) -> Response:
-        body = await _json(request)
-        await asyncio.to_thread(
-            vol.remove, volume_root(request), str(body["path"]), recursive=bool(body.get("recursive"))
-        )
-        return JSONResponse({})
-
-    async def volume_cp(request: Request) -> Response:
-        body = await _json(request)
-        await asyncio.to_thread(
-            vol.copy,
-            volume_root(request),
-            [str(s) for s in body["sources"]],
-            str(body["destination"]),
-            recursive=bool(body.get("recursive")),
-        )
-        return JSONResponse({})
-
-    async def volume_sync(request: Request) -> Response:
-        # One machine, one directory: writes are visible to every reader as soon as they are made,
-        # so commit and reload only check that the Volume still exists.
-        volume_root(request)
-        return JSONResponse({})
-
-    routes += [
-        Route("/v1/volumes/{id}/ls", _guarded(volume_ls), methods=["GET"]),
-        Route("/v1/volumes/{id}/file", _guarded(volume_read), methods=["GET"]),
-        Route("/v1/volumes/{id}/file", _guarded(volume_write), methods=["PUT"]),
-        Route("/v1/volumes/{id}/rm", _guarded(volume_rm), methods=["POST"]),
-        Route("/v1/volumes/{id}/cp", _guarded(volume_cp), methods=["POST"]),
-        Route("/v1/volumes/{id}/commit", _guarded(volume_sync), methods=["POST"]),
-        Route("/v1/volumes/{id}/reload", _guarded(volume_sync), methods=["POST"]),
-    ]
-    return routes
-
-
-def _common_routes(service: ObjectService, kind: ObjectKind, plural: str) -> list[Route]:
-    registry = service.registry
-
-    def describe(info: ObjectInfo) -> dict[str, Any]:
-        return {"id": info.id, "name": info.name, "created_at": info.created_at}
-
-    async def list_objects(request: Request) -> Response:
-        return JSONResponse({"objects": [describe(i) for i in registry.list(kind)]})
-
-    async def create(request: Request) -> Response:
-        body = await _json(request)
-        info = registry.create(kind, body["name"])
-        if kind == "volume":
-            vol.create_dir(service.volumes_root, info.id)
-        return JSONResponse(describe(info))
-
-    async def lookup(request: Request) -> Response:
-        body = await _json(request)
-        info = registry.lookup(kind, body["name"], create_if_missing=bool(body.get("create_if_missing")))
-        return JSONResponse(describe(info))
-
-    async def ephemeral(request: Request) -> Response:
-        return JSONResponse(describe(registry.ephemeral(kind)))
-
-    async def delete_named(request: Request) -> Response:
-        allow_missing = request.query_params.get("allow_missing") in ("1", "true")
-        try:
-            info = registry.lookup(kind, request.path_params["name"], create_if_missing=False)
-        except exception.NotFoundError:
-            if allow_missing:
-                return JSONResponse({"deleted": None})
-            raise
-        await service.delete(info)
-        return JSONResponse({"deleted": info.id})
-
-    async def delete_by_id(request: Request) -> Response:
-        info = registry.get(kind, request.path_params["id"])
-        await service.delete(info)
-        return JSONResponse({"deleted": info.id})
-
+        routes += _common_routes(_OfKind(objects, kind), plural)
     return [
-        Route(f"/v1/{plural}", _guarded(list_objects), methods=["GET"]),
-        Route(f"/v1/{plural}", _guarded(create), methods=["POST"]),
-        Route(f"/v1/{plural}/lookup", _guarded(lookup), methods=["POST"]),
-        Route(f"/v1/{plural}/ephemeral", _guarded(ephemeral), methods=["POST"]),
-        Route(f"/v1/{plural}/named/{{name}}", _guarded(delete_named), methods=["DELETE"]),
-        Route(f"/v1/{plural}/{{id}}", _guarded(delete_by_id), methods=["DELETE"]),
+        *routes,
+        Route("/v1/dicts/{id}/get", _bind(dict_get, objects), methods=["POST"]),
+        Route("/v1/dicts/{id}/contains", _bind(dict_contains, objects), methods=["POST"]),
+        Route("/v1/dicts/{id}/put", _bind(dict_put, objects), methods=["POST"]),
+        Route("/v1/dicts/{id}/update", _bind(dict_update, objects), methods=["POST"]),
+        Route("/v1/dicts/{id}/pop", _bind(dict_pop, objects), methods=["POST"]),
+        Route("/v1/dicts/{id}/len", _bind(dict_len, objects), methods=["GET"]),
+        Route("/v1/dicts/{id}/clear", _bind(dict_clear, objects), methods=["POST"]),
+        Route("/v1/dicts/{id}/items", _bind(dict_items, objects), methods=["GET"]),
+        Route("/v1/queues/{id}/put", _bind(queue_put, objects), methods=["POST"]),
+        Route("/v1/queues/{id}/get", _bind(queue_get, objects), methods=["POST"]),
+        Route("/v1/queues/{id}/len", _bind(queue_len, objects), methods=["GET"]),
+        Route("/v1/queues/{id}/clear", _bind(queue_clear, objects), methods=["POST"]),
+        Route("/v1/queues/{id}/items", _bind(queue_items, objects), methods=["GET"]),
+        Route("/v1/queues/{id}/partitions", _bind(queue_partitions, objects), methods=["GET"]),
+        Route("/v1/volumes/{id}/ls", _bind(volume_ls, objects), methods=["GET"]),
+        Route("/v1/volumes/{id}/file", _bind(volume_read, objects), methods=["GET"]),
+        Route("/v1/volumes/{id}/file", _bind(volume_write, objects), methods=["PUT"]),
+        Route("/v1/volumes/{id}/rm", _bind(volume_rm, objects), methods=["POST"]),
+        Route("/v1/volumes/{id}/cp", _bind(volume_cp, objects), methods=["POST"]),
+        Route("/v1/volumes/{id}/commit", _bind(volume_sync, objects), methods=["POST"]),
+        Route("/v1/volumes/{id}/reload", _bind(volume_sync, objects), methods=["POST"]),
+    ]
+
+
+def _dict_id(objects: ObjectService, request: Request) -> str:
+    return objects.registry.get("dict", request.path_params["id"]).id
+
+
+def _queue_id(objects: ObjectService, request: Request) -> str:
+    return objects.registry.get("queue", request.path_params["id"]).id
+
+
+def _volume_root(objects: ObjectService, request: Request) -> Path:
+    info = objects.registry.get("volume", request.path_params["id"])
+    return vol.create_dir(objects.volumes_root, info.id)
+
+
+# -- Dict ------------------------------------------------------------------------------------
+
+
+async def dict_get(objects: ObjectService, request: Request) -> Response:
+    body = await _json(request)
+    value = objects.dicts.get(_dict_id(objects, request), _b64(body["key"]))
+    return JSONResponse({"found": value is not None, "value": _text(value)})
+
+
+async def dict_contains(objects: ObjectService, request: Request) -> Response:
+    body = await _json(request)
+    return JSONResponse(
+        {"found": objects.dicts.get(_dict_id(objects, request), _b64(body["key"])) is not None}
+    )
+
+
+async def dict_put(objects: ObjectService, request: Request) -> Response:
+    body = await _json(request)
+    written = objects.dicts.put(
+        _dict_id(objects, request),
+        _b64(body["key"]),
+        _b64(body["value"]),
+        skip_if_exists=bool(body.get("skip_if_exists")),
+    )
+    return JSONResponse({"written": written})
+
+
+async def dict_update(objects: ObjectService, request: Request) -> Response:
+    body = await _json(request)
+    objects.dicts.update(_dict_id(objects, request), [(_b64(k), _b64(v)) for k, v in body["items"]])
+    return JSONResponse({})
+
+
+async def dict_pop(objects: ObjectService, request: Request) -> Response:
+    body = await _json(request)
+    value = objects.dicts.pop(_dict_id(objects, request), _b64(body["key"]))
+    return JSONResponse({"found": value is not None, "value": _text(value)})
+
+
+async def dict_len(objects: ObjectService, request: Request) -> Response:
+    return JSONResponse({"len": objects.dicts.length(_dict_id(objects, request))})
+
+
+async def dict_clear(objects: ObjectService, request: Request) -> Response:
+    objects.dicts.clear(_dict_id(objects, request))
+    return JSONResponse({})
+
+
+async def dict_items(objects: ObjectService, request: Request) -> Response:
+    after = int(request.query_params.get("after", "0"))
+    rows = objects.dicts.page(_dict_id(objects, request), after)
+    return JSONResponse(
+        {"items": [[_text(k), _text(v)] for _, k, v in rows], "next": rows[-1][0] if rows else None}
+    )
+
+
+# -- Queue -----------------------------------------------------------------------------------
+
+
+async def queue_put(objects: ObjectService, request: Request) -> Response:
+    body = await _json(request)
+    ttl_s = _seconds(body.get("partition_ttl", DEFAULT_PARTITION_TTL_S), "partition_ttl")
+    if not 0 < ttl_s <= DEFAULT_PARTITION_TTL_S:
+        raise exception.InvalidError(
+            f"partition_ttl must be more than 0 and at most {DEFAULT_PARTITION_TTL_S:g} s (24 h), "
+            f"got {ttl_s:g}."
+        )
+    put = await objects.queues.put(
+        _queue_id(objects, request),
+        check_partition(body.get("partition")),
+        [_b64(v) for v in body["values"]],
+        ttl_s,
+        min(_seconds(body.get("wait", 0), "wait"), MAX_WAIT_S),
+    )
+    return JSONResponse({"put": put})
+
+
+async def queue_get(objects: ObjectService, request: Request) -> Response:
+    body = await _json(request)
+    n = int(body.get("n", 1))
+    if n < 1:
+        raise exception.InvalidError(f"n_values must be at least 1, got {n}.")
+    values = await objects.queues.get(
+        _queue_id(objects, request),
+        check_partition(body.get("partition")),
+        n,
+        min(_seconds(body.get("wait", 0), "wait"), MAX_WAIT_S),
+    )
+    return JSONResponse({"values": [_text(v) for v in values]})
+
+
+async def queue_len(objects: ObjectService, request: Request) -> Response:
+    total = request.query_params.get("total") in ("1", "true")
+    partition = None if total else check_partition(request.query_params.get("partition") or None)
+    return JSONResponse({"len": objects.queues.length(_queue_id(objects, request), partition)})
+
+
+async def queue_clear(objects: ObjectService, request: Request) -> Response:
+    body = await _json(request)
+    partition = None if body.get("all") else check_partition(body.get("partition"))
+    objects.queues.clear(_queue_id(objects, request), partition)
+    return JSONResponse({})
+
+
+async def queue_items(objects: ObjectService, request: Request) -> Response:
+    rows = await objects.queues.page(
+        _queue_id(objects, request),
+        check_partition(request.query_params.get("partition") or None),
+        int(request.query_params.get("after", "0")),
+        min(_seconds(request.query_params.get("wait", "0"), "wait"), MAX_WAIT_S),
+    )
+    return JSONResponse({"values": [_text(v) for _, v in rows], "next": rows[-1][0] if rows else None})
+
+
+async def queue_partitions(objects: ObjectService, request: Request) -> Response:
+    parts = objects.queues.partitions(_queue_id(objects, request))
+    return JSONResponse({"partitions": [{"partition": p or None, "len": n} for p, n in parts]})
+
+
+# -- Volume ----------------------------------------------------------------------------------
+
+
+async def volume_ls(objects: ObjectService, request: Request) -> Response:
+    root = _volume_root(objects, request)
+    recursive = request.query_params.get("recursive") in ("1", "true")
+    entries = await asyncio.to_thread(
+        vol.listdir, root, request.query_params.get("path", "/"), recursive=recursive
+    )
+    return JSONResponse({"entries": [e.__dict__ for e in entries]})
+
+
+async def volume_read(objects: ObjectService, request: Request) -> Response:
+    root = _volume_root(objects, request)
+    fd = await asyncio.to_thread(vol.open_file, root, request.query_params["path"])
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            while chunk := await asyncio.to_thread(vol.read_chunk, fd):
+                yield chunk
+        finally:
+            os.close(fd)
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+
+async def volume_write(objects: ObjectService, request: Request) -> Response:
+    root = _volume_root(objects, request)
+    force = request.query_params.get("force") in ("1", "true")
+    upload = await asyncio.to_thread(vol.Upload, root, request.query_params["path"], force=force)
+    try:
+        async for chunk in request.stream():
+            upload.write(chunk)  # one chunk of a socket read: a short write
+        await asyncio.to_thread(upload.commit)
+    except BaseException:
+        upload.abort()
+        raise
+    return JSONResponse({"path": upload.path})
+
+
+async def volume_rm(objects: ObjectService, request: Request) -> Response:
+    body = await _json(request)
+    await asyncio.to_thread(
+        vol.remove, _volume_root(objects, request), str(body["path"]), recursive=bool(body.get("recursive"))
+    )
+    return JSONResponse({})
+
+
+async def volume_cp(objects: ObjectService, request: Request) -> Response:
+    body = await _json(request)
+    await asyncio.to_thread(
+        vol.copy,
+        _volume_root(objects, request),
+        [str(s) for s in body["sources"]],
+        str(body["destination"]),
+        recursive=bool(body.get("recursive")),
+    )
+    return JSONResponse({})
+
+
+async def volume_sync(objects: ObjectService, request: Request) -> Response:
+    # One machine, one directory: writes are visible to every reader as soon as they are made,
+    # so commit and reload only check that the Volume still exists.
+    _volume_root(objects, request)
+    return JSONResponse({})
+
+
+def _describe(info: ObjectInfo) -> dict[str, Any]:
+    return {"id": info.id, "name": info.name, "created_at": info.created_at}
+
+
+async def list_objects(of: _OfKind, request: Request) -> Response:
+    return JSONResponse({"objects": [_describe(i) for i in of.service.registry.list(of.kind)]})
+
+
+async def create(of: _OfKind, request: Request) -> Response:
+    body = await _json(request)
+    info = of.service.registry.create(of.kind, body["name"])
+    if of.kind == "volume":
+        vol.create_dir(of.service.volumes_root, info.id)
+    return JSONResponse(_describe(info))
+
+
+async def lookup(of: _OfKind, request: Request) -> Response:
+    body = await _json(request)
+    info = of.service.registry.lookup(
+        of.kind, body["name"], create_if_missing=bool(body.get("create_if_missing"))
+    )
+    return JSONResponse(_describe(info))
+
+
+async def ephemeral(of: _OfKind, request: Request) -> Response:
+    return JSONResponse(_describe(of.service.registry.ephemeral(of.kind)))
+
+
+async def delete_named(of: _OfKind, request: Request) -> Response:
+    allow_missing = request.query_params.get("allow_missing") in ("1", "true")
+    try:
+        info = of.service.registry.lookup(of.kind, request.path_params["name"], create_if_missing=False)
+    except exception.NotFoundError:
+        if allow_missing:
+            return JSONResponse({"deleted": None})
+        raise
+    await of.service.delete(info)
+    return JSONResponse({"deleted": info.id})
+
+
+async def delete_by_id(of: _OfKind, request: Request) -> Response:
+    info = of.service.registry.get(of.kind, request.path_params["id"])
+    await of.service.delete(info)
+    return JSONResponse({"deleted": info.id})
+
+
+def _common_routes(of: _OfKind, plural: str) -> list[Route]:
+    return [
+        Route(f"/v1/{plural}", _bind(list_objects, of), methods=["GET"]),
+        Route(f"/v1/{plural}", _bind(create, of), methods=["POST"]),
+        Route(f"/v1/{plural}/lookup", _bind(lookup, of), methods=["POST"]),
+        Route(f"/v1/{plural}/ephemeral", _bind(ephemeral, of), methods=["POST"]),
+        Route(f"/v1/{plural}/named/{{name}}", _bind(delete_named, of), methods=["DELETE"]),
+        Route(f"/v1/{plural}/{{id}}", _bind(delete_by_id, of), methods=["DELETE"]),
     ]
 
 
@@ -369,22 +416,6 @@ def _seconds(value: object, name: str) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise exception.InvalidError(f"{name} must be a number of seconds >= 0, got {value!r}.")
     return seconds
-
-
-def _guarded(handler: Handler) -> Handler:
-    async def wrapper(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except exception.Error as exc:
-            return error_response(exc)
-        except sqlite3.IntegrityError:  # the object was deleted while this request waited
-            return error_response(exception.NotFoundError("The object was deleted during this request."))
-        except (KeyError, ValueError, TypeError) as exc:
-            return JSONResponse(
-                {"error": "InvalidError", "message": f"malformed request: {exc!r}"}, status_code=400
-            )
-
-    return wrapper
 
 
 __all__ = ["MAX_WAIT_S", "ObjectService", "object_routes"]

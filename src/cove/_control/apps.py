@@ -25,6 +25,7 @@ from cove._gateway.routing import Route, host_key
 from cove._labels import endpoint_host, endpoint_url
 from cove._runtime.backend import Backend, ContainerHandle, ContainerRequest, ImageLayout, Stream
 from cove._runtime.backends.local.sandbox import HOME
+from cove._runtime.observer import PoolObserver
 from cove._runtime.pool import ContainerInfo, FunctionPool
 from cove._spec import AppSpec, FunctionSpec, ImageSpec
 from cove.config import Settings
@@ -133,9 +134,12 @@ class AppRegistry:
         api_socket: Callable[[AppKind, str], str] | None = None,
         api_forget: Callable[[AppKind, str], Awaitable[None]] | None = None,
         volume_path: Callable[[str, bool], Path] | None = None,
+        pool_observer: PoolObserver | None = None,
     ) -> None:
         """`api_socket(kind, name)` gives the host path of an app's scoped control socket for its
-        containers (`cove._control.container_api`); `api_forget` is called when the app stops."""
+        containers (`cove._control.container_api`); `api_forget` is called when the app stops;
+        `pool_observer` is registered with every function pool."""
+        self._pool_observer = pool_observer
         self._api_socket = api_socket
         self._api_forget = api_forget
         self._store = store
@@ -215,6 +219,8 @@ class AppRegistry:
                         f,
                         self._launcher(record.log_key, requests[f.tag]),
                         max_queue=self._settings.queue_limit,
+                        app_name=name,
+                        observer=self._pool_observer,
                     )
                     for f in spec.functions
                 }

@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from cove._control.store import Store
+from cove._error_body import error_body
+from cove.exception import AuthError
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
@@ -37,13 +39,11 @@ class TokenAuthMiddleware:
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
         credentials = parse_bearer(header)
         if credentials is None or not self.store.check_token(*credentials, kind="api"):
-            body = json.dumps(
-                {
-                    "error": "AuthError",
-                    "message": "Missing or invalid token. Create one on the server with `cove token create` "
-                    "and set COVE_TOKEN=<id>.<secret> on the client.",
-                }
-            ).encode()
+            refusal = AuthError(
+                "Missing or invalid token. Create one on the server with `cove token create` "
+                "and set COVE_TOKEN=<id>.<secret> on the client."
+            )
+            body = json.dumps(error_body(refusal)).encode()
             await send(
                 {
                     "type": "http.response.start",

@@ -38,7 +38,13 @@ from cove._payload import (
 )
 from cove._runtime.pool import FunctionPool
 from cove._spec import FunctionSpec
-from cove.exception import InvalidError, NotFoundError, OutputExpiredError
+from cove.exception import (
+    ExecutionError,
+    InvalidError,
+    NotFoundError,
+    OutputExpiredError,
+    ResourceExhaustedError,
+)
 
 log = logging.getLogger("cove.calls")
 
@@ -149,11 +155,7 @@ class CallRegistry:
         try:
             lease = await pool.acquire()
         except UpstreamError as exc:
-            reason = str(exc.args[1]).strip().removeprefix("cove: ")
-            error = "ResourceExhaustedError" if "queue full" in reason else "ExecutionError"
-            yield encode_frame(
-                FRAME_ERROR, encode_platform_error(error, f"{name} could not run {call_id}: {reason}")
-            )
+            yield encode_frame(FRAME_ERROR, _refused(name, call_id, exc))
             return
         entry = self._client_for(lease.address)
         entry.in_flight += 1
@@ -276,9 +278,7 @@ class CallRegistry:
         try:
             lease = await pool.acquire()
         except UpstreamError as exc:
-            reason = str(exc.args[1]).strip().removeprefix("cove: ")
-            error = "ResourceExhaustedError" if "queue full" in reason else "ExecutionError"
-            return encode_platform_error(error, f"{name} could not run {call.id}: {reason}")
+            return _refused(name, call.id, exc)
         address = lease.address
         broken = timed_out = False
         entry = self._client_for(address)
@@ -392,6 +392,13 @@ class CallRegistry:
         self._expired[call_id] = None
         while len(self._expired) > _EXPIRED_MEMORY:
             self._expired.popitem(last=False)
+
+
+def _refused(name: str, call_id: str, exc: UpstreamError) -> bytes:
+    """The result of a call its pool refused: a full queue is a limit reached, else it could not run."""
+    error = ResourceExhaustedError if exc.kind == "queue_full" else ExecutionError
+    reason = exc.message.strip().removeprefix("cove: ")
+    return encode_platform_error(error.__name__, f"{name} could not run {call_id}: {reason}")
 
 
 __all__ = ["CallRegistry", "new_call_id"]

@@ -28,6 +28,8 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cove._control.apps import AppKind
+from cove._error_body import error_body
+from cove.exception import AuthError
 
 log = logging.getLogger("cove.container_api")
 
@@ -104,7 +106,7 @@ class ScopedAPI:
                 scope["method"],
                 scope["path"],
             )
-            body = json.dumps({"error": "AuthError", "message": f"cove: {reason}."}).encode()
+            body = json.dumps(error_body(AuthError(f"cove: {reason}."))).encode()
             await send(
                 {
                     "type": "http.response.start",

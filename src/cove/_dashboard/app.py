@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -25,13 +25,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cove import exception
+from cove._control.api_errors import Handler, ServiceHandler, bind, status_of
 from cove._control.apps import AppKind, AppRecord, AppRegistry, AppState
 from cove._control.logs import LogHub
 from cove._control.store import Store
 from cove._dashboard import exposition
 from cove._dashboard.access import CSRF_FIELD, Access
 from cove._gateway.metrics import STATUS_CLASSES, GatewayMetrics, quantile
-from cove._runtime.pool import FunctionPool
 
 _HERE = Path(__file__).parent
 #: Log lines sent first when a live view opens.
@@ -48,229 +48,255 @@ _SECURITY_HEADERS = {
     "cache-control": "no-store",
 }
 
-Handler = Callable[[Request], Awaitable[Response]]
+
+@dataclass(frozen=True)
+class DashboardServices:
+    """What the dashboard's handlers read and act on, and its templates."""
+
+    registry: AppRegistry
+    logs: LogHub
+    store: Store
+    metrics: GatewayMetrics
+    access: Access
+    templates: jinja2.Environment
 
 
 def build_app(
     registry: AppRegistry, logs: LogHub, store: Store, metrics: GatewayMetrics, access: Access
 ) -> ASGIApp:
     """The Starlette app behind `dashboard.<base domain>`, wrapped in the access rules."""
-    env = jinja2.Environment(
+    templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(_HERE / "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.filters["when"] = _when
-    env.filters["ago"] = _ago
-
-    def page(template: str, request: Request, status: int = 200, **context: Any) -> HTMLResponse:
-        html = env.get_template(template).render(
-            csrf_field=CSRF_FIELD, csrf_token=access.csrf_token, path=request.url.path, **context
-        )
-        return HTMLResponse(html, status_code=status)
-
-    def action(handler: Handler) -> Handler:
-        """A POST that changes something: token or CSRF check, Cove errors shown, then 303 back."""
-
-        async def wrapper(request: Request) -> Response:
-            form = await _form(request)
-            verdict = access.can_act(request, form.get(CSRF_FIELD))
-            if verdict == "forbidden":
-                return PlainTextResponse("cove: actions need an API token (cove token create)", 403)
-            if verdict == "csrf":
-                return PlainTextResponse(
-                    "cove: refused a cross-site or stale form; reload the dashboard page and retry", 403
-                )
-            try:
-                return await handler(request)
-            except exception.Error as exc:
-                return PlainTextResponse(
-                    f"cove: {exc}", 404 if isinstance(exc, exception.NotFoundError) else 400
-                )
-
-        return wrapper
-
-    # -- pages
-
-    async def apps_page(request: Request) -> Response:
-        rows = [_app_row(record, metrics) for record in _sorted(registry.apps())]
-        return page("apps.html", request, title="Apps", apps=rows)
-
-    async def app_page(request: Request) -> Response:
-        record = _record(registry, request)
-        history = [
-            {
-                "number": v.number,
-                "tag": v.tag,
-                "deployed_by": v.deployed_by,
-                "rollback_of": v.rollback_of,
-                "created_at": v.created_at,
-                "current": v.number == record.versions,
-            }
-            for v in store.versions(record.kind, record.name)
-        ]
-        functions = _functions(record, metrics)
-        return page(
-            "app.html",
-            request,
-            title=f"App {record.name}",
-            app=_app_row(record, metrics),
-            functions=functions,
-            history=list(reversed(history)),
-        )
-
-    async def containers_page(request: Request) -> Response:
-        rows = []
-        for record, info in registry.containers(request.query_params.get("app") or None):
-            rows.append(
-                {
-                    "id": info.id,
-                    "app": record.name,
-                    "kind": record.kind,
-                    "function": info.function,
-                    "state": info.state,
-                    "started_at": time.time() - (time.monotonic() - info.started_at),
-                    "in_flight": info.in_flight,
-                    "served": info.served,
-                    "memory": _memory(info.id),
-                }
-            )
-        return page("containers.html", request, title="Containers", containers=rows)
-
-    async def logs_page(request: Request) -> Response:
-        records = _sorted(registry.apps())
-        chosen = _chosen_app(records, request)
-        functions: list[str] = []
-        containers: list[str] = []
-        if chosen is not None and chosen.current is not None:
-            functions = [f.tag for f in chosen.current.spec.functions]
-            containers = sorted({r.container for r in logs.recent(chosen.log_key) if r.container != "-"})
-        q = request.query_params
-        selected = {"function": q.get("function", ""), "container": q.get("container", "")}
-        stream_query = ""
-        if chosen is not None:
-            stream_query = urlencode({"app": chosen.name, "kind": chosen.kind, **selected})
-        return page(
-            "logs.html",
-            request,
-            title="Logs",
-            apps=records,
-            chosen=chosen,
-            functions=functions,
-            containers=containers,
-            selected=selected,
-            stream_url=f"/logs/stream?{stream_query}" if stream_query else "",
-        )
-
-    async def traffic_page(request: Request) -> Response:
-        record = _record(registry, request)
-        tag = request.path_params["function"]
-        if record.current is None or tag not in {f.tag for f in record.current.spec.functions}:
-            raise exception.NotFoundError(f"App {record.name!r} has no function {tag!r}.")
-        row = next(f for f in _functions(record, metrics) if f["tag"] == tag)
-        return page(
-            "traffic.html",
-            request,
-            title=f"Traffic of {record.name} / {tag}",
-            app=_app_row(record, metrics),
-            function=row,
-            data_url=f"/api/traffic/{record.kind}/{record.name}/{tag}",
-        )
-
-    # -- data
-
-    async def traffic_data(request: Request) -> Response:
-        record = _record(registry, request)
-        figures = metrics.lookup(record.name, request.path_params["function"])
-        if figures is None:
-            raise exception.NotFoundError("no traffic figures for this function (it has no URL)")
-        series = figures.series()
-        data = asdict(series)
-        data["status_classes"] = list(STATUS_CLASSES)
-        data["requests_total"] = figures.requests_total
-        data["cold_starts_total"] = figures.cold_starts
-        return JSONResponse(data)
-
-    async def log_stream(request: Request) -> Response:
-        q = request.query_params
-        kind = q.get("kind") or None
-        record = registry.get(q.get("app", ""), kind if kind in ("deployed", "ephemeral") else None)  # type: ignore[arg-type]
-        function, container = q.get("function") or None, q.get("container") or None
-
-        async def events() -> AsyncIterator[str]:
-            yield "retry: 1000\n\n"
-            async for item in logs.follow(record.log_key, tail=_LOG_BACKLOG):
-                if function is not None and item.function not in (function, "-"):
-                    continue
-                if container is not None and item.container != container:
-                    continue
-                yield f"data: {item.to_json()}\n\n"
-            yield "event: end\ndata: {}\n\n"
-
-        return StreamingResponse(
-            events(), media_type="text/event-stream", headers={"x-accel-buffering": "no"}
-        )
-
-    async def metrics_text(request: Request) -> Response:
-        gauges: dict[tuple[str, str], tuple[int, int, int]] = {}
-        for record in registry.apps():
-            if record.current is None or record.state is AppState.STOPPED:
-                continue
-            for tag, pool in record.current.pools.items():
-                infos = pool.containers()
-                gauges[(record.name, tag)] = (
-                    pool.container_count,
-                    sum(i.in_flight for i in infos),
-                    pool.queued,
-                )
-        text = exposition.render(metrics.all(), gauges)
-        return PlainTextResponse(text, media_type=exposition.CONTENT_TYPE)
-
-    # -- actions
-
-    @action
-    async def stop_app(request: Request) -> Response:
-        record = _record(registry, request)
-        await registry.stop(record.name, record.kind)
-        return RedirectResponse(f"/apps/{record.kind}/{record.name}", 303)
-
-    @action
-    async def rollback_app(request: Request) -> Response:
-        record = _record(registry, request)
-        raw = (await _form(request)).get("version", "")
-        number = int(raw) if raw.isdigit() else None
-        await registry.rollback(record.name, number)
-        return RedirectResponse(f"/apps/{record.kind}/{record.name}", 303)
-
-    @action
-    async def stop_container(request: Request) -> Response:
-        await registry.stop_container(request.path_params["container"])
-        return RedirectResponse("/containers", 303)
-
-    def guarded(handler: Handler) -> Handler:
-        async def wrapper(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except exception.NotFoundError as exc:
-                return page("error.html", request, title="Not found", message=str(exc), status=404)
-
-        return wrapper
-
+    templates.filters["when"] = _when
+    templates.filters["ago"] = _ago
+    d = DashboardServices(registry, logs, store, metrics, access, templates)
     routes = [
-        Route("/", guarded(apps_page)),
-        Route("/apps/{kind}/{name}", guarded(app_page)),
-        Route("/apps/{kind}/{name}/stop", stop_app, methods=["POST"]),
-        Route("/apps/{kind}/{name}/rollback", rollback_app, methods=["POST"]),
-        Route("/apps/{kind}/{name}/traffic/{function}", guarded(traffic_page)),
-        Route("/containers", guarded(containers_page)),
-        Route("/containers/{container}/stop", stop_container, methods=["POST"]),
-        Route("/logs", guarded(logs_page)),
-        Route("/logs/stream", guarded(log_stream)),
-        Route("/api/traffic/{kind}/{name}/{function}", guarded(traffic_data)),
-        Route("/metrics", metrics_text),
+        Route("/", _shown(apps_page, d)),
+        Route("/apps/{kind}/{name}", _shown(app_page, d)),
+        Route("/apps/{kind}/{name}/stop", _action(stop_app, d), methods=["POST"]),
+        Route("/apps/{kind}/{name}/rollback", _action(rollback_app, d), methods=["POST"]),
+        Route("/apps/{kind}/{name}/traffic/{function}", _shown(traffic_page, d)),
+        Route("/containers", _shown(containers_page, d)),
+        Route("/containers/{container}/stop", _action(stop_container, d), methods=["POST"]),
+        Route("/logs", _shown(logs_page, d)),
+        Route("/logs/stream", _shown(log_stream, d)),
+        Route("/api/traffic/{kind}/{name}/{function}", _shown(traffic_data, d)),
+        Route("/metrics", _shown(metrics_text, d)),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
     ]
     return _Guard(Starlette(routes=routes), access)
+
+
+def _page(
+    d: DashboardServices, template: str, request: Request, status: int = 200, **context: Any
+) -> HTMLResponse:
+    html = d.templates.get_template(template).render(
+        csrf_field=CSRF_FIELD, csrf_token=d.access.csrf_token, path=request.url.path, **context
+    )
+    return HTMLResponse(html, status_code=status)
+
+
+def _shown(handler: ServiceHandler[DashboardServices], d: DashboardServices) -> Handler:
+    """A page or a data view: a Cove error is answered with the error page."""
+
+    def error_page(request: Request, exc: exception.Error) -> Response:
+        title = "Not found" if isinstance(exc, exception.NotFoundError) else "Error"
+        return _page(d, "error.html", request, title=title, message=str(exc), status=status_of(exc))
+
+    return bind(handler, d, error_page)
+
+
+def _action(handler: ServiceHandler[DashboardServices], d: DashboardServices) -> Handler:
+    """A POST that changes something: token or CSRF check, Cove errors shown, then 303 back."""
+
+    async def checked(d: DashboardServices, request: Request) -> Response:
+        form = await _form(request)
+        verdict = d.access.can_act(request, form.get(CSRF_FIELD))
+        if verdict == "forbidden":
+            return PlainTextResponse("cove: actions need an API token (cove token create)", 403)
+        if verdict == "csrf":
+            return PlainTextResponse(
+                "cove: refused a cross-site or stale form; reload the dashboard page and retry", 403
+            )
+        return await handler(d, request)
+
+    return bind(checked, d, _action_error)
+
+
+def _action_error(request: Request, exc: exception.Error) -> Response:
+    return PlainTextResponse(f"cove: {exc}", 404 if isinstance(exc, exception.NotFoundError) else 400)
+
+
+# -- pages
+
+
+async def apps_page(d: DashboardServices, request: Request) -> Response:
+    rows = [_app_row(record, d.metrics) for record in _sorted(d.registry.apps())]
+    return _page(d, "apps.html", request, title="Apps", apps=rows)
+
+
+async def app_page(d: DashboardServices, request: Request) -> Response:
+    record = _record(d.registry, request)
+    history = [
+        {
+            "number": v.number,
+            "tag": v.tag,
+            "deployed_by": v.deployed_by,
+            "rollback_of": v.rollback_of,
+            "created_at": v.created_at,
+            "current": v.number == record.versions,
+        }
+        for v in d.store.versions(record.kind, record.name)
+    ]
+    functions = _functions(record, d.metrics)
+    return _page(
+        d,
+        "app.html",
+        request,
+        title=f"App {record.name}",
+        app=_app_row(record, d.metrics),
+        functions=functions,
+        history=list(reversed(history)),
+    )
+
+
+async def containers_page(d: DashboardServices, request: Request) -> Response:
+    rows = []
+    for record, info in d.registry.containers(request.query_params.get("app") or None):
+        rows.append(
+            {
+                "id": info.id,
+                "app": record.name,
+                "kind": record.kind,
+                "function": info.function,
+                "state": info.state,
+                "started_at": time.time() - (time.monotonic() - info.started_at),
+                "in_flight": info.in_flight,
+                "served": info.served,
+                "memory": _memory(info.id),
+            }
+        )
+    return _page(d, "containers.html", request, title="Containers", containers=rows)
+
+
+async def logs_page(d: DashboardServices, request: Request) -> Response:
+    records = _sorted(d.registry.apps())
+    chosen = _chosen_app(records, request)
+    functions: list[str] = []
+    containers: list[str] = []
+    if chosen is not None and chosen.current is not None:
+        functions = [f.tag for f in chosen.current.spec.functions]
+        containers = sorted({r.container for r in d.logs.recent(chosen.log_key) if r.container != "-"})
+    q = request.query_params
+    selected = {"function": q.get("function", ""), "container": q.get("container", "")}
+    stream_query = ""
+    if chosen is not None:
+        stream_query = urlencode({"app": chosen.name, "kind": chosen.kind, **selected})
+    return _page(
+        d,
+        "logs.html",
+        request,
+        title="Logs",
+        apps=records,
+        chosen=chosen,
+        functions=functions,
+        containers=containers,
+        selected=selected,
+        stream_url=f"/logs/stream?{stream_query}" if stream_query else "",
+    )
+
+
+async def traffic_page(d: DashboardServices, request: Request) -> Response:
+    record = _record(d.registry, request)
+    tag = request.path_params["function"]
+    if record.current is None or tag not in {f.tag for f in record.current.spec.functions}:
+        raise exception.NotFoundError(f"App {record.name!r} has no function {tag!r}.")
+    row = next(f for f in _functions(record, d.metrics) if f["tag"] == tag)
+    return _page(
+        d,
+        "traffic.html",
+        request,
+        title=f"Traffic of {record.name} / {tag}",
+        app=_app_row(record, d.metrics),
+        function=row,
+        data_url=f"/api/traffic/{record.kind}/{record.name}/{tag}",
+    )
+
+
+# -- data
+
+
+async def traffic_data(d: DashboardServices, request: Request) -> Response:
+    record = _record(d.registry, request)
+    figures = d.metrics.lookup(record.name, request.path_params["function"])
+    if figures is None:
+        raise exception.NotFoundError("no traffic figures for this function (it has no URL)")
+    series = figures.series()
+    data = asdict(series)
+    data["status_classes"] = list(STATUS_CLASSES)
+    data["requests_total"] = figures.requests_total
+    data["cold_starts_total"] = figures.cold_starts
+    return JSONResponse(data)
+
+
+async def log_stream(d: DashboardServices, request: Request) -> Response:
+    q = request.query_params
+    kind = q.get("kind") or None
+    record = d.registry.get(q.get("app", ""), kind if kind in ("deployed", "ephemeral") else None)  # type: ignore[arg-type]
+    function, container = q.get("function") or None, q.get("container") or None
+
+    async def events() -> AsyncIterator[str]:
+        yield "retry: 1000\n\n"
+        async for item in d.logs.follow(record.log_key, tail=_LOG_BACKLOG):
+            if function is not None and item.function not in (function, "-"):
+                continue
+            if container is not None and item.container != container:
+                continue
+            yield f"data: {item.to_json()}\n\n"
+        yield "event: end\ndata: {}\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"x-accel-buffering": "no"})
+
+
+async def metrics_text(d: DashboardServices, request: Request) -> Response:
+    gauges: dict[tuple[str, str], tuple[int, int, int]] = {}
+    for record in d.registry.apps():
+        if record.current is None or record.state is AppState.STOPPED:
+            continue
+        for tag, pool in record.current.pools.items():
+            infos = pool.containers()
+            gauges[(record.name, tag)] = (
+                pool.container_count,
+                sum(i.in_flight for i in infos),
+                pool.queued,
+            )
+    text = exposition.render(d.metrics.all(), gauges)
+    return PlainTextResponse(text, media_type=exposition.CONTENT_TYPE)
+
+
+# -- actions
+
+
+async def stop_app(d: DashboardServices, request: Request) -> Response:
+    record = _record(d.registry, request)
+    await d.registry.stop(record.name, record.kind)
+    return RedirectResponse(f"/apps/{record.kind}/{record.name}", 303)
+
+
+async def rollback_app(d: DashboardServices, request: Request) -> Response:
+    record = _record(d.registry, request)
+    raw = (await _form(request)).get("version", "")
+    number = int(raw) if raw.isdigit() else None
+    await d.registry.rollback(record.name, number)
+    return RedirectResponse(f"/apps/{record.kind}/{record.name}", 303)
+
+
+async def stop_container(d: DashboardServices, request: Request) -> Response:
+    await d.registry.stop_container(request.path_params["container"])
+    return RedirectResponse("/containers", 303)
 
 
 class _Guard:
@@ -381,8 +407,8 @@ def _functions(record: AppRecord, metrics: GatewayMetrics) -> list[dict[str, Any
                 "scaledown_window_s": fn.scaledown_window_s,
                 "timeout_s": fn.timeout_s,
                 "secrets": [getattr(s, "name", str(s)) for s in fn.secrets],  # names, never values
-                "containers": pool.container_count if isinstance(pool, FunctionPool) else 0,
-                "queued": pool.queued if isinstance(pool, FunctionPool) else 0,
+                "containers": pool.container_count if pool is not None else 0,
+                "queued": pool.queued if pool is not None else 0,
                 "requests": figures.requests_total if figures is not None else 0,
                 "p50_ms": _ms(quantile(hist, 0.5)) if hist else None,
                 "p99_ms": _ms(quantile(hist, 0.99)) if hist else None,

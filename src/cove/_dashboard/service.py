@@ -1,9 +1,9 @@
 """The dashboard as a service of the server: its unix socket, its route, its queue sampler.
 
-The gateway reaches the dashboard like any endpoint: a route for `dashboard.<base domain>` whose
-`Upstream` always leases the dashboard's socket (no container behind it). `Dashboard.publish`
-stands between the app registry and the gateway: it adds that route to every routing table and
-hands each function pool its cold-start hook.
+The gateway reaches the dashboard like any endpoint: a route for `dashboard.<base domain>`
+(`Dashboard.routes`, which the server adds to every routing table) whose `Upstream` always leases
+the dashboard's socket (no container behind it). Cold starts reach the figures through
+`Dashboard.cold_starts`, the `PoolObserver` the server registers with every pool.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from pathlib import Path
 
 import uvicorn
 
-from cove._control.apps import AppRegistry
+from cove._control.apps import AppRegistry, AppState
 from cove._control.logs import LogHub
 from cove._control.store import Store
 from cove._dashboard.access import Access
 from cove._dashboard.app import build_app
+from cove._dashboard.coldstarts import ColdStarts
 from cove._gateway import Gateway
 from cove._gateway.routing import Route
 from cove._labels import endpoint_url
-from cove._runtime.pool import FunctionPool
 
 log = logging.getLogger("cove.dashboard")
 
@@ -69,7 +69,8 @@ class Dashboard:
         self.host = f"dashboard.{base_domain}"
         self._gateway = gateway
         self._route = Route(app_name="", function_tag="dashboard", upstream=DashboardUpstream(socket_path))
-        self._routes: Mapping[str, Route] = {}
+        self.cold_starts = ColdStarts(gateway.metrics)
+        self._registry: AppRegistry | None = None
         self._server: uvicorn.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: socket.socket | None = None
@@ -78,19 +79,14 @@ class Dashboard:
     def url(self) -> str:
         return endpoint_url(self.host, self._gateway.port)
 
-    def publish(self, routes: Mapping[str, Route]) -> None:
-        """Set the gateway's routes (the apps' plus the dashboard's); hook pools to their metrics."""
-        self._routes = routes
-        self._gateway.set_routes({**routes, self.host: self._route})
-        for route in routes.values():
-            pool = route.upstream
-            if isinstance(pool, FunctionPool) and pool.on_ready is None:
-                figures = self._gateway.metrics.lookup(route.app_name, route.function_tag)
-                if figures is not None:
-                    pool.on_ready = figures.cold_start
+    @property
+    def routes(self) -> Mapping[str, Route]:
+        """The dashboard's own host, for the gateway's routing table."""
+        return {self.host: self._route}
 
     async def start(self, registry: AppRegistry, logs: LogHub, store: Store) -> None:
         """Serve the dashboard on its socket and start sampling queues."""
+        self._registry = registry
         access = Access(lambda token_id, secret: store.check_token(token_id, secret, "api"))
         app = build_app(registry, logs, store, self._gateway.metrics, access)
         with contextlib.suppress(FileNotFoundError):
@@ -134,10 +130,11 @@ class Dashboard:
         metrics = self._gateway.metrics
         while True:
             await asyncio.sleep(SAMPLE_INTERVAL_S)
-            for route in self._routes.values():
-                pool = route.upstream
-                if isinstance(pool, FunctionPool):
-                    figures = metrics.lookup(route.app_name, route.function_tag)
+            for record in self._registry.apps() if self._registry is not None else ():
+                if record.current is None or record.state is not AppState.RUNNING:
+                    continue
+                for tag, pool in record.current.pools.items():
+                    figures = metrics.lookup(record.name, tag)
                     if figures is not None:
                         figures.sample_queue(pool.queued)
 

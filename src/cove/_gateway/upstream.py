@@ -16,7 +16,7 @@ The runtime implements both protocols; tests implement them over a real uvicorn 
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 
 class Lease(Protocol):
@@ -67,14 +67,28 @@ class SessionUpstream(Protocol):
     async def acquire(self, session: bytes | None = None) -> Lease: ...
 
 
+#: Why the runtime refused: `queue_full` when the function's queue is at its limit (a limit the
+#: caller reached: a `.remote()` call then raises `ResourceExhaustedError`); `unavailable` for every
+#: other refusal (shutting down, failed to start, no container ready, busy).
+RefusalKind = Literal["queue_full", "unavailable"]
+
+
 class UpstreamError(Exception):
     """A refusal from the runtime, answered to the client as is (e.g. 503 with `Retry-After`)."""
 
-    def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: tuple[tuple[str, str], ...] = (),
+        *,
+        kind: RefusalKind = "unavailable",
+    ) -> None:
         super().__init__(status, message, headers)
         self.status = status
         self.message = message  # starts with "cove: "
         self.headers = headers
+        self.kind = kind
 
     def __str__(self) -> str:
         return f"{self.status} {self.message}"

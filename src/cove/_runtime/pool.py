@@ -15,6 +15,7 @@ from cove._gateway.upstream import UpstreamError
 from cove._runtime.affinity import SessionTable, StickySessions
 from cove._runtime.autoscaler import ContainerView, ScalingPolicy, decide
 from cove._runtime.backend import ContainerHandle, ContainerState, StartupError
+from cove._runtime.observer import PoolObserver
 from cove._spec import FunctionSpec
 from cove.exception import InvalidError
 from cove.exception import TimeoutError as CoveTimeoutError
@@ -110,8 +111,13 @@ class FunctionPool:
         *,
         max_queue: int = DEFAULT_MAX_QUEUE,
         clock: Callable[[], float] = time.monotonic,
+        app_name: str = "",
+        observer: PoolObserver | None = None,
     ) -> None:
+        """`observer` is told of this pool's events (`cove._runtime.observer`) as function
+        `spec.tag` of app `app_name`."""
         self.spec = spec
+        self.app_name = app_name
         self.policy = ScalingPolicy.of(spec)
         self._launch = launch
         self._clock = clock
@@ -134,31 +140,15 @@ class FunctionPool:
         self._ready_waiters: list[asyncio.Future[None]] = []  # session starts waiting for a container
         # Until then, an HTTP server's refused request (cold or full) counts as demand for a container.
         self._refused_until = 0.0
-        self._on_ready: Callable[[float], None] | None = None
-        self._unreported: list[float] = []  # startups before `on_ready` was set (a deploy's first)
-
-    @property
-    def on_ready(self) -> Callable[[float], None] | None:
-        """Called with the startup duration (seconds) each time a container becomes ready; set
-        after a deploy started the version's first containers, it is told of those at once."""
-        return self._on_ready
-
-    @on_ready.setter
-    def on_ready(self, callback: Callable[[float], None] | None) -> None:
-        self._on_ready = callback
-        unreported, self._unreported = self._unreported, []
-        for startup_s in unreported if callback is not None else ():
-            self._report_ready(startup_s)
+        self._observer = observer
 
     def _report_ready(self, startup_s: float) -> None:
-        if self._on_ready is None:
-            if len(self._unreported) < 16:  # bounded: a pool nobody watches keeps only a few
-                self._unreported.append(startup_s)
+        if self._observer is None:
             return
         try:
-            self._on_ready(startup_s)
+            self._observer.container_ready(self.app_name, self.spec.tag, startup_s)
         except Exception:
-            log.exception("function=%s event=on_ready_failed", self.spec.tag)
+            log.exception("function=%s event=observer_failed", self.spec.tag)
 
     # -- the gateway's side ------------------------------------------------------------------
 
@@ -172,7 +162,8 @@ class FunctionPool:
         if self._closed:
             raise UpstreamError(503, f"cove: {self.spec.tag} is shutting down")
         if len(self._waiters) >= self._max_queue:
-            raise UpstreamError(503, f"cove: queue full for {self.spec.tag} ({len(self._waiters)} waiting)")
+            message = f"cove: queue full for {self.spec.tag} ({len(self._waiters)} waiting)"
+            raise UpstreamError(503, message, kind="queue_full")
         waiter: asyncio.Future[_Slot] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._quiet.clear()

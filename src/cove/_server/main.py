@@ -1,4 +1,9 @@
-"""The server process: control plane API, gateway and runtime on one event loop, with a shutdown ladder."""
+"""The server process: control plane API, gateway and runtime on one event loop, with a shutdown ladder.
+
+This is the composition root: `serve` makes each service, hands each the others it needs, and
+stops them in order. The backend comes from `backends.py`, the routing table from `routes.py`,
+the control API's listeners from `control.py`.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +13,16 @@ import json
 import logging
 import os
 import signal
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from cove import _probe
-from cove._control.api import build_api
+from cove._control.api import ApiServices, build_api
 from cove._control.api_calls import call_routes
 from cove._control.api_objects import ObjectService, object_routes
 from cove._control.api_sessions import session_routes
 from cove._control.apps import AppRegistry
-from cove._control.auth import TokenAuthMiddleware
 from cove._control.bundles import BundleStore
 from cove._control.calls import CallRegistry
 from cove._control.container_api import ContainerAPIs
@@ -31,9 +32,10 @@ from cove._control.secrets import SecretStore
 from cove._control.store import Store
 from cove._dashboard import Dashboard
 from cove._gateway import Gateway, Limits
-from cove._runtime.backend import Backend
-from cove._runtime.backends.local.backend import LocalBackend
 from cove._runtime.backends.local.spawner import socket_dir
+from cove._server.backends import make_backend
+from cove._server.control import ControlListeners
+from cove._server.routes import RoutePublisher
 from cove.config import Settings
 from cove.exception import Error
 
@@ -48,21 +50,6 @@ def state_file(settings: Settings) -> Path:
     return _probe.state_file(settings.home)
 
 
-def make_backend(settings: Settings) -> Backend:
-    """The runtime backend `settings.backend` names; Ray is imported only when it is asked for."""
-    if settings.backend == "ray":
-        from cove._runtime.backends.ray.backend import RayBackend
-
-        return RayBackend(settings.home, address=settings.ray_address)
-    return LocalBackend(
-        settings.home,
-        sandbox_setting=settings.sandbox,
-        zygote=settings.zygote,
-        zygote_window_s=settings.zygote_window_s,
-        max_pids=settings.max_pids,
-    )
-
-
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),
@@ -70,6 +57,30 @@ def configure_logging(level: str) -> None:
     )
     # uvicorn's access log would print every control-API call.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def make_gateway(settings: Settings, store: Store) -> Gateway:
+    """The gateway with the settings' limits and policy; proxy tokens are checked against `store`."""
+    return Gateway(
+        host=settings.host,
+        port=settings.port,
+        http_timeout_s=settings.http_timeout_s,
+        # -- gateway policy (issues 5 and 7)
+        limits=Limits(
+            max_body_bytes=settings.max_body_bytes,
+            max_head_bytes=settings.max_head_bytes,
+            max_request_line_bytes=settings.max_request_line_bytes,
+            header_timeout_s=settings.header_timeout_s,
+            body_timeout_s=settings.body_timeout_s,
+            send_timeout_s=settings.send_timeout_s,
+            idle_timeout_s=settings.keepalive_timeout_s,
+            max_connections=settings.max_connections,
+        ),
+        rate_limit_rps=settings.rate_limit_rps,
+        rate_limit_burst_s=settings.rate_limit_burst_s,
+        verify_proxy_token=lambda token_id, secret: store.check_token(token_id, secret, "proxy"),
+        trusted_proxies=settings.trusted_proxies,
+    )
 
 
 async def serve(
@@ -105,29 +116,13 @@ async def serve(
     logs = LogHub(settings.home / "logs", max_bytes=settings.log_max_bytes)
     secrets = SecretStore(settings.home / "secrets")
     backend = make_backend(settings)
-    gateway = Gateway(
-        host=settings.host,
-        port=settings.port,
-        http_timeout_s=settings.http_timeout_s,
-        # -- gateway policy (issues 5 and 7)
-        limits=Limits(
-            max_body_bytes=settings.max_body_bytes,
-            max_head_bytes=settings.max_head_bytes,
-            max_request_line_bytes=settings.max_request_line_bytes,
-            header_timeout_s=settings.header_timeout_s,
-            body_timeout_s=settings.body_timeout_s,
-            send_timeout_s=settings.send_timeout_s,
-            idle_timeout_s=settings.keepalive_timeout_s,
-            max_connections=settings.max_connections,
-        ),
-        rate_limit_rps=settings.rate_limit_rps,
-        rate_limit_burst_s=settings.rate_limit_burst_s,
-        verify_proxy_token=lambda token_id, secret: store.check_token(token_id, secret, "proxy"),
-        trusted_proxies=settings.trusted_proxies,
-    )
+    gateway = make_gateway(settings, store)
     store.revoke_listeners.append(gateway.forget_proxy_token)
     await gateway.start()
     dashboard = Dashboard(settings.home / "dashboard.sock", gateway, settings.base_domain)
+    routes = RoutePublisher(
+        gateway.set_routes, dashboard.routes, on_change=(dashboard.cold_starts.routes_changed,)
+    )
     await backend.start()
     # Images are built on this machine for the local backend's containers.
     images = (
@@ -147,7 +142,7 @@ async def serve(
         backend,
         secrets,
         logs,
-        publish_routes=dashboard.publish,
+        publish_routes=routes.publish,
         gateway_port=lambda: gateway.port,
         store=store,
         images=images,
@@ -155,6 +150,7 @@ async def serve(
         api_socket=container_apis.socket_for if settings.backend == "local" else None,
         api_forget=container_apis.forget,
         volume_path=objects.volume_path,
+        pool_observer=dashboard.cold_starts,
     )
     await registry.restore()
     await dashboard.start(registry, logs, store)
@@ -169,36 +165,14 @@ async def serve(
             "dashboard_url": dashboard.url,
         }
 
+    services = ApiServices(registry, logs, secrets, store, bundles, health, stop.set, images=images)
     api = build_api(
-        registry,
-        logs,
-        secrets,
-        store,
-        bundles,
-        health,
-        stop.set,
+        services,
         extra_routes=[*call_routes(registry, calls), *session_routes(registry), *object_routes(objects)],
-        images=images,
     )
     container_apis.api = api
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(sock_path))
-    # The socket's file mode is the local auth: only the server's user may talk to it.
-    os.chmod(sock_path, 0o600)
-    listener.listen(128)
-    config = uvicorn.Config(api, loop="none", lifespan="off", log_config=None, access_log=False)
-    control = uvicorn.Server(config)
-    control_task = asyncio.ensure_future(_serve_control(control, listener))
-    remote: uvicorn.Server | None = None
-    remote_task: asyncio.Task[None] | None = None
-    if listen is not None:
-        tcp = socket.create_server(listen, reuse_port=False)
-        remote_config = uvicorn.Config(
-            TokenAuthMiddleware(api, store), loop="none", lifespan="off", log_config=None, access_log=False
-        )
-        remote = uvicorn.Server(remote_config)
-        remote_task = asyncio.ensure_future(_serve_control(remote, tcp))
-        log.info("event=listening api=http://%s:%d auth=token", listen[0], tcp.getsockname()[1])
+    control = ControlListeners()
+    control.start(api, sock_path, store, listen)
 
     state_file(settings).write_text(
         json.dumps({"pid": os.getpid(), "gateway_port": gateway.port, "socket": str(sock_path)})
@@ -223,16 +197,11 @@ async def serve(
     finally:
         log.info("event=stopping")
         # 1. stop accepting control requests, 2. drain the gateway, 3. stop containers.
-        control.should_exit = True
-        if remote is not None:
-            remote.should_exit = True
+        control.stop_accepting()
         await calls.close()  # running calls end; their long polls answer, so the API can stop
         await container_apis.close()
         objects.close()  # blocked Queue gets answer "nothing yet"; their clients ask the next server
-        for task in (control_task, remote_task):
-            if task is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(task, timeout=5)
+        await control.close()
         await dashboard.close()  # its log streams end, so the gateway drains quickly
         await gateway.close(timeout_s=10)
         await registry.close()
@@ -243,16 +212,6 @@ async def serve(
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         log.info("event=stopped")
-
-
-async def _serve_control(server: uvicorn.Server, listener: socket.socket) -> None:
-    config = server.config
-    if not config.loaded:
-        config.load()
-    server.lifespan = config.lifespan_class(config)
-    await server.startup(sockets=[listener])
-    await server.main_loop()
-    await server.shutdown(sockets=[listener])
 
 
 def run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cove import exception
+from cove._error_body import error_class
 from cove.cli import _render as render
 from cove.cli._client import ControlClient
 from cove.config import force_build
@@ -30,10 +31,7 @@ def build_images(client: ControlClient, spec_json: dict[str, Any], bundle_id: st
                 message = str(event.get("message", "image build failed"))
                 if display.failed():
                     message = _without_tail(message)
-                cls = getattr(exception, str(event.get("error")), None)
-                if not (isinstance(cls, type) and issubclass(cls, exception.Error)):
-                    cls = exception.ImageBuildError
-                raise cls(message)
+                raise error_class(str(event.get("error")), exception.ImageBuildError)(message)
             if event.get("event") == "done":
                 return
             display.event(event)

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from cove import exception
+from cove._error_body import decode_error
 from cove._probe import control_socket_alive
 from cove.config import Settings, env
 
@@ -83,16 +84,14 @@ class ControlClient:
 
 
 def _decode(response: httpx.Response) -> Any:
-    try:
-        body = response.json()
-    except ValueError:
-        body = {"message": response.text}
+    """The JSON body of a successful answer; an error answer raised as its `cove.exception` class."""
     if response.status_code >= 400:
-        cls = getattr(exception, str(body.get("error", "")), None)
-        if not (isinstance(cls, type) and issubclass(cls, exception.Error)):
-            cls = exception.Error
-        raise cls(body.get("message") or f"server answered {response.status_code}")
-    return body
+        content_type = response.headers.get("content-type", "")
+        raise decode_error(response.status_code, response.content, content_type)
+    try:
+        return response.json()
+    except ValueError:
+        return {"message": response.text}
 
 
 def ensure_server(settings: Settings, *, on_start: Any = None) -> ControlClient:
