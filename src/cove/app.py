@@ -24,7 +24,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast
 
-from cove._options import check_image, check_secrets, check_volumes, parse_options
+from cove._options import (
+    FunctionOptions,
+    check_image,
+    check_secrets,
+    check_volumes,
+    options_given,
+    parse_options,
+)
 from cove._spec import AppSpec, FunctionSpec
 from cove.endpoints import (
     _STREAMING_HINT,
@@ -38,7 +45,7 @@ from cove.exception import InvalidError
 from cove.functions import ClassMembers, Cls, Function
 from cove.image import Image
 from cove.secret import Secret
-from cove.server import UNCAPPED_INPUTS, Server
+from cove.server import Server, server_spec
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -191,6 +198,18 @@ class App:
             )
         self._registry[tag] = obj
 
+    def _options(self, where: str, arguments: Mapping[str, object]) -> FunctionOptions:
+        """The options of one decorator call (its `locals()`), with this app's image, secrets and volumes
+        as defaults: the one path `@app.function`, `@app.cls` and `@app.server` share."""
+        return parse_options(
+            where,
+            app_image=self._image,
+            app_secrets=self._secrets,
+            app_volumes=self._volumes,
+            stacklevel=4,
+            **options_given(arguments),
+        )
+
     def __repr__(self) -> str:
         return f"cove.App({self._name!r})" if self._name is not None else "cove.App()"
 
@@ -325,48 +344,7 @@ class App:
             raise InvalidError(
                 f"@app.function(name=...) must be 1-64 letters, digits, '_' or '-' (no '.'), got {name!r}."
             )
-        opts = parse_options(
-            "@app.function",
-            app_image=self._image,
-            app_secrets=self._secrets,
-            app_volumes=self._volumes,
-            stacklevel=3,
-            image=image,
-            secrets=secrets,
-            env=env,
-            gpu=gpu,
-            serialized=serialized,
-            network_file_systems=network_file_systems,
-            volumes=volumes,
-            cpu=cpu,
-            memory=memory,
-            min_containers=min_containers,
-            max_containers=max_containers,
-            buffer_containers=buffer_containers,
-            scaledown_window=scaledown_window,
-            proxy=proxy,
-            retries=retries,
-            timeout=timeout,
-            startup_timeout=startup_timeout,
-            block_network=block_network,
-            single_use_containers=single_use_containers,
-            max_inputs=max_inputs,
-            ignored={
-                "gpu": gpu,
-                "cloud": cloud,
-                "region": region,
-                "routing_region": routing_region,
-                "nonpreemptible": nonpreemptible,
-                "i6pn": i6pn,
-                "ephemeral_disk": ephemeral_disk,
-                "restrict_modal_access": restrict_modal_access,
-                "experimental_options": experimental_options,
-            },
-            keep_warm=keep_warm,
-            concurrency_limit=concurrency_limit,
-            container_idle_timeout=container_idle_timeout,
-            allow_concurrent_inputs=allow_concurrent_inputs,
-        )
+        opts = self._options("@app.function", locals())
 
         def wrapper(target: Callable[P, R]) -> Function[P, R]:
             raw_f, partial = _unwrap_for_app("@app.function", target)
@@ -453,48 +431,7 @@ class App:
         on setup and teardown methods, and web decorators or `@cove.method()` on the other methods.
         """
         _reject_app_positional("@app.cls", _warn_parentheses_missing)
-        opts = parse_options(
-            "@app.cls",
-            app_image=self._image,
-            app_secrets=self._secrets,
-            app_volumes=self._volumes,
-            stacklevel=3,
-            image=image,
-            secrets=secrets,
-            env=env,
-            gpu=gpu,
-            serialized=serialized,
-            network_file_systems=network_file_systems,
-            volumes=volumes,
-            cpu=cpu,
-            memory=memory,
-            min_containers=min_containers,
-            max_containers=max_containers,
-            buffer_containers=buffer_containers,
-            scaledown_window=scaledown_window,
-            proxy=proxy,
-            retries=retries,
-            timeout=timeout,
-            startup_timeout=startup_timeout,
-            block_network=block_network,
-            single_use_containers=single_use_containers,
-            max_inputs=max_inputs,
-            ignored={
-                "gpu": gpu,
-                "cloud": cloud,
-                "region": region,
-                "routing_region": routing_region,
-                "nonpreemptible": nonpreemptible,
-                "i6pn": i6pn,
-                "ephemeral_disk": ephemeral_disk,
-                "restrict_modal_access": restrict_modal_access,
-                "experimental_options": experimental_options,
-            },
-            keep_warm=keep_warm,
-            concurrency_limit=concurrency_limit,
-            container_idle_timeout=container_idle_timeout,
-            allow_concurrent_inputs=allow_concurrent_inputs,
-        )
+        opts = self._options("@app.cls", locals())
 
         def wrapper(target: Callable[P, T]) -> Cls[T]:
             user_cls, partial = _unwrap_for_app("@app.cls", target)
@@ -513,16 +450,8 @@ class App:
                         f"@modal.sessioned() can only be applied to a Server: use @app.server() on "
                         f"{cls_name!r} instead of @app.cls() with modal.experimental.http_server."
                     )
-                spec = opts.spec(
-                    "@app.cls",
-                    tag=cls_name,
-                    module_attr=cls_name,
-                    method_name=None,
-                    web=partial.web,
-                    is_generator=False,
-                    max_inputs=partial.max_inputs or UNCAPPED_INPUTS,
-                    target_inputs=partial.target_inputs or partial.max_inputs or 1,
-                )
+                cap, aim = partial.max_inputs, partial.target_inputs
+                spec = server_spec(opts, "@app.cls", cls_name, partial.web, cap=cap, target=aim)
                 server_cls: Cls[T] = Cls(cast(type[T], user_cls), members, (spec,))
                 self._register(cls_name, server_cls)
                 return server_cls
@@ -619,46 +548,8 @@ class App:
             raise InvalidError(
                 f"{where}(target_concurrency={target}) cannot be greater than max_concurrency={cap}."
             )
-        opts = parse_options(
-            where,
-            app_image=self._image,
-            app_secrets=self._secrets,
-            stacklevel=3,
-            image=image,
-            secrets=secrets,
-            env=env,
-            gpu=gpu,
-            serialized=serialized,
-            network_file_systems=None,
-            volumes=volumes,
-            cpu=cpu,
-            memory=memory,
-            min_containers=min_containers,
-            max_containers=max_containers,
-            buffer_containers=buffer_containers,
-            scaledown_window=scaledown_window,
-            proxy=proxy,
-            retries=None,
-            timeout=timeout,
-            startup_timeout=None,
-            block_network=block_network,
-            single_use_containers=False,
-            max_inputs=None,
-            ignored={
-                "gpu": gpu,
-                "cloud": cloud,
-                "region": region,
-                "routing_region": routing_region,
-                "nonpreemptible": nonpreemptible,
-                "i6pn": i6pn,
-                "ephemeral_disk": ephemeral_disk,
-                "experimental_options": experimental_options,
-            },
-            keep_warm=None,
-            concurrency_limit=None,
-            container_idle_timeout=None,
-            allow_concurrent_inputs=None,
-        )
+        # `startup_timeout` here is the server's (in `web`), not a function's container start limit.
+        opts = self._options(where, {**locals(), "startup_timeout": None})
 
         def wrapper(target_cls: Callable[P, T]) -> Server[T]:
             user_cls, partial = _unwrap_for_app(where, target_cls)
@@ -681,16 +572,8 @@ class App:
             _scope_check(where, user_cls, opts.serialized)
             members = ClassMembers.inspect(user_cls)
             _check_server_class(where, name, members)
-            spec = opts.spec(
-                where,
-                tag=name,
-                module_attr=name,
-                method_name=None,
-                web=replace(web, sessioned=bool(partial.flags & Flags.SESSIONED)),
-                is_generator=False,
-                max_inputs=cap or UNCAPPED_INPUTS,
-                target_inputs=target if target is not None else (cap or 1),
-            )
+            sessioned = replace(web, sessioned=bool(partial.flags & Flags.SESSIONED))
+            spec = server_spec(opts, where, name, sessioned, cap=cap, target=target)
             server: Server[T] = Server(cast(type[T], user_cls), members, spec)
             self._register(name, server)
             return server
