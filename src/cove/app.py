@@ -24,6 +24,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast
 
+from cove._cls import Cls
+from cove._function import Function
+from cove._members import ClassMembers
 from cove._options import (
     FunctionOptions,
     check_image,
@@ -32,17 +35,11 @@ from cove._options import (
     options_given,
     parse_options,
 )
+from cove._partial import STREAMING_HINT, Flags, is_generator_function, positive_int
+from cove._registration import check_max_inputs, check_scope, check_server_class, reject_positional, unwrap
 from cove._spec import AppSpec, FunctionSpec
-from cove.endpoints import (
-    _STREAMING_HINT,
-    Flags,
-    PartialFunction,
-    _is_generator,
-    _positive_int,
-    http_server_spec,
-)
+from cove.endpoints import http_server_spec
 from cove.exception import InvalidError
-from cove.functions import ClassMembers, Cls, Function
 from cove.image import Image
 from cove.secret import Secret
 from cove.server import Server, server_spec
@@ -80,22 +77,6 @@ def _check_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
                     f"got {part!r}."
                 )
     return dict(tags)
-
-
-def _scope_check(where: str, obj: Any, serialized: bool) -> None:
-    """Containers import user code by name, so it must live at module level (or be serialized)."""
-    parts = obj.__qualname__.split(".")
-    kind = "Class" if inspect.isclass(obj) else "Function"
-    if len(parts) > 1 and parts[-2] != "<locals>" and not inspect.isclass(obj):
-        raise InvalidError(
-            f"{where}() cannot decorate a method ({obj.__qualname__!r}). "
-            "Use @app.cls() on the class and @cove.method() or a web decorator on the method."
-        )
-    if "<locals>" in parts and not serialized:
-        raise InvalidError(
-            f"{kind} {obj.__qualname__!r} is defined inside a function, so a container cannot import it "
-            f"by name. Move it to module level, or pass serialized=True to {where}()."
-        )
 
 
 class App:
@@ -226,7 +207,7 @@ class App:
         Its parameters become command-line options: `def main(n: int, fast: bool = False)` is run
         as `cove run app.py --n 3 --fast`.
         """
-        _reject_app_positional("@app.local_entrypoint", _warn_parentheses_missing)
+        reject_positional("@app.local_entrypoint", _warn_parentheses_missing)
         if name is not None and (not isinstance(name, str) or not name.isidentifier()):
             raise InvalidError(f"@app.local_entrypoint(name=...) must be an identifier, got {name!r}.")
 
@@ -334,7 +315,7 @@ class App:
         with a warning (once per option) and have no effect. `enable_memory_snapshot` needs no warning:
         Cove's warm zygotes always run the module import and `@enter(snap=True)` hooks once per image.
         """
-        _reject_app_positional("@app.function", _warn_parentheses_missing)
+        reject_positional("@app.function", _warn_parentheses_missing)
         if schedule is not None:
             raise InvalidError(
                 "@app.function(schedule=...) is not supported by Cove yet. Trigger the function from an "
@@ -347,7 +328,7 @@ class App:
         opts = self._options("@app.function", locals())
 
         def wrapper(target: Callable[P, R]) -> Function[P, R]:
-            raw_f, partial = _unwrap_for_app("@app.function", target)
+            raw_f, partial = unwrap("@app.function", target)
             if inspect.isclass(raw_f):
                 raise InvalidError(
                     f"@app.function() cannot decorate a class ({raw_f.__qualname__!r}); "
@@ -364,11 +345,11 @@ class App:
                     "@cove.method() only applies to methods of an @app.cls() class; "
                     f"remove it from {fname!r}."
                 )
-            _check_max_inputs("@app.function", fname, partial)
-            _scope_check("@app.function", raw_f, opts.serialized)
-            generator = is_generator if is_generator is not None else _is_generator(raw_f)
+            check_max_inputs("@app.function", fname, partial)
+            check_scope("@app.function", raw_f, opts.serialized)
+            generator = is_generator if is_generator is not None else is_generator_function(raw_f)
             if partial.web is not None and generator:
-                raise InvalidError(f"{fname!r} is a generator. {_STREAMING_HINT}")
+                raise InvalidError(f"{fname!r} is a generator. {STREAMING_HINT}")
             tag = name or raw_f.__name__
             spec = opts.spec(
                 "@app.function",
@@ -430,21 +411,21 @@ class App:
         Put `@cove.concurrent(...)` on the class (below this decorator), `@cove.enter()`/`@cove.exit()`
         on setup and teardown methods, and web decorators or `@cove.method()` on the other methods.
         """
-        _reject_app_positional("@app.cls", _warn_parentheses_missing)
+        reject_positional("@app.cls", _warn_parentheses_missing)
         opts = self._options("@app.cls", locals())
 
         def wrapper(target: Callable[P, T]) -> Cls[T]:
-            user_cls, partial = _unwrap_for_app("@app.cls", target)
+            user_cls, partial = unwrap("@app.cls", target)
             if not inspect.isclass(user_cls):
                 raise InvalidError(
                     f"@app.cls() decorates a class; {getattr(user_cls, '__qualname__', user_cls)!r} "
                     "is not one. Use @app.function() for functions."
                 )
-            _scope_check("@app.cls", user_cls, opts.serialized)
+            check_scope("@app.cls", user_cls, opts.serialized)
             members = ClassMembers.inspect(user_cls)
             cls_name = user_cls.__name__
             if partial.web is not None:  # modal.experimental.http_server: the class is one server
-                _check_server_class("modal.experimental.http_server", cls_name, members)
+                check_server_class("modal.experimental.http_server", cls_name, members)
                 if partial.flags & Flags.SESSIONED:
                     raise InvalidError(
                         f"@modal.sessioned() can only be applied to a Server: use @app.server() on "
@@ -455,7 +436,7 @@ class App:
                 server_cls: Cls[T] = Cls(cast(type[T], user_cls), members, (spec,))
                 self._register(cls_name, server_cls)
                 return server_cls
-            _check_max_inputs("@app.cls", cls_name, partial)
+            check_max_inputs("@app.cls", cls_name, partial)
             specs = tuple(
                 opts.spec(
                     "@app.cls",
@@ -463,7 +444,9 @@ class App:
                     module_attr=cls_name,
                     method_name=method_name,
                     web=pf.web,
-                    is_generator=pf.is_generator if pf.is_generator is not None else _is_generator(pf.raw_f),
+                    is_generator=(
+                        pf.is_generator if pf.is_generator is not None else is_generator_function(pf.raw_f)
+                    ),
                     max_inputs=partial.max_inputs,
                     target_inputs=partial.target_inputs,
                 )
@@ -525,7 +508,7 @@ class App:
         (`routing_region`, `proxy_regions`, `h2_enabled`, ...) are accepted and have no effect here.
         """
         where = "@app.server"
-        _reject_app_positional(where, _warn_parentheses_missing)
+        reject_positional(where, _warn_parentheses_missing)
         if not isinstance(unauthenticated, bool):
             raise InvalidError(
                 f"{where}(unauthenticated=...) must be True or False, got {unauthenticated!r}."
@@ -541,9 +524,9 @@ class App:
         target = (
             None
             if target_concurrency is None
-            else _positive_int("server", "target_concurrency", target_concurrency)
+            else positive_int("server", "target_concurrency", target_concurrency)
         )
-        cap = None if max_concurrency is None else _positive_int("server", "max_concurrency", max_concurrency)
+        cap = None if max_concurrency is None else positive_int("server", "max_concurrency", max_concurrency)
         if target is not None and cap is not None and target > cap:
             raise InvalidError(
                 f"{where}(target_concurrency={target}) cannot be greater than max_concurrency={cap}."
@@ -552,7 +535,7 @@ class App:
         opts = self._options(where, {**locals(), "startup_timeout": None})
 
         def wrapper(target_cls: Callable[P, T]) -> Server[T]:
-            user_cls, partial = _unwrap_for_app(where, target_cls)
+            user_cls, partial = unwrap(where, target_cls)
             if not inspect.isclass(user_cls):
                 raise InvalidError(
                     f"{where}() decorates a class whose @cove.enter() method starts the server; "
@@ -569,9 +552,9 @@ class App:
                     f"Server class {name} cannot have @modal.experimental.http_server(); "
                     f"{where}() already makes it an HTTP server. Remove the inner decorator."
                 )
-            _scope_check(where, user_cls, opts.serialized)
+            check_scope(where, user_cls, opts.serialized)
             members = ClassMembers.inspect(user_cls)
-            _check_server_class(where, name, members)
+            check_server_class(where, name, members)
             sessioned = replace(web, sessioned=bool(partial.flags & Flags.SESSIONED))
             spec = server_spec(opts, where, name, sessioned, cap=cap, target=target)
             server: Server[T] = Server(cast(type[T], user_cls), members, spec)
@@ -581,34 +564,6 @@ class App:
         return wrapper
 
     _experimental_server = server
-
-
-def _check_max_inputs(where: str, name: str, partial: PartialFunction[..., Any]) -> None:
-    if partial.flags & Flags.SESSIONED:
-        raise InvalidError(
-            f"@modal.sessioned() can only be applied to a Server: use @app.server() on {name!r} "
-            f"instead of {where}()."
-        )
-    if partial.flags & Flags.CONCURRENT and partial.max_inputs is None:
-        raise InvalidError(
-            f"@cove.concurrent on {name!r} needs max_inputs, e.g. @cove.concurrent(max_inputs=10"
-            f"{f', target_inputs={partial.target_inputs}' if partial.target_inputs else ''}). "
-            f"Only HTTP servers may give target_inputs alone ({where})."
-        )
-
-
-def _check_server_class(where: str, cls_name: str, members: ClassMembers) -> None:
-    if members.methods:
-        names = ", ".join(members.methods)
-        raise InvalidError(
-            f"Server class {cls_name} ({where}) only serves HTTP from the server its @enter method starts; "
-            f"remove the web or @method decorators from: {names}."
-        )
-    if not members.enter and not members.enter_snap:
-        raise InvalidError(
-            f"Server class {cls_name} ({where}) needs an @modal.enter() method that starts the server "
-            "listening on its port, e.g. subprocess.Popen([...])."
-        )
 
 
 class LocalEntrypoint(Generic[P, R]):
@@ -627,35 +582,6 @@ class LocalEntrypoint(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"cove.LocalEntrypoint({self.raw_f.__name__!r})"
-
-
-def _reject_app_positional(where: str, arg: object) -> None:
-    if arg is None:
-        return
-    if callable(arg):
-        raise InvalidError(
-            f"{where} was applied to {getattr(arg, '__qualname__', arg)!r} without calling it. "
-            f"Did you forget parentheses? Use `{where}()`."
-        )
-    raise InvalidError(
-        f"Positional arguments are not allowed in {where}(), got {arg!r}. "
-        f"Pass options by keyword, e.g. {where}(image=image)."
-    )
-
-
-def _unwrap_for_app(where: str, target: object) -> tuple[Any, PartialFunction[..., Any]]:
-    app_decorator = getattr(type(target), "_cove_app_decorator", None)
-    if app_decorator is not None:
-        raise InvalidError(
-            f"{target!r} is already decorated with {app_decorator}; apply {where}() only once."
-        )
-    if isinstance(target, PartialFunction):
-        return target.raw_f, target
-    if not callable(target):
-        raise InvalidError(
-            f"{where}() decorates a function or class, got {type(target).__name__} {target!r}."
-        )
-    return target, PartialFunction(target)
 
 
 __all__ = ["App", "LocalEntrypoint"]

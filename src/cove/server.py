@@ -40,8 +40,8 @@ from cove._spec import FunctionSpec, WebSpec
 from cove.exception import InvalidError
 
 if TYPE_CHECKING:
+    from cove._members import ClassMembers, UserCode
     from cove._options import FunctionOptions
-    from cove.functions import ClassMembers, UserCode
 
 T = TypeVar("T")
 
@@ -176,7 +176,7 @@ def server_spec(
 
 def server_user_code(user_cls: type, members: ClassMembers) -> UserCode:
     """The container's view of a server class: a fresh instance's lifecycle hooks, nothing to call."""
-    from cove.functions import UserCode
+    from cove._members import UserCode
 
     instance = user_cls()
 
