@@ -23,6 +23,7 @@ from cove.image import Image
 from cove.secret import Secret
 from cove.volume import Volume
 
+DEFAULT_TIMEOUT_S = 300  # Modal's
 MAX_TIMEOUT_S = 24 * 60 * 60
 MIN_SCALEDOWN_S = 2
 MAX_SCALEDOWN_S = 20 * 60
@@ -322,7 +323,7 @@ def parse_options(
     scaledown_window: object = None,
     proxy: object = None,
     retries: object = None,
-    timeout: object = 300,
+    timeout: object = DEFAULT_TIMEOUT_S,
     startup_timeout: object = None,
     block_network: object = False,
     single_use_containers: object = False,
@@ -403,7 +404,8 @@ def parse_options(
     )
     if timeout is None:
         raise InvalidError(
-            f"{where}(timeout=None) is not allowed: give seconds from 1 to 86400 (default 300)."
+            f"{where}(timeout=None) is not allowed: give seconds from 1 to 86400 "
+            f"(default {DEFAULT_TIMEOUT_S})."
         )
     timeout_s = _seconds(where, "timeout", timeout, 1, MAX_TIMEOUT_S, "1 and 86400")
     startup_s = (

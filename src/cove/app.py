@@ -28,6 +28,7 @@ from cove._cls import Cls
 from cove._function import Function
 from cove._members import ClassMembers
 from cove._options import (
+    DEFAULT_TIMEOUT_S,
     FunctionOptions,
     check_image,
     check_secrets,
@@ -38,7 +39,7 @@ from cove._options import (
 from cove._partial import STREAMING_HINT, Flags, is_generator_function, positive_int
 from cove._registration import check_max_inputs, check_scope, check_server_class, reject_positional, unwrap
 from cove._spec import AppSpec, FunctionSpec
-from cove.endpoints import http_server_spec
+from cove.endpoints import HTTP_SERVER_STARTUP_S, http_server_spec
 from cove.exception import InvalidError
 from cove.image import Image
 from cove.secret import Secret
@@ -286,7 +287,7 @@ class App:
         scaledown_window: float | None = None,
         proxy: object = None,
         retries: object = None,
-        timeout: float = 300,
+        timeout: float = DEFAULT_TIMEOUT_S,
         startup_timeout: float | None = None,
         name: str | None = None,
         is_generator: bool | None = None,
@@ -387,7 +388,7 @@ class App:
         scaledown_window: float | None = None,
         proxy: object = None,
         retries: object = None,
-        timeout: float = 300,
+        timeout: float = DEFAULT_TIMEOUT_S,
         startup_timeout: float | None = None,
         cloud: str | None = None,
         region: str | Sequence[str] | None = None,
@@ -463,7 +464,7 @@ class App:
         _warn_parentheses_missing: object = None,
         *,
         port: int = 8000,
-        startup_timeout: float = 30,
+        startup_timeout: float = HTTP_SERVER_STARTUP_S,
         exit_grace_period: float = 0,
         target_concurrency: int | None = None,
         max_concurrency: int | None = None,
@@ -487,7 +488,7 @@ class App:
         buffer_containers: int | None = None,
         scaledown_window: float | None = None,
         proxy: object = None,
-        timeout: float = 300,
+        timeout: float = DEFAULT_TIMEOUT_S,
         cloud: str | None = None,
         region: str | Sequence[str] | None = None,
         nonpreemptible: bool = False,

@@ -310,6 +310,9 @@ def http_server_spec(
     )
 
 
+#: Modal's default `startup_timeout` of an HTTP server (`@app.server`, `http_server`), in seconds.
+HTTP_SERVER_STARTUP_S = 30
+
 #: Modal's limit on `exit_grace_period`: one hour.
 MAX_EXIT_GRACE_S = 3600.0
 
@@ -328,7 +331,7 @@ def http_server(
     port: int | None = None,
     *,
     proxy_regions: Iterable[str] | None = None,
-    startup_timeout: float = 30,
+    startup_timeout: float = HTTP_SERVER_STARTUP_S,
     exit_grace_period: float | None = None,
     h2_enabled: bool = False,
 ) -> Callable[[type[T]], PartialFunction[..., T]]:
