@@ -14,7 +14,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Generic, Literal, ParamSpec, TypeVar
+from typing import Any, Generic, Literal, ParamSpec, Self, TypeVar
 
 from cove._client import control_plane
 from cove.exception import InvalidError
@@ -188,6 +188,39 @@ class ServerObject:
         self._create_if_missing = create_if_missing
         self._id = object_id
 
+    # -- Modal's constructors, the same for Dict, Queue and Volume (`cls._title` names the kind) ----
+
+    @classmethod
+    def from_name(
+        cls,
+        name: str,
+        *,
+        environment_name: str | None = None,
+        create_if_missing: bool = False,
+        client: object = None,
+    ) -> Self:
+        """The object called `name` (looked up on first use; created then if `create_if_missing`)."""
+        return cls(name=check_name(cls._title, name), create_if_missing=create_if_missing)
+
+    @classmethod
+    def ephemeral(cls, client: object = None, environment_name: str | None = None) -> Ephemeral[Self]:
+        """A nameless object for the duration of a `with` (or `async with`) block, deleted after it."""
+        return Ephemeral(cls)
+
+    @classmethod
+    def delete(
+        cls,
+        name: str,
+        *,
+        allow_missing: bool = False,
+        environment_name: str | None = None,
+        client: object = None,
+    ) -> None:
+        """Delete the object called `name` and everything in it."""
+        check_name(cls._title, name)
+        params = {"allow_missing": "1"} if allow_missing else {}
+        run(_once(Call("DELETE", f"/v1/{cls._plural}/named/{name}", params=params)))
+
     @property
     def name(self) -> str | None:
         """The object's name; None for an ephemeral one."""
@@ -253,10 +286,8 @@ class Ephemeral(Generic[ObjectT]):
             await _asend(call)
 
 
-def delete_named(plural: Plural, title: str, name: str, allow_missing: bool) -> Op[None]:
-    check_name(title, name)
-    params = {"allow_missing": "1"} if allow_missing else {}
-    yield Call("DELETE", f"/v1/{plural}/named/{name}", params=params)
+def _once(call: Call) -> Op[None]:
+    yield call
     return None
 
 
@@ -272,7 +303,6 @@ __all__ = [
     "aiterate",
     "arun",
     "check_name",
-    "delete_named",
     "iterate",
     "run",
 ]

@@ -1,4 +1,4 @@
-"""The options of `@app.function` and `@app.cls`, validated into the fields of a `FunctionSpec`.
+"""The options of `@app.function`, `@app.cls` and `@app.server`, validated into `FunctionSpec` fields.
 
 Modal's names and limits: `timeout` 1 s–24 h (default 300), `scaledown_window` 2 s–20 min,
 `min_containers <= max_containers`, `memory` in MiB or `(request, limit)`. The pre-1.0 spellings
@@ -23,6 +23,7 @@ from cove.image import Image
 from cove.secret import Secret
 from cove.volume import Volume
 
+DEFAULT_TIMEOUT_S = 300  # Modal's
 MAX_TIMEOUT_S = 24 * 60 * 60
 MIN_SCALEDOWN_S = 2
 MAX_SCALEDOWN_S = 20 * 60
@@ -282,6 +283,24 @@ class FunctionOptions:
         )
 
 
+#: Keyword arguments of `@app.function`/`@app.cls`/`@app.server` that `parse_options` validates; the
+#: decorators hand it theirs by these names (`options_given`), so each is parsed in one place.
+OPTION_NAMES: frozenset[str] = frozenset(
+    {
+        "image", "secrets", "env", "gpu", "serialized", "network_file_systems", "volumes", "cpu",
+        "memory", "min_containers", "max_containers", "buffer_containers", "scaledown_window", "proxy",
+        "retries", "timeout", "startup_timeout", "block_network", "single_use_containers", "max_inputs",
+        "keep_warm", "concurrency_limit", "container_idle_timeout", "allow_concurrent_inputs",
+        *IGNORED_OPTIONS,
+    }
+)  # fmt: skip
+
+
+def options_given(arguments: Mapping[str, object]) -> dict[str, Any]:
+    """The option arguments among a decorator's `locals()`: what `parse_options(**...)` takes."""
+    return {name: value for name, value in arguments.items() if name in OPTION_NAMES}
+
+
 def parse_options(
     where: str,
     *,
@@ -289,37 +308,46 @@ def parse_options(
     app_secrets: tuple[Secret, ...],
     stacklevel: int,
     app_volumes: Mapping[str, object] = {},
-    image: object,
-    secrets: object,
-    env: Mapping[str, str | None] | None,
-    gpu: object,
-    serialized: object,
-    network_file_systems: Mapping[str, object] | None,
-    volumes: Mapping[str, object] | None,
-    cpu: object,
-    memory: object,
-    min_containers: object,
-    max_containers: object,
-    buffer_containers: object,
-    scaledown_window: object,
-    proxy: object,
-    retries: object,
-    timeout: object,
-    startup_timeout: object,
-    block_network: object,
-    single_use_containers: object,
-    max_inputs: object,
-    ignored: Mapping[str, object],
-    keep_warm: object,
-    concurrency_limit: object,
-    container_idle_timeout: object,
-    allow_concurrent_inputs: object,
+    image: object = None,
+    secrets: object = (),
+    env: Mapping[str, str | None] | None = None,
+    gpu: object = None,
+    serialized: object = False,
+    network_file_systems: Mapping[str, object] | None = None,
+    volumes: Mapping[str, object] | None = None,
+    cpu: object = None,
+    memory: object = None,
+    min_containers: object = None,
+    max_containers: object = None,
+    buffer_containers: object = None,
+    scaledown_window: object = None,
+    proxy: object = None,
+    retries: object = None,
+    timeout: object = DEFAULT_TIMEOUT_S,
+    startup_timeout: object = None,
+    block_network: object = False,
+    single_use_containers: object = False,
+    max_inputs: object = None,
+    keep_warm: object = None,
+    concurrency_limit: object = None,
+    container_idle_timeout: object = None,
+    allow_concurrent_inputs: object = None,
+    **accepted: object,
 ) -> FunctionOptions:
-    """Validate the keyword arguments of one `@app.function(...)`/`@app.cls(...)` call.
+    """Validate the option arguments of one `@app.function(...)`/`@app.cls(...)`/`@app.server(...)` call.
 
     `stacklevel` is the warnings stack level of the user's decorator line as seen from here;
-    `ignored` holds the options of `IGNORED_OPTIONS` as given (warned about once all options are valid).
+    `accepted` holds the options of `IGNORED_OPTIONS` the decorator has (warned about once all
+    options are valid; `gpu` is one of them too where the backend has no GPUs).
     """
+    unknown = set(accepted) - set(IGNORED_OPTIONS)
+    if unknown:
+        raise TypeError(f"parse_options() got unexpected options: {', '.join(sorted(unknown))}")
+    ignored = {
+        name: gpu if name == "gpu" else accepted[name]
+        for name in IGNORED_OPTIONS
+        if name == "gpu" or name in accepted
+    }
     min_containers = _legacy(where, "keep_warm", keep_warm, "min_containers", min_containers, stacklevel)
     max_containers = _legacy(
         where, "concurrency_limit", concurrency_limit, "max_containers", max_containers, stacklevel
@@ -376,7 +404,8 @@ def parse_options(
     )
     if timeout is None:
         raise InvalidError(
-            f"{where}(timeout=None) is not allowed: give seconds from 1 to 86400 (default 300)."
+            f"{where}(timeout=None) is not allowed: give seconds from 1 to 86400 "
+            f"(default {DEFAULT_TIMEOUT_S})."
         )
     timeout_s = _seconds(where, "timeout", timeout, 1, MAX_TIMEOUT_S, "1 and 86400")
     startup_s = (

@@ -24,21 +24,26 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast
 
-from cove._options import check_image, check_secrets, check_volumes, parse_options
-from cove._spec import AppSpec, FunctionSpec
-from cove.endpoints import (
-    _STREAMING_HINT,
-    Flags,
-    PartialFunction,
-    _is_generator,
-    _positive_int,
-    http_server_spec,
+from cove._cls import Cls
+from cove._function import Function
+from cove._members import ClassMembers
+from cove._options import (
+    DEFAULT_TIMEOUT_S,
+    FunctionOptions,
+    check_image,
+    check_secrets,
+    check_volumes,
+    options_given,
+    parse_options,
 )
+from cove._partial import STREAMING_HINT, Flags, is_generator_function, positive_int
+from cove._registration import check_max_inputs, check_scope, check_server_class, reject_positional, unwrap
+from cove._spec import AppSpec, FunctionSpec
+from cove.endpoints import HTTP_SERVER_STARTUP_S, http_server_spec
 from cove.exception import InvalidError
-from cove.functions import ClassMembers, Cls, Function
 from cove.image import Image
 from cove.secret import Secret
-from cove.server import UNCAPPED_INPUTS, Server
+from cove.server import Server, server_spec
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -73,22 +78,6 @@ def _check_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
                     f"got {part!r}."
                 )
     return dict(tags)
-
-
-def _scope_check(where: str, obj: Any, serialized: bool) -> None:
-    """Containers import user code by name, so it must live at module level (or be serialized)."""
-    parts = obj.__qualname__.split(".")
-    kind = "Class" if inspect.isclass(obj) else "Function"
-    if len(parts) > 1 and parts[-2] != "<locals>" and not inspect.isclass(obj):
-        raise InvalidError(
-            f"{where}() cannot decorate a method ({obj.__qualname__!r}). "
-            "Use @app.cls() on the class and @cove.method() or a web decorator on the method."
-        )
-    if "<locals>" in parts and not serialized:
-        raise InvalidError(
-            f"{kind} {obj.__qualname__!r} is defined inside a function, so a container cannot import it "
-            f"by name. Move it to module level, or pass serialized=True to {where}()."
-        )
 
 
 class App:
@@ -191,6 +180,18 @@ class App:
             )
         self._registry[tag] = obj
 
+    def _options(self, where: str, arguments: Mapping[str, object]) -> FunctionOptions:
+        """The options of one decorator call (its `locals()`), with this app's image, secrets and volumes
+        as defaults: the one path `@app.function`, `@app.cls` and `@app.server` share."""
+        return parse_options(
+            where,
+            app_image=self._image,
+            app_secrets=self._secrets,
+            app_volumes=self._volumes,
+            stacklevel=4,
+            **options_given(arguments),
+        )
+
     def __repr__(self) -> str:
         return f"cove.App({self._name!r})" if self._name is not None else "cove.App()"
 
@@ -207,7 +208,7 @@ class App:
         Its parameters become command-line options: `def main(n: int, fast: bool = False)` is run
         as `cove run app.py --n 3 --fast`.
         """
-        _reject_app_positional("@app.local_entrypoint", _warn_parentheses_missing)
+        reject_positional("@app.local_entrypoint", _warn_parentheses_missing)
         if name is not None and (not isinstance(name, str) or not name.isidentifier()):
             raise InvalidError(f"@app.local_entrypoint(name=...) must be an identifier, got {name!r}.")
 
@@ -286,7 +287,7 @@ class App:
         scaledown_window: float | None = None,
         proxy: object = None,
         retries: object = None,
-        timeout: float = 300,
+        timeout: float = DEFAULT_TIMEOUT_S,
         startup_timeout: float | None = None,
         name: str | None = None,
         is_generator: bool | None = None,
@@ -315,7 +316,7 @@ class App:
         with a warning (once per option) and have no effect. `enable_memory_snapshot` needs no warning:
         Cove's warm zygotes always run the module import and `@enter(snap=True)` hooks once per image.
         """
-        _reject_app_positional("@app.function", _warn_parentheses_missing)
+        reject_positional("@app.function", _warn_parentheses_missing)
         if schedule is not None:
             raise InvalidError(
                 "@app.function(schedule=...) is not supported by Cove yet. Trigger the function from an "
@@ -325,51 +326,10 @@ class App:
             raise InvalidError(
                 f"@app.function(name=...) must be 1-64 letters, digits, '_' or '-' (no '.'), got {name!r}."
             )
-        opts = parse_options(
-            "@app.function",
-            app_image=self._image,
-            app_secrets=self._secrets,
-            app_volumes=self._volumes,
-            stacklevel=3,
-            image=image,
-            secrets=secrets,
-            env=env,
-            gpu=gpu,
-            serialized=serialized,
-            network_file_systems=network_file_systems,
-            volumes=volumes,
-            cpu=cpu,
-            memory=memory,
-            min_containers=min_containers,
-            max_containers=max_containers,
-            buffer_containers=buffer_containers,
-            scaledown_window=scaledown_window,
-            proxy=proxy,
-            retries=retries,
-            timeout=timeout,
-            startup_timeout=startup_timeout,
-            block_network=block_network,
-            single_use_containers=single_use_containers,
-            max_inputs=max_inputs,
-            ignored={
-                "gpu": gpu,
-                "cloud": cloud,
-                "region": region,
-                "routing_region": routing_region,
-                "nonpreemptible": nonpreemptible,
-                "i6pn": i6pn,
-                "ephemeral_disk": ephemeral_disk,
-                "restrict_modal_access": restrict_modal_access,
-                "experimental_options": experimental_options,
-            },
-            keep_warm=keep_warm,
-            concurrency_limit=concurrency_limit,
-            container_idle_timeout=container_idle_timeout,
-            allow_concurrent_inputs=allow_concurrent_inputs,
-        )
+        opts = self._options("@app.function", locals())
 
         def wrapper(target: Callable[P, R]) -> Function[P, R]:
-            raw_f, partial = _unwrap_for_app("@app.function", target)
+            raw_f, partial = unwrap("@app.function", target)
             if inspect.isclass(raw_f):
                 raise InvalidError(
                     f"@app.function() cannot decorate a class ({raw_f.__qualname__!r}); "
@@ -386,11 +346,11 @@ class App:
                     "@cove.method() only applies to methods of an @app.cls() class; "
                     f"remove it from {fname!r}."
                 )
-            _check_max_inputs("@app.function", fname, partial)
-            _scope_check("@app.function", raw_f, opts.serialized)
-            generator = is_generator if is_generator is not None else _is_generator(raw_f)
+            check_max_inputs("@app.function", fname, partial)
+            check_scope("@app.function", raw_f, opts.serialized)
+            generator = is_generator if is_generator is not None else is_generator_function(raw_f)
             if partial.web is not None and generator:
-                raise InvalidError(f"{fname!r} is a generator. {_STREAMING_HINT}")
+                raise InvalidError(f"{fname!r} is a generator. {STREAMING_HINT}")
             tag = name or raw_f.__name__
             spec = opts.spec(
                 "@app.function",
@@ -428,7 +388,7 @@ class App:
         scaledown_window: float | None = None,
         proxy: object = None,
         retries: object = None,
-        timeout: float = 300,
+        timeout: float = DEFAULT_TIMEOUT_S,
         startup_timeout: float | None = None,
         cloud: str | None = None,
         region: str | Sequence[str] | None = None,
@@ -452,81 +412,32 @@ class App:
         Put `@cove.concurrent(...)` on the class (below this decorator), `@cove.enter()`/`@cove.exit()`
         on setup and teardown methods, and web decorators or `@cove.method()` on the other methods.
         """
-        _reject_app_positional("@app.cls", _warn_parentheses_missing)
-        opts = parse_options(
-            "@app.cls",
-            app_image=self._image,
-            app_secrets=self._secrets,
-            app_volumes=self._volumes,
-            stacklevel=3,
-            image=image,
-            secrets=secrets,
-            env=env,
-            gpu=gpu,
-            serialized=serialized,
-            network_file_systems=network_file_systems,
-            volumes=volumes,
-            cpu=cpu,
-            memory=memory,
-            min_containers=min_containers,
-            max_containers=max_containers,
-            buffer_containers=buffer_containers,
-            scaledown_window=scaledown_window,
-            proxy=proxy,
-            retries=retries,
-            timeout=timeout,
-            startup_timeout=startup_timeout,
-            block_network=block_network,
-            single_use_containers=single_use_containers,
-            max_inputs=max_inputs,
-            ignored={
-                "gpu": gpu,
-                "cloud": cloud,
-                "region": region,
-                "routing_region": routing_region,
-                "nonpreemptible": nonpreemptible,
-                "i6pn": i6pn,
-                "ephemeral_disk": ephemeral_disk,
-                "restrict_modal_access": restrict_modal_access,
-                "experimental_options": experimental_options,
-            },
-            keep_warm=keep_warm,
-            concurrency_limit=concurrency_limit,
-            container_idle_timeout=container_idle_timeout,
-            allow_concurrent_inputs=allow_concurrent_inputs,
-        )
+        reject_positional("@app.cls", _warn_parentheses_missing)
+        opts = self._options("@app.cls", locals())
 
         def wrapper(target: Callable[P, T]) -> Cls[T]:
-            user_cls, partial = _unwrap_for_app("@app.cls", target)
+            user_cls, partial = unwrap("@app.cls", target)
             if not inspect.isclass(user_cls):
                 raise InvalidError(
                     f"@app.cls() decorates a class; {getattr(user_cls, '__qualname__', user_cls)!r} "
                     "is not one. Use @app.function() for functions."
                 )
-            _scope_check("@app.cls", user_cls, opts.serialized)
+            check_scope("@app.cls", user_cls, opts.serialized)
             members = ClassMembers.inspect(user_cls)
             cls_name = user_cls.__name__
             if partial.web is not None:  # modal.experimental.http_server: the class is one server
-                _check_server_class("modal.experimental.http_server", cls_name, members)
+                check_server_class("modal.experimental.http_server", cls_name, members)
                 if partial.flags & Flags.SESSIONED:
                     raise InvalidError(
                         f"@modal.sessioned() can only be applied to a Server: use @app.server() on "
                         f"{cls_name!r} instead of @app.cls() with modal.experimental.http_server."
                     )
-                spec = opts.spec(
-                    "@app.cls",
-                    tag=cls_name,
-                    module_attr=cls_name,
-                    method_name=None,
-                    web=partial.web,
-                    is_generator=False,
-                    max_inputs=partial.max_inputs or UNCAPPED_INPUTS,
-                    target_inputs=partial.target_inputs or partial.max_inputs or 1,
-                )
+                cap, aim = partial.max_inputs, partial.target_inputs
+                spec = server_spec(opts, "@app.cls", cls_name, partial.web, cap=cap, target=aim)
                 server_cls: Cls[T] = Cls(cast(type[T], user_cls), members, (spec,))
                 self._register(cls_name, server_cls)
                 return server_cls
-            _check_max_inputs("@app.cls", cls_name, partial)
+            check_max_inputs("@app.cls", cls_name, partial)
             specs = tuple(
                 opts.spec(
                     "@app.cls",
@@ -534,7 +445,9 @@ class App:
                     module_attr=cls_name,
                     method_name=method_name,
                     web=pf.web,
-                    is_generator=pf.is_generator if pf.is_generator is not None else _is_generator(pf.raw_f),
+                    is_generator=(
+                        pf.is_generator if pf.is_generator is not None else is_generator_function(pf.raw_f)
+                    ),
                     max_inputs=partial.max_inputs,
                     target_inputs=partial.target_inputs,
                 )
@@ -551,7 +464,7 @@ class App:
         _warn_parentheses_missing: object = None,
         *,
         port: int = 8000,
-        startup_timeout: float = 30,
+        startup_timeout: float = HTTP_SERVER_STARTUP_S,
         exit_grace_period: float = 0,
         target_concurrency: int | None = None,
         max_concurrency: int | None = None,
@@ -575,7 +488,7 @@ class App:
         buffer_containers: int | None = None,
         scaledown_window: float | None = None,
         proxy: object = None,
-        timeout: float = 300,
+        timeout: float = DEFAULT_TIMEOUT_S,
         cloud: str | None = None,
         region: str | Sequence[str] | None = None,
         nonpreemptible: bool = False,
@@ -596,7 +509,7 @@ class App:
         (`routing_region`, `proxy_regions`, `h2_enabled`, ...) are accepted and have no effect here.
         """
         where = "@app.server"
-        _reject_app_positional(where, _warn_parentheses_missing)
+        reject_positional(where, _warn_parentheses_missing)
         if not isinstance(unauthenticated, bool):
             raise InvalidError(
                 f"{where}(unauthenticated=...) must be True or False, got {unauthenticated!r}."
@@ -612,56 +525,18 @@ class App:
         target = (
             None
             if target_concurrency is None
-            else _positive_int("server", "target_concurrency", target_concurrency)
+            else positive_int("server", "target_concurrency", target_concurrency)
         )
-        cap = None if max_concurrency is None else _positive_int("server", "max_concurrency", max_concurrency)
+        cap = None if max_concurrency is None else positive_int("server", "max_concurrency", max_concurrency)
         if target is not None and cap is not None and target > cap:
             raise InvalidError(
                 f"{where}(target_concurrency={target}) cannot be greater than max_concurrency={cap}."
             )
-        opts = parse_options(
-            where,
-            app_image=self._image,
-            app_secrets=self._secrets,
-            stacklevel=3,
-            image=image,
-            secrets=secrets,
-            env=env,
-            gpu=gpu,
-            serialized=serialized,
-            network_file_systems=None,
-            volumes=volumes,
-            cpu=cpu,
-            memory=memory,
-            min_containers=min_containers,
-            max_containers=max_containers,
-            buffer_containers=buffer_containers,
-            scaledown_window=scaledown_window,
-            proxy=proxy,
-            retries=None,
-            timeout=timeout,
-            startup_timeout=None,
-            block_network=block_network,
-            single_use_containers=False,
-            max_inputs=None,
-            ignored={
-                "gpu": gpu,
-                "cloud": cloud,
-                "region": region,
-                "routing_region": routing_region,
-                "nonpreemptible": nonpreemptible,
-                "i6pn": i6pn,
-                "ephemeral_disk": ephemeral_disk,
-                "experimental_options": experimental_options,
-            },
-            keep_warm=None,
-            concurrency_limit=None,
-            container_idle_timeout=None,
-            allow_concurrent_inputs=None,
-        )
+        # `startup_timeout` here is the server's (in `web`), not a function's container start limit.
+        opts = self._options(where, {**locals(), "startup_timeout": None})
 
         def wrapper(target_cls: Callable[P, T]) -> Server[T]:
-            user_cls, partial = _unwrap_for_app(where, target_cls)
+            user_cls, partial = unwrap(where, target_cls)
             if not inspect.isclass(user_cls):
                 raise InvalidError(
                     f"{where}() decorates a class whose @cove.enter() method starts the server; "
@@ -678,19 +553,11 @@ class App:
                     f"Server class {name} cannot have @modal.experimental.http_server(); "
                     f"{where}() already makes it an HTTP server. Remove the inner decorator."
                 )
-            _scope_check(where, user_cls, opts.serialized)
+            check_scope(where, user_cls, opts.serialized)
             members = ClassMembers.inspect(user_cls)
-            _check_server_class(where, name, members)
-            spec = opts.spec(
-                where,
-                tag=name,
-                module_attr=name,
-                method_name=None,
-                web=replace(web, sessioned=bool(partial.flags & Flags.SESSIONED)),
-                is_generator=False,
-                max_inputs=cap or UNCAPPED_INPUTS,
-                target_inputs=target if target is not None else (cap or 1),
-            )
+            check_server_class(where, name, members)
+            sessioned = replace(web, sessioned=bool(partial.flags & Flags.SESSIONED))
+            spec = server_spec(opts, where, name, sessioned, cap=cap, target=target)
             server: Server[T] = Server(cast(type[T], user_cls), members, spec)
             self._register(name, server)
             return server
@@ -698,34 +565,6 @@ class App:
         return wrapper
 
     _experimental_server = server
-
-
-def _check_max_inputs(where: str, name: str, partial: PartialFunction[..., Any]) -> None:
-    if partial.flags & Flags.SESSIONED:
-        raise InvalidError(
-            f"@modal.sessioned() can only be applied to a Server: use @app.server() on {name!r} "
-            f"instead of {where}()."
-        )
-    if partial.flags & Flags.CONCURRENT and partial.max_inputs is None:
-        raise InvalidError(
-            f"@cove.concurrent on {name!r} needs max_inputs, e.g. @cove.concurrent(max_inputs=10"
-            f"{f', target_inputs={partial.target_inputs}' if partial.target_inputs else ''}). "
-            f"Only HTTP servers may give target_inputs alone ({where})."
-        )
-
-
-def _check_server_class(where: str, cls_name: str, members: ClassMembers) -> None:
-    if members.methods:
-        names = ", ".join(members.methods)
-        raise InvalidError(
-            f"Server class {cls_name} ({where}) only serves HTTP from the server its @enter method starts; "
-            f"remove the web or @method decorators from: {names}."
-        )
-    if not members.enter and not members.enter_snap:
-        raise InvalidError(
-            f"Server class {cls_name} ({where}) needs an @modal.enter() method that starts the server "
-            "listening on its port, e.g. subprocess.Popen([...])."
-        )
 
 
 class LocalEntrypoint(Generic[P, R]):
@@ -744,35 +583,6 @@ class LocalEntrypoint(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"cove.LocalEntrypoint({self.raw_f.__name__!r})"
-
-
-def _reject_app_positional(where: str, arg: object) -> None:
-    if arg is None:
-        return
-    if callable(arg):
-        raise InvalidError(
-            f"{where} was applied to {getattr(arg, '__qualname__', arg)!r} without calling it. "
-            f"Did you forget parentheses? Use `{where}()`."
-        )
-    raise InvalidError(
-        f"Positional arguments are not allowed in {where}(), got {arg!r}. "
-        f"Pass options by keyword, e.g. {where}(image=image)."
-    )
-
-
-def _unwrap_for_app(where: str, target: object) -> tuple[Any, PartialFunction[..., Any]]:
-    app_decorator = getattr(type(target), "_cove_app_decorator", None)
-    if app_decorator is not None:
-        raise InvalidError(
-            f"{target!r} is already decorated with {app_decorator}; apply {where}() only once."
-        )
-    if isinstance(target, PartialFunction):
-        return target.raw_f, target
-    if not callable(target):
-        raise InvalidError(
-            f"{where}() decorates a function or class, got {type(target).__name__} {target!r}."
-        )
-    return target, PartialFunction(target)
 
 
 __all__ = ["App", "LocalEntrypoint"]

@@ -9,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 from cove.exception import InvalidError
 
@@ -93,6 +93,19 @@ def env(name: str) -> str | None:
     return value if value not in (None, "") else default
 
 
+def default(name: str) -> str:
+    """The default of the setting `name` as written in `ENVIRONMENT` (the one place it is written)."""
+    value, _ = ENVIRONMENT[name]
+    if value is None:
+        raise KeyError(f"{name} has no default")
+    return value
+
+
+def _setting(name: str) -> str:
+    """The value of a setting that has a default: the environment's, else the default."""
+    return env(name) or default(name)
+
+
 BackendName = Literal["local", "ray"]
 
 _SLUG_RE = re.compile(r"[^a-z0-9-]+")
@@ -173,6 +186,10 @@ def backend_name(value: str, where: str) -> BackendName:
     return value  # type: ignore[return-value]
 
 
+_DEFAULT_BACKEND = backend_name(default("COVE_BACKEND"), "COVE_BACKEND")
+_DEFAULT_SANDBOX = cast("SandboxSetting", default("COVE_SANDBOX"))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved settings of one process. Build with `Settings.from_env()`."""
@@ -184,53 +201,53 @@ class Settings:
     base_domain: str
     dev_suffix: str
     log_level: str
-    http_timeout_s: float = 150.0
+    http_timeout_s: float = float(default("COVE_HTTP_TIMEOUT"))
     # -- gateway policy (issues 5 and 7); see ENVIRONMENT
-    rate_limit_rps: float = 200.0  # 0: no rate limit
-    rate_limit_burst_s: float = 5.0
+    rate_limit_rps: float = float(default("COVE_RATE_LIMIT_RPS"))  # 0: no rate limit
+    rate_limit_burst_s: float = float(default("COVE_RATE_LIMIT_BURST_S"))
     trusted_proxies: tuple[str, ...] = ()
-    max_body_bytes: int = 4 * 1024**3
-    max_head_bytes: int = 64 * 1024
-    max_request_line_bytes: int = 16 * 1024
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 10.0
-    send_timeout_s: float = 60.0
-    keepalive_timeout_s: float = 75.0
-    max_connections: int = 10_000
+    max_body_bytes: int = int(default("COVE_MAX_BODY_BYTES"))
+    max_head_bytes: int = int(default("COVE_MAX_HEAD_BYTES"))
+    max_request_line_bytes: int = int(default("COVE_MAX_REQUEST_LINE_BYTES"))
+    header_timeout_s: float = float(default("COVE_HEADER_TIMEOUT_S"))
+    body_timeout_s: float = float(default("COVE_BODY_TIMEOUT_S"))
+    send_timeout_s: float = float(default("COVE_SEND_TIMEOUT_S"))
+    keepalive_timeout_s: float = float(default("COVE_KEEPALIVE_TIMEOUT_S"))
+    max_connections: int = int(default("COVE_MAX_CONNECTIONS"))
     # -- end of gateway policy
-    queue_limit: int = 2000
-    backend: BackendName = "local"
+    queue_limit: int = int(default("COVE_QUEUE_LIMIT"))
+    backend: BackendName = _DEFAULT_BACKEND
     ray_address: str | None = None
     image_cache: Path | None = None
-    sandbox: SandboxSetting = "auto"
-    zygote: bool = True
-    zygote_window_s: float = 600.0
-    max_pids: int = 1024  # per container; 0: no cap
-    debian_mirror: str = "http://deb.debian.org/debian"
-    log_max_bytes: int = 16 * 1024**2
+    sandbox: SandboxSetting = _DEFAULT_SANDBOX
+    zygote: bool = default("COVE_ZYGOTE") == "1"
+    zygote_window_s: float = float(default("COVE_ZYGOTE_WINDOW"))
+    max_pids: int = int(default("COVE_MAX_PIDS"))  # per container; 0: no cap
+    debian_mirror: str = default("COVE_DEBIAN_MIRROR")
+    log_max_bytes: int = int(default("COVE_LOG_MAX_BYTES"))
 
     @classmethod
     def from_env(cls) -> Settings:
-        home = Path(os.path.expanduser(env("COVE_HOME") or "~/.cove")).resolve()
+        home = Path(os.path.expanduser(_setting("COVE_HOME"))).resolve()
         workspace = slugify(env("COVE_WORKSPACE") or getpass.getuser()) or "default"
-        port_text = env("COVE_PORT") or "8000"
+        port_text = _setting("COVE_PORT")
         try:
             port = int(port_text)
         except ValueError:
             raise InvalidError(f"COVE_PORT must be an integer port, got {port_text!r}.") from None
         if not 0 <= port <= 65535:
             raise InvalidError(f"COVE_PORT must be between 0 and 65535, got {port}.")
-        dev_suffix = env("COVE_DEV_SUFFIX") or "dev"
+        dev_suffix = _setting("COVE_DEV_SUFFIX")
         if not _DEV_SUFFIX_RE.match(dev_suffix):
             raise InvalidError(f"COVE_DEV_SUFFIX must be 1-8 letters or digits, got {dev_suffix!r}.")
         return cls(
             home=home,
             workspace=workspace,
-            host=env("COVE_HOST") or "127.0.0.1",
+            host=_setting("COVE_HOST"),
             port=port,
-            base_domain=(env("COVE_BASE_DOMAIN") or "localhost").lower(),
+            base_domain=_setting("COVE_BASE_DOMAIN").lower(),
             dev_suffix=dev_suffix.lower(),
-            log_level=(env("COVE_LOGLEVEL") or "INFO").upper(),
+            log_level=_setting("COVE_LOGLEVEL").upper(),
             http_timeout_s=_positive_float("COVE_HTTP_TIMEOUT"),
             # -- gateway policy (issues 5 and 7)
             rate_limit_rps=_gateway_number("COVE_RATE_LIMIT_RPS", zero=True),
@@ -246,7 +263,7 @@ class Settings:
             max_connections=int(_gateway_number("COVE_MAX_CONNECTIONS", integer=True)),
             # -- end of gateway policy
             queue_limit=int(_positive_float("COVE_QUEUE_LIMIT")),
-            backend=backend_name(env("COVE_BACKEND") or "local", "COVE_BACKEND"),
+            backend=backend_name(_setting("COVE_BACKEND"), "COVE_BACKEND"),
             ray_address=env("COVE_RAY_ADDRESS"),
             image_cache=Path(os.path.expanduser(cache)).resolve()
             if (cache := env("COVE_IMAGE_CACHE"))
@@ -255,7 +272,7 @@ class Settings:
             zygote=_choice("COVE_ZYGOTE", ("1", "0")) == "1",
             zygote_window_s=_gateway_number("COVE_ZYGOTE_WINDOW", zero=True),
             max_pids=int(_gateway_number("COVE_MAX_PIDS", integer=True, zero=True)),
-            debian_mirror=env("COVE_DEBIAN_MIRROR") or "http://deb.debian.org/debian",
+            debian_mirror=_setting("COVE_DEBIAN_MIRROR"),
             log_max_bytes=int(_gateway_number("COVE_LOG_MAX_BYTES", integer=True)),
         )
 

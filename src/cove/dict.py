@@ -25,15 +25,12 @@ import cloudpickle
 
 from cove._object import (
     Call,
-    Ephemeral,
     Item,
     IterMethod,
     IterOp,
     Method,
     Op,
     ServerObject,
-    check_name,
-    delete_named,
     run,
 )
 from cove.exception import InvalidError
@@ -70,29 +67,6 @@ class Dict(ServerObject):
 
     _plural = "dicts"
     _title = "Dict"
-
-    @staticmethod
-    def from_name(
-        name: str,
-        *,
-        environment_name: str | None = None,
-        create_if_missing: bool = False,
-        client: object = None,
-    ) -> Dict:
-        """The Dict called `name` (looked up on first use; created then if `create_if_missing`)."""
-        return Dict(name=check_name("Dict", name), create_if_missing=create_if_missing)
-
-    @staticmethod
-    def ephemeral(client: object = None, environment_name: str | None = None) -> Ephemeral[Dict]:
-        """A nameless Dict for the duration of a `with` (or `async with`) block."""
-        return Ephemeral(Dict)
-
-    @staticmethod
-    def delete(
-        name: str, *, allow_missing: bool = False, environment_name: str | None = None, client: object = None
-    ) -> None:
-        """Delete the Dict called `name` and all its entries."""
-        run(delete_named("dicts", "Dict", name, allow_missing))
 
     # -- operations: each is a generator of calls (see cove._object) -------------------------------
 

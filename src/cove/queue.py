@@ -30,16 +30,12 @@ import cloudpickle
 
 from cove._object import (
     Call,
-    Ephemeral,
     Item,
     IterMethod,
     IterOp,
     Method,
     Op,
     ServerObject,
-    check_name,
-    delete_named,
-    run,
 )
 from cove.exception import InvalidError
 
@@ -97,29 +93,6 @@ class Queue(ServerObject):
 
     _plural = "queues"
     _title = "Queue"
-
-    @staticmethod
-    def from_name(
-        name: str,
-        *,
-        environment_name: str | None = None,
-        create_if_missing: bool = False,
-        client: object = None,
-    ) -> Queue:
-        """The Queue called `name` (looked up on first use; created then if `create_if_missing`)."""
-        return Queue(name=check_name("Queue", name), create_if_missing=create_if_missing)
-
-    @staticmethod
-    def ephemeral(client: object = None, environment_name: str | None = None) -> Ephemeral[Queue]:
-        """A nameless Queue for the duration of a `with` (or `async with`) block."""
-        return Ephemeral(Queue)
-
-    @staticmethod
-    def delete(
-        name: str, *, allow_missing: bool = False, environment_name: str | None = None, client: object = None
-    ) -> None:
-        """Delete the Queue called `name` and all its items."""
-        run(delete_named("queues", "Queue", name, allow_missing))
 
     # -- operations (see cove._object) --------------------------------------------------------------
 

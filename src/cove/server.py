@@ -36,11 +36,12 @@ from urllib.parse import quote
 from cove import _remote
 from cove._client import control_plane
 from cove._remote import RemoteTarget
-from cove._spec import FunctionSpec
+from cove._spec import FunctionSpec, WebSpec
 from cove.exception import InvalidError
 
 if TYPE_CHECKING:
-    from cove.functions import ClassMembers, UserCode
+    from cove._members import ClassMembers, UserCode
+    from cove._options import FunctionOptions
 
 T = TypeVar("T")
 
@@ -156,9 +157,26 @@ class ServerSessions:
         return bool(reply["terminated"])
 
 
+def server_spec(
+    opts: FunctionOptions, where: str, name: str, web: WebSpec, *, cap: int | None, target: int | None
+) -> FunctionSpec:
+    """The spec of server class `name`: at most `cap` requests per container (default: no cap), and
+    containers added to keep about `target` on each (default: `cap`, else 1)."""
+    return opts.spec(
+        where,
+        tag=name,
+        module_attr=name,
+        method_name=None,
+        web=web,
+        is_generator=False,
+        max_inputs=cap or UNCAPPED_INPUTS,
+        target_inputs=target or cap or 1,
+    )
+
+
 def server_user_code(user_cls: type, members: ClassMembers) -> UserCode:
     """The container's view of a server class: a fresh instance's lifecycle hooks, nothing to call."""
-    from cove.functions import UserCode
+    from cove._members import UserCode
 
     instance = user_cls()
 
@@ -173,4 +191,11 @@ def server_user_code(user_cls: type, members: ClassMembers) -> UserCode:
     )
 
 
-__all__ = ["UNCAPPED_INPUTS", "Server", "ServerSession", "ServerSessions", "server_user_code"]
+__all__ = [
+    "UNCAPPED_INPUTS",
+    "Server",
+    "ServerSession",
+    "ServerSessions",
+    "server_spec",
+    "server_user_code",
+]

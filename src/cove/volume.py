@@ -41,8 +41,6 @@ from cove._object import (
     Method,
     Op,
     ServerObject,
-    check_name,
-    delete_named,
     run,
 )
 from cove.exception import InvalidError
@@ -102,8 +100,9 @@ class Volume(ServerObject):
     _plural = "volumes"
     _title = "Volume"
 
-    @staticmethod
+    @classmethod
     def from_name(
+        cls,
         name: str,
         *,
         environment_name: str | None = None,
@@ -113,21 +112,14 @@ class Volume(ServerObject):
     ) -> Volume:
         """The Volume called `name` (looked up on first use, or when a function mounting it deploys;
         created then if `create_if_missing`)."""
-        return Volume(name=check_name("Volume", name), create_if_missing=create_if_missing)
+        return super().from_name(name, create_if_missing=create_if_missing)
 
-    @staticmethod
+    @classmethod
     def ephemeral(
-        client: object = None, environment_name: str | None = None, version: int | None = None
+        cls, client: object = None, environment_name: str | None = None, version: int | None = None
     ) -> Ephemeral[Volume]:
         """A nameless Volume for the duration of a `with` (or `async with`) block (not mountable)."""
-        return Ephemeral(Volume)
-
-    @staticmethod
-    def delete(
-        name: str, *, allow_missing: bool = False, environment_name: str | None = None, client: object = None
-    ) -> None:
-        """Delete the Volume called `name` and all its files."""
-        run(delete_named("volumes", "Volume", name, allow_missing))
+        return super().ephemeral()
 
     @property
     def create_if_missing(self) -> bool:

@@ -15,6 +15,17 @@ def test_readme_lists_every_setting() -> None:
     assert missing == []
 
 
+def test_readme_gives_each_settings_default_as_config_writes_it() -> None:
+    """README's default column repeats config.ENVIRONMENT's defaults (`none` where there is none)."""
+    wrong = []
+    for name, (default, _) in ENVIRONMENT.items():
+        row = next((line for line in README.splitlines() if line.startswith(f"| `{name}` |")), "")
+        shown = row.split("|")[2].strip() if row else ""
+        if shown != ("none" if default is None else f"`{default}`"):
+            wrong.append((name, shown, default))
+    assert wrong == []
+
+
 def test_readme_starts_with_the_two_setup_commands() -> None:
     """README opens with exactly two commands: serve the demo, and the test command `.ci/run` runs."""
     block = README.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()

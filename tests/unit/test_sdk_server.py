@@ -207,3 +207,40 @@ def test_the_gateway_takes_a_session_token_from_modal_authorization_and_drops_it
     assert head.session_token == b"ss-abc"
     assert b"ss-abc" not in head.header_lines
     assert scan_request_headers([(b"Modal-Authorization", b"Basic x")]).session_token is None
+
+
+class Room:
+    @cove.enter()
+    def start(self) -> None: ...
+
+
+@pytest.mark.parametrize("decorator", ["function", "cls", "server"])
+def test_the_three_app_decorators_refuse_a_bad_option_with_one_text_naming_themselves(decorator: str) -> None:
+    """`@app.function`, `@app.cls` and `@app.server` parse their shared options in one place."""
+    with pytest.raises(
+        InvalidError,
+        match=rf"^@app\.{decorator}\(\): min_containers \(3\) cannot be greater than max_containers \(1\)\. ",
+    ):
+        getattr(cove.App(), decorator)(min_containers=3, max_containers=1)
+    with pytest.raises(
+        InvalidError, match=rf"^@app\.{decorator}\(timeout=\.\.\.\) must be between 1 and 86400"
+    ):
+        getattr(cove.App(), decorator)(timeout=0)
+
+
+def test_ignored_server_options_warn_at_the_users_decorator_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cove import _options
+
+    monkeypatch.setattr(_options, "_warned_options", set())
+    with pytest.warns(
+        _options.IgnoredOptionWarning, match=r"^@app\.server\(cloud='aws'\) is accepted"
+    ) as record:
+        cove.App().server(cloud="aws")
+    assert record[0].filename == __file__
+
+
+def test_app_volumes_are_defaults_of_servers_too() -> None:
+    """`App(volumes=...)` mounts into every function's containers, a server's included."""
+    app = cove.App("vols", volumes={"/data": cove.Volume.from_name("shared")})
+    server = app.server(port=8000, serialized=True)(Room)
+    assert [(m.path, m.name) for m in server.spec.volumes] == [("/data", "shared")]

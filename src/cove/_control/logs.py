@@ -20,9 +20,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
+from cove.config import Settings
+
 _RING = 2000
 _FOLLOWER_QUEUE = 10000
-DEFAULT_MAX_BYTES = 16 * 1024**2
+DEFAULT_MAX_BYTES = Settings.log_max_bytes  # COVE_LOG_MAX_BYTES's default (config.py)
 
 log = logging.getLogger("cove.logs")
 

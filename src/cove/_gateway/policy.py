@@ -14,6 +14,7 @@ from typing import Final
 from cove._gateway.auth import ProxyAuth
 from cove._gateway.clientip import TrustedProxies
 from cove._gateway.ratelimit import TokenBucket
+from cove.config import Settings
 
 #: Modal's WebSocket message cap (reference §4.2); the container's uvicorn has the same one.
 WS_MAX_MESSAGE_BYTES: Final = 2 * 1024 * 1024
@@ -40,14 +41,15 @@ class Limits:
       connection with 1009.
     """
 
-    max_body_bytes: int = 4 * 1024**3
-    max_head_bytes: int = 64 * 1024
-    max_request_line_bytes: int = 16 * 1024
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 10.0
-    send_timeout_s: float = 60.0
-    idle_timeout_s: float = 75.0
-    max_connections: int = 10_000
+    # The defaults of the COVE_* settings of the same names (written once, in config.py).
+    max_body_bytes: int = Settings.max_body_bytes
+    max_head_bytes: int = Settings.max_head_bytes
+    max_request_line_bytes: int = Settings.max_request_line_bytes
+    header_timeout_s: float = Settings.header_timeout_s
+    body_timeout_s: float = Settings.body_timeout_s
+    send_timeout_s: float = Settings.send_timeout_s
+    idle_timeout_s: float = Settings.keepalive_timeout_s
+    max_connections: int = Settings.max_connections
     max_ws_message_bytes: int = WS_MAX_MESSAGE_BYTES
 
     def __post_init__(self) -> None:

@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from cove.config import Settings
+
 #: Modal's defaults: 200 requests a second, and up to 5 seconds' worth of them at once.
-DEFAULT_RATE_PER_S: Final = 200.0
-DEFAULT_BURST_S: Final = 5.0
+DEFAULT_RATE_PER_S: Final = Settings.rate_limit_rps  # COVE_RATE_LIMIT_RPS's default (config.py)
+DEFAULT_BURST_S: Final = Settings.rate_limit_burst_s
 _ALMOST_ONE: Final = 1.0 - 1e-9
 
 

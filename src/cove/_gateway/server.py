@@ -37,6 +37,7 @@ from cove._gateway.proxy import Exchange
 from cove._gateway.ratelimit import TokenBucket
 from cove._gateway.routing import Route, RouteTable
 from cove._gateway.websocket import WebSocketRelay
+from cove.config import Settings
 
 _log = logging.getLogger("cove.gateway")
 
@@ -506,7 +507,7 @@ class Gateway:
         port: int = 0,
         routes: Mapping[str, Route] | None = None,
         max_body_bytes: int | None = None,
-        http_timeout_s: float = 150.0,
+        http_timeout_s: float = Settings.http_timeout_s,
         limits: Limits | None = None,
         rate_limit_rps: float | None = None,
         rate_limit_burst_s: float = 5.0,

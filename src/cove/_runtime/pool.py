@@ -17,13 +17,14 @@ from cove._runtime.autoscaler import ContainerView, ScalingPolicy, decide
 from cove._runtime.backend import ContainerHandle, ContainerState, StartupError
 from cove._runtime.observer import PoolObserver
 from cove._spec import FunctionSpec
+from cove.config import Settings
 from cove.exception import InvalidError
 from cove.exception import TimeoutError as CoveTimeoutError
 
 log = logging.getLogger("cove.pool")
 
 #: Modal's pending-input limit per function (reference §2.4).
-DEFAULT_MAX_QUEUE = 2000
+DEFAULT_MAX_QUEUE = Settings.queue_limit  # COVE_QUEUE_LIMIT's default (config.py)
 _BACKOFF_FIRST_S = 1.0
 _BACKOFF_MAX_S = 30.0
 #: How often idle containers are checked against `scaledown_window`, at most.

@@ -8,12 +8,11 @@ import click
 
 from cove.cli import _render as render
 from cove.cli._objects import (
-    confirm_delete,
+    add_object_commands,
+    confirm_clear,
     connect,
     cove_errors,
-    create_object,
     json_option,
-    list_objects,
     show,
     yes_option,
 )
@@ -25,20 +24,7 @@ def dict_group() -> None:
     """Manage cove.Dict objects and inspect their contents."""
 
 
-@dict_group.command("list")
-@json_option
-@cove_errors
-def list_dicts(as_json: bool) -> None:
-    """List named Dicts."""
-    list_objects("dicts", "Dict", as_json)
-
-
-@dict_group.command("create")
-@click.argument("name")
-@cove_errors
-def create(name: str) -> None:
-    """Create an empty Dict NAME."""
-    create_object("dicts", "Dict", name)
+add_object_commands(dict_group, Dict, "entries")
 
 
 @dict_group.command("get")
@@ -94,23 +80,7 @@ def items(name: str, n: int, show_all: bool, as_json: bool) -> None:
 @cove_errors
 def clear(name: str, yes: bool) -> None:
     """Remove every entry of Dict NAME."""
-    if not yes:
-        click.confirm(
-            f"Are you sure you want to irrevocably delete the contents of Dict '{name}'?", abort=True
-        )
+    confirm_clear("Dict", name, yes)
     connect()
     Dict.from_name(name).clear()
     render.success(f"Cleared Dict '{name}'.")
-
-
-@dict_group.command("delete")
-@click.argument("name")
-@click.option("--allow-missing", is_flag=True, help="Do not fail if the Dict does not exist.")
-@yes_option
-@cove_errors
-def delete(name: str, allow_missing: bool, yes: bool) -> None:
-    """Delete Dict NAME and all its entries."""
-    confirm_delete("Dict", name, yes)
-    connect()
-    Dict.delete(name, allow_missing=allow_missing)
-    render.success(f"Deleted Dict '{name}'.")

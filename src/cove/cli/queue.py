@@ -8,12 +8,11 @@ import click
 
 from cove.cli import _render as render
 from cove.cli._objects import (
-    confirm_delete,
+    add_object_commands,
+    confirm_clear,
     connect,
     cove_errors,
-    create_object,
     json_option,
-    list_objects,
     show,
     yes_option,
 )
@@ -29,20 +28,7 @@ def queue_group() -> None:
     """Manage cove.Queue objects and inspect their contents."""
 
 
-@queue_group.command("list")
-@json_option
-@cove_errors
-def list_queues(as_json: bool) -> None:
-    """List named Queues."""
-    list_objects("queues", "Queue", as_json)
-
-
-@queue_group.command("create")
-@click.argument("name")
-@cove_errors
-def create(name: str) -> None:
-    """Create an empty Queue NAME."""
-    create_object("queues", "Queue", name)
+add_object_commands(queue_group, Queue, "items")
 
 
 @queue_group.command("len")
@@ -97,23 +83,7 @@ def peek(name: str, n: int, partition: str | None, as_json: bool) -> None:
 @cove_errors
 def clear(name: str, partition: str | None, clear_all: bool, yes: bool) -> None:
     """Drop the items of a partition of Queue NAME (or of all of them, --all)."""
-    if not yes:
-        click.confirm(
-            f"Are you sure you want to irrevocably delete the contents of Queue '{name}'?", abort=True
-        )
+    confirm_clear("Queue", name, yes)
     connect()
     Queue.from_name(name).clear(partition=partition, all=clear_all)
     render.success(f"Cleared Queue '{name}'.")
-
-
-@queue_group.command("delete")
-@click.argument("name")
-@click.option("--allow-missing", is_flag=True, help="Do not fail if the Queue does not exist.")
-@yes_option
-@cove_errors
-def delete(name: str, allow_missing: bool, yes: bool) -> None:
-    """Delete Queue NAME and all its items."""
-    confirm_delete("Queue", name, yes)
-    connect()
-    Queue.delete(name, allow_missing=allow_missing)
-    render.success(f"Deleted Queue '{name}'.")

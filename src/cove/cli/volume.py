@@ -12,13 +12,10 @@ import click
 from cove import exception
 from cove.cli import _render as render
 from cove.cli._objects import (
-    confirm_delete,
+    add_object_commands,
     connect,
     cove_errors,
-    create_object,
     json_option,
-    list_objects,
-    yes_option,
 )
 from cove.volume import FileEntryType, Volume
 
@@ -28,21 +25,12 @@ def volume_group() -> None:
     """Read and edit cove.Volume volumes."""
 
 
-@volume_group.command("list")
-@json_option
-@cove_errors
-def list_volumes(as_json: bool) -> None:
-    """List named Volumes."""
-    list_objects("volumes", "Volume", as_json)
-
-
-@volume_group.command("create")
-@click.argument("name")
-@cove_errors
-def create(name: str) -> None:
-    """Create an empty Volume NAME."""
-    create_object("volumes", "Volume", name)
-    render.info(f'Use it in your app: @app.function(volumes={{"/data": cove.Volume.from_name("{name}")}})')
+add_object_commands(
+    volume_group,
+    Volume,
+    "files",
+    created_hint='Use it in your app: @app.function(volumes={{"/data": cove.Volume.from_name("{name}")}})',
+)
 
 
 @volume_group.command("ls")
@@ -163,16 +151,3 @@ def cp(name: str, paths: tuple[str, ...], recursive: bool) -> None:
     connect()
     Volume.from_name(name).copy_files(list(paths[:-1]), paths[-1], recursive=recursive)
     render.success(f"Copied {', '.join(paths[:-1])} to {paths[-1]} in Volume '{name}'.")
-
-
-@volume_group.command("delete")
-@click.argument("name")
-@click.option("--allow-missing", is_flag=True, help="Do not fail if the Volume does not exist.")
-@yes_option
-@cove_errors
-def delete(name: str, allow_missing: bool, yes: bool) -> None:
-    """Delete Volume NAME and all its files."""
-    confirm_delete("Volume", name, yes)
-    connect()
-    Volume.delete(name, allow_missing=allow_missing)
-    render.success(f"Deleted Volume '{name}'.")

@@ -26,12 +26,12 @@ from cove._runtime.backends.local.limits import Applied, Limiter, owner_of, pids
 from cove._runtime.backends.local.spawner import Spawner, socket_dir
 from cove._runtime.backends.local.zygote import Zygotes, probe_forks, startup_breakdown
 from cove._spec import spec_to_dict
-from cove.config import SandboxSetting
+from cove.config import SandboxSetting, Settings
 
 log = logging.getLogger("cove.runtime")
 
 #: Default of COVE_ZYGOTE_WINDOW: how long a function zygote outlives the function's last container.
-DEFAULT_ZYGOTE_WINDOW_S = 600.0
+DEFAULT_ZYGOTE_WINDOW_S = Settings.zygote_window_s  # COVE_ZYGOTE_WINDOW's default (config.py)
 
 
 def new_container_id() -> str:
