@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from cove._gateway.connpool import ConnectionPool, UpstreamConnection
+from cove._gateway.connpool import UpstreamConnection
+from cove._gateway.detached import DetachedCall
+from cove._gateway.downstream import PAUSE_BUFFER, PAUSE_UPSTREAM, Downstream
 from cove._gateway.longpoll import (
     CallResult,
-    CallStore,
-    DetachedCall,
     Running,
     error_result,
     redirect_location,
@@ -31,12 +31,10 @@ from cove._gateway.messages import (
     LAST_CHUNK,
     UPGRADE_LINES,
     UPSTREAM_VERSION,
-    RequestHead,
     error_response,
     scan_request_headers,
 )
-from cove._gateway.policy import Policy
-from cove._gateway.routing import Route, RouteTable
+from cove._gateway.routing import Route
 from cove._gateway.upstream import Lease
 
 if TYPE_CHECKING:
@@ -46,56 +44,9 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("cove.gateway")
 
-#: Why the client transport is paused; reading resumes when no reason is left.
-PAUSE_PIPELINE: Final = 1  # a pipelined request waits for the ones before it
-PAUSE_BUFFER: Final = 2  # request body buffered while no upstream connection is attached yet
-PAUSE_UPSTREAM: Final = 4  # the upstream connection's write buffer is full
-PAUSE_STOPPED: Final = 8  # nothing more will be parsed on this connection
-
 _BUFFER_HIGH = 256 * 1024  # request body held before an upstream connection is attached
 _REPLAY_MAX = 1024 * 1024  # request bytes kept to resend when a reused connection turns out dead
 _DRAIN_MAX = 1024 * 1024  # unread request body discarded (rather than closing) after an early answer
-
-
-class ClientTransport(Protocol):
-    """What an exchange does to its client's transport (an `asyncio.Transport`, or a `DetachedCall`)."""
-
-    def write(self, data: bytes) -> None: ...
-    def abort(self) -> None: ...
-
-
-class Downstream(Protocol):
-    """The client connection an exchange answers on (implemented in `server.py`)."""
-
-    @property
-    def transport(self) -> ClientTransport: ...
-    @property
-    def pool(self) -> ConnectionPool: ...
-    @property
-    def routes(self) -> RouteTable: ...
-    @property
-    def max_body_bytes(self) -> int: ...
-    @property
-    def forwarded(self) -> bytes: ...  # the X-Forwarded-* lines naming this client
-    @property
-    def trusts_peer(self) -> bool: ...  # the peer is a trusted proxy: see `forwarded_via`
-    @property
-    def policy(self) -> Policy: ...  # limits, rate limit, proxy auth, trusted proxies
-    @property
-    def write_paused(self) -> bool: ...
-    @property
-    def closing(self) -> bool: ...  # the gateway is shutting down: no keep-alive
-    @property
-    def calls(self) -> CallStore: ...  # results of the requests answered with 303
-    @property
-    def http_timeout_s(self) -> float: ...  # no response head within it -> 303 (Modal: 150 s)
-
-    def pause_reading(self, reason: int) -> None: ...
-    def resume_reading(self, reason: int) -> None: ...
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
-    def exchange_finished(self, exchange: BaseExchange, keep_alive: bool) -> None: ...
-    def forwarded_via(self, head: RequestHead) -> bytes: ...  # `forwarded`, from a trusted proxy's claims
-    def relay_to(self, relay: WebSocketRelay) -> None: ...  # the connection was upgraded: bytes go there
 
 
 class BaseExchange:

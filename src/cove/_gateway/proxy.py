@@ -36,7 +36,8 @@ import httptools
 
 from cove._gateway.auth import CHALLENGE, UNAUTHORIZED
 from cove._gateway.connpool import UpstreamConnection
-from cove._gateway.exchange import PAUSE_BUFFER, PAUSE_UPSTREAM, BaseExchange, ClientTransport, Downstream
+from cove._gateway.downstream import PAUSE_BUFFER, PAUSE_UPSTREAM
+from cove._gateway.exchange import BaseExchange
 from cove._gateway.longpoll import CALL_PARAM, call_id_of
 from cove._gateway.messages import (
     CHUNKED,
@@ -53,7 +54,7 @@ from cove._gateway.routing import Refusal, host_key
 from cove._gateway.upstream import SessionUpstream, Upstream, UpstreamError
 from cove._gateway.websocket import WebSocketRelay
 
-__all__ = ["ClientTransport", "Downstream", "Exchange"]
+__all__ = ["Exchange"]
 
 _log = logging.getLogger("cove.gateway")
 

@@ -28,7 +28,7 @@ import httptools
 from cove._gateway.auth import ProxyAuth
 from cove._gateway.clientip import TrustedProxies, forwarded_lines, forwarded_proto
 from cove._gateway.connpool import ConnectionPool
-from cove._gateway.exchange import PAUSE_PIPELINE, PAUSE_STOPPED, BaseExchange
+from cove._gateway.downstream import PAUSE_PIPELINE, PAUSE_STOPPED, ClientRelay, Finished
 from cove._gateway.longpoll import CallStore
 from cove._gateway.messages import RequestHead, error_response
 from cove._gateway.metrics import ABORTED, GatewayMetrics
@@ -36,7 +36,6 @@ from cove._gateway.policy import Limits, Policy
 from cove._gateway.proxy import Exchange
 from cove._gateway.ratelimit import TokenBucket
 from cove._gateway.routing import Route, RouteTable
-from cove._gateway.websocket import WebSocketRelay
 
 _log = logging.getLogger("cove.gateway")
 
@@ -60,7 +59,7 @@ class _ClientConnection(asyncio.Protocol):
 
     Pipelined requests are parsed as they arrive (httptools cannot pause mid-buffer) and queue as
     exchanges; reading pauses while one waits, so a queue is at most one read deep. After a
-    WebSocket upgrade the bytes go to the exchange's `WebSocketRelay` instead of the parser.
+    WebSocket upgrade the bytes go to the exchange's `ClientRelay` instead of the parser.
 
     One timer per connection enforces the time limits lazily (it is re-armed when it fires, not
     per request): a request head must be complete `header_timeout_s` after its first byte (or
@@ -125,7 +124,7 @@ class _ClientConnection(asyncio.Protocol):
         self._parsing: Exchange | None = None  # receives the body being parsed
         self._current: Exchange | None = None  # being answered
         self._pipeline: deque[Exchange] = deque()  # parsed, waiting for their turn
-        self._relay: WebSocketRelay | None = None  # after a 101: client bytes go there
+        self._relay: ClientRelay | None = None  # after a 101: client bytes go there
         self._early = b""  # bytes after an upgrade request, relayed if the container switches
         self._paused = 0
         self._closed = False
@@ -173,7 +172,7 @@ class _ClientConnection(asyncio.Protocol):
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         return self._gateway._spawn(coro)
 
-    def exchange_finished(self, exchange: BaseExchange, keep_alive: bool) -> None:
+    def exchange_finished(self, exchange: Finished, keep_alive: bool) -> None:
         self._gateway._observe(exchange, exchange.status)
         if exchange is not self._current:
             return
@@ -191,7 +190,7 @@ class _ClientConnection(asyncio.Protocol):
         client = trusted.client(self._peer, head.forwarded_for)
         return forwarded_lines(client, forwarded_proto(head.forwarded_proto)) + head.forwarded_other
 
-    def relay_to(self, relay: WebSocketRelay) -> None:
+    def relay_to(self, relay: ClientRelay) -> None:
         self._relay = relay
         if self._timer is not None:  # no idle or head timeout on an upgraded connection
             self._timer.cancel()
@@ -640,7 +639,7 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _observe(self, exchange: BaseExchange, status: int) -> None:
+    def _observe(self, exchange: Finished, status: int) -> None:
         """Count a finished (or abandoned) request for its function, if it was routed to one."""
         route = exchange.route
         if route is not None:
