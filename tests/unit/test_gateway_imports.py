@@ -39,7 +39,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
     def visit(module: str, path: list[str]) -> list[str] | None:
         if module in path:
-            return path[path.index(module) :] + [module]
+            return [*path[path.index(module) :], module]
         if module in done:
             return None
         for imported in sorted(graph.get(module, ())):
@@ -57,7 +57,8 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:
-    assert _cycle({"exchange": {"longpoll"}, "longpoll": {"exchange"}}) == ["exchange", "longpoll", "exchange"]
+    cycle = _cycle({"exchange": {"longpoll"}, "longpoll": {"exchange"}})
+    assert cycle == ["exchange", "longpoll", "exchange"]
     assert _cycle({"exchange": {"longpoll"}, "longpoll": set()}) is None
 
 
