@@ -20,6 +20,16 @@ from typing import Any, Protocol, cast
 
 import httptools
 
+from cove._gateway.admission import (
+    Refusal,
+    body_stalled,
+    head_timed_out,
+    malformed,
+    refuse_connection,
+    refuse_head,
+    refuse_target,
+    refuse_version,
+)
 from cove._gateway.clientip import forwarded_lines, forwarded_proto
 from cove._gateway.connpool import ConnectionPool
 from cove._gateway.downstream import PAUSE_PIPELINE, PAUSE_STOPPED, ClientRelay, Finished
@@ -61,12 +71,11 @@ class Front(Protocol):
 
 
 class _Refuse(Exception):
-    """Raised in a parser callback to refuse the request being parsed with `status` and close."""
+    """Raised in a parser callback to refuse the request being parsed, and close."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(status, message)
-        self.status = status
-        self.message = message
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal)
+        self.refusal = refusal
 
 
 class ClientConnection(asyncio.Protocol):
@@ -145,7 +154,7 @@ class ClientConnection(asyncio.Protocol):
         self._closed = False
         self._lingering = False
         self._advancing = False
-        self._malformed: tuple[int, str, tuple[tuple[str, str], ...]] | None = None  # answered last
+        self._malformed: Refusal | None = None  # answered last
         now = loop.time()
         self._fresh = True  # no request head completed yet
         self._head_started = False  # bytes of a request head arrived, not all of it
@@ -226,12 +235,12 @@ class ClientConnection(asyncio.Protocol):
         self.trusts_peer = trusted is not None and trusted.trusts(ip)
         open_count = self._gateway.opened(self)
         limits = self._limits
-        if open_count > limits.max_connections:
+        refusal = refuse_connection(open_count, limits)
+        if refusal is not None:
             # Answer at once rather than leave the client hanging in the accept queue.
             _log.warning("connection refused open=%d limit=%d", open_count, limits.max_connections)
             self._stop_parsing()
-            message = f"cove: too many open connections (limit {limits.max_connections}); retry shortly"
-            self._malformed = (503, message, (("Retry-After", "1"),))
+            self._malformed = refusal
             self._advance()
             return
         self._timer = self._loop.call_later(limits.header_timeout_s, self._on_timer)
@@ -296,15 +305,16 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_bytes += len(url)
-        limit = self._limits.max_request_line_bytes
-        if len(self._url) > limit:
-            raise _Refuse(414, f"cove: request target longer than {limit} bytes")
+        refusal = refuse_target(len(self._url), self._limits)
+        if refusal is not None:
+            raise _Refuse(refusal)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
         self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > self._limits.max_head_bytes:
-            raise _Refuse(431, f"cove: request head larger than {self._limits.max_head_bytes} bytes")
+        refusal = refuse_head(self._head_bytes, self._limits)
+        if refusal is not None:
+            raise _Refuse(refusal)
 
     def on_headers_complete(self) -> None:
         self._head_started = False
@@ -314,8 +324,9 @@ class ClientConnection(asyncio.Protocol):
             return
         parser = self._parser
         version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            raise _Refuse(505, f"cove: HTTP/{version} is not supported; send HTTP/1.1")
+        refusal = refuse_version(version)
+        if refusal is not None:
+            raise _Refuse(refusal)
         exchange = Exchange(
             self,
             parser.get_method(),
@@ -360,7 +371,7 @@ class ClientConnection(asyncio.Protocol):
             while self._current is None and not self._closed:
                 if not self._pipeline:
                     if self._malformed is not None:
-                        self._answer_and_close(*self._malformed)
+                        self._answer_and_close(self._malformed)
                     break
                 exchange = self._pipeline.popleft()
                 if not self._pipeline:
@@ -378,29 +389,32 @@ class ClientConnection(asyncio.Protocol):
         self._stop_parsing()
         cause = exc.__context__
         if isinstance(cause, _Refuse):
-            status, message = cause.status, cause.message
+            refusal = cause.refusal
         else:
             if isinstance(exc, httptools.HttpParserCallbackError):
                 _log.error("gateway error in request parser", exc_info=cause)
-            status, message = 400, f"cove: malformed request ({str(exc) or type(exc).__name__})"
-        _log.debug("malformed request status=%d message=%s", status, message)
-        self._refuse(status, message)
+            refusal = malformed(str(exc) or type(exc).__name__)
+        _log.debug("malformed request status=%d message=%s", refusal.status, refusal.message)
+        self._refuse(refusal)
 
-    def _refuse(self, status: int, message: str) -> None:
-        """Answer `status` once the exchanges before it are done, then close."""
+    def _refuse(self, refusal: Refusal) -> None:
+        """Answer `refusal` once the exchanges before it are done, then close."""
         partial = self._parsing
         self._parsing = None
         if partial is not None and partial is self._current:
-            partial.request_broken(message, status)  # answers, or aborts if its response has begun
+            # Answers, or aborts if its response has begun.
+            partial.request_broken(refusal.message, refusal.status)
             return
         if partial is not None:  # a pipelined request that never finished arriving
             self._pipeline.remove(partial)
-        self._malformed = (status, message, ())
+        self._malformed = refusal
         if self._current is None:
             self._advance()
 
-    def _answer_and_close(self, status: int, message: str, headers: tuple[tuple[str, str], ...]) -> None:
-        self.transport.write(error_response(status, message, headers, keep_alive=False))
+    def _answer_and_close(self, refusal: Refusal) -> None:
+        self.transport.write(
+            error_response(refusal.status, refusal.message, refusal.headers, keep_alive=False)
+        )
         self._close()
 
     def _close(self) -> None:
@@ -467,7 +481,7 @@ class ClientConnection(asyncio.Protocol):
             if left <= 0:
                 _log.debug("request head timed out peer=%s", self._peer)
                 self._stop_parsing()
-                self._refuse(408, f"cove: request head not received within {limits.header_timeout_s:g} s")
+                self._refuse(head_timed_out(limits))
                 return
         elif self._current is None and not self._pipeline:
             if self._fresh:  # opened, and not a byte since: nothing to answer
@@ -489,7 +503,7 @@ class ClientConnection(asyncio.Protocol):
                     if body_left <= 0:
                         _log.debug("request body stalled peer=%s", self._peer)
                         self._stop_parsing()
-                        self._refuse(408, f"cove: request body stalled for {limits.body_timeout_s:g} s")
+                        self._refuse(body_stalled(limits))
                         return
                     left = min(left, body_left)
         self._timer = self._loop.call_later(min(left, send_left), self._on_timer)

@@ -287,10 +287,7 @@ class BaseExchange:
         call.finish(result)
 
     def _poll(self, call_id: str) -> None:
-        """A request for the result of a call answered with 303: wait up to `http_timeout_s`."""
-        if self._method != b"GET":
-            self._respond(400, "cove: bad redirect method")
-            return
+        """A GET for the result of a call answered with 303: wait up to `http_timeout_s`."""
         found = self.down.calls.lookup(call_id)
         if found is None:
             self._respond(404, f"cove: unknown or expired function call {call_id[:100]}")

@@ -7,9 +7,9 @@ Everything after `acquire` and `connect` happens in transport callbacks; one tas
 awaits those two and the end of the exchange, and owns the lease (released in its `finally`).
 The request side, the platform answers and the release live in `exchange.BaseExchange`.
 
-Before forwarding, `start` applies the gateway's policy in order: route (404), proxy auth for
-endpoints that require it (401), body size (413), then the workspace rate limit (429), so that
-neither unknown hosts nor refused requests use up the workspace's tokens.
+Before forwarding, `start` asks `admission.admit` whether to forward the request, refuse it
+(404 unknown host, 401 proxy auth, 413 body size, 429 rate limit, 4xx/501 what cannot be proxied)
+or answer a poll for a long request's result.
 
 Flow control both ways: a full upstream write buffer pauses reading from the client, a full client
 write buffer pauses reading from the upstream, so bodies stream with bounded memory.
@@ -30,15 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Final, cast
+from typing import cast
 
 import httptools
 
-from cove._gateway.auth import CHALLENGE, UNAUTHORIZED
+from cove._gateway.admission import Poll, Refusal, admit, origin_form
 from cove._gateway.connpool import UpstreamConnection
 from cove._gateway.downstream import PAUSE_BUFFER, PAUSE_UPSTREAM
 from cove._gateway.exchange import BaseExchange
-from cove._gateway.longpoll import CALL_PARAM, call_id_of
 from cove._gateway.messages import (
     CHUNKED,
     CLOSE,
@@ -49,16 +48,12 @@ from cove._gateway.messages import (
     UPGRADE_LINES,
     scan_response_headers,
 )
-from cove._gateway.ratelimit import retry_after
-from cove._gateway.routing import Refusal, host_key
 from cove._gateway.upstream import SessionUpstream, Upstream, UpstreamError
 from cove._gateway.websocket import WebSocketRelay
 
 __all__ = ["Exchange"]
 
 _log = logging.getLogger("cove.gateway")
-
-RATE_LIMITED: Final = "cove: rate limit exceeded"
 
 
 class _StopParsing(Exception):
@@ -78,60 +73,37 @@ class Exchange(BaseExchange):
 
     def start(self) -> None:
         """Answer the request or forward it; called when every earlier exchange has finished."""
-        head = self._head
         if self.upgrade:
             self.keep_alive = False  # the bytes after the head are not HTTP; we cannot skip them
-            if self._method == b"CONNECT":
-                self._respond(501, "cove: CONNECT is not supported; the gateway is not a forward proxy")
-                return
-        if head.host_count > 1:  # RFC 9112 §3.2; which one would the container believe?
-            self.keep_alive = False
-            self._respond(400, "cove: more than one Host header")
-            return
-        if head.transfer_encoding is not None:
-            if self.http_10:  # RFC 9112 §6.1: faulty framing; answer and close
-                self.keep_alive = False
-                self._respond(400, "cove: malformed request (Transfer-Encoding in an HTTP/1.0 request)")
-                return
-            if head.transfer_encoding != b"chunked":
-                encoding = head.transfer_encoding.decode("latin-1")
-                self._respond(501, f"cove: transfer-encoding {encoding} not supported; send chunked")
-                return
-        if head.expect is not None and head.expect != b"100-continue":
-            self._respond(417, f"cove: expectation {head.expect.decode('latin-1')} not supported")
-            return
-        if self._target[:1] != b"/" and not self._origin_form():
-            return
-        if CALL_PARAM in self._target:  # a poll for a long request's result, whichever the host
-            call_id = call_id_of(self._target)
-            if call_id is not None:
-                self._poll(call_id)
-                return
         down = self.down
-        found = down.routes.resolve(head.host)
+        head = self._head
+        target = self._target
+        found = admit(
+            head,
+            down.routes,
+            down.policy,
+            method=self._method,
+            target=target,
+            http_10=self.http_10,
+            upgrade=self.upgrade,
+            received=self._received,  # a chunked body that arrived while it queued
+        )
         if isinstance(found, Refusal):
-            self._respond(found.status, found.message)
+            if found.close:
+                self.keep_alive = False
+            self._respond(found.status, found.message, found.headers)
+            return
+        if target[:1] != b"/":  # an absolute URL naming the Host (admitted): forward its path
+            origin = origin_form(self._method, target, head.host)
+            if origin is not None and origin != target:
+                rest_of_head = self._prefix[len(self._method) + 1 + len(target) :]
+                self._prefix = b"%b %b%b" % (self._method, origin, rest_of_head)
+                self._target = origin
+        if isinstance(found, Poll):
+            self._poll(found.call_id)
             return
         upstream = found.upstream
-        if upstream is None:  # resolve() never returns such a route; keeps the type checker honest
-            self._respond(404, f"cove: app {found.app_name} is stopped")
-            return
-        policy = down.policy
-        if found.requires_proxy_auth:
-            auth = policy.proxy_auth
-            if auth is None or not auth.check(head.credentials):
-                self._respond(401, UNAUTHORIZED, CHALLENGE)
-                return
-        limit = down.max_body_bytes
-        if (head.content_length or 0) > limit or self._received > limit:  # chunked while it queued
-            self._respond(413, f"cove: request body larger than {limit} bytes")
-            return
-        bucket = policy.bucket
-        if bucket is not None:
-            wait_s = bucket.take()
-            if wait_s:
-                self._respond(429, RATE_LIMITED, (("Retry-After", retry_after(wait_s)),))
-                return
+        assert upstream is not None  # admit() refuses a stopped app
         self._route = found
         if head.expect is not None and not self.http_10 and not self._request_done:
             self._continue_sent = True
@@ -140,32 +112,6 @@ class Exchange(BaseExchange):
             head.session_token if found.sessioned else head.session_id if found.session_affinity else None
         )
         self._task = down.spawn(self._run(upstream, found.timeout_s, found.session_affinity, session))
-
-    def _origin_form(self) -> bool:
-        """Handle a request target that is not a path: `*` for OPTIONS, or an absolute URL.
-
-        RFC 9112 §3.2.2: with an absolute-form target the Host header is to be ignored. The
-        gateway routes on Host, so it only accepts an absolute URL naming that same host (and
-        forwards its path); anything else would let the URL and the Host disagree. Returns False
-        when it answered the request itself.
-        """
-        target = self._target
-        if target == b"*" and self._method == b"OPTIONS":
-            return True
-        scheme, sep, rest = target.partition(b"://")
-        if sep and scheme.lower() in (b"http", b"https", b"ws", b"wss"):
-            cut = min(i for i in (rest.find(b"/"), rest.find(b"?"), len(rest)) if i >= 0)
-            authority, tail = rest[:cut], rest[cut:]
-            host = self._head.host
-            if host is not None and authority and host_key(authority) == host_key(host):
-                origin = tail if tail[:1] == b"/" else b"/" + tail
-                rest_of_head = self._prefix[len(self._method) + 1 + len(target) :]
-                self._prefix = b"%b %b%b" % (self._method, origin, rest_of_head)
-                self._target = origin
-                return True
-        self.keep_alive = False
-        self._respond(400, "cove: malformed request (the target must be a path, or a URL naming the Host)")
-        return False
 
     async def _run(
         self, upstream: Upstream, timeout_s: float, affinity: bool = False, session: bytes | None = None
