@@ -164,7 +164,7 @@ class ClientConnection(asyncio.Protocol):
         self._write_paused_since = now  # when the client's write buffer last filled up
         self._timer: asyncio.TimerHandle | None = None
 
-    # -- what proxy.Downstream needs
+    # -- what downstream.Downstream needs
 
     @property
     def routes(self) -> RouteTable:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class DetachedCall:
     """The stand-in client of an exchange answered with 303: it keeps the response as the result.
 
-    The exchange goes on exactly as if streaming to a client (a `proxy.Downstream`), while its
+    The exchange goes on exactly as if streaming to a client (a `downstream.Downstream`), while its
     "transport" is this object: the body bytes it writes are collected, flow control is a no-op.
     """
 
@@ -55,7 +55,7 @@ class DetachedCall:
         self.body = bytearray()
         self.overflow = False
 
-    # -- proxy.Downstream
+    # -- downstream.Downstream
 
     @property
     def transport(self) -> DetachedCall:
@@ -99,7 +99,7 @@ class DetachedCall:
     def relay_to(self, relay: ClientRelay) -> None:
         raise RuntimeError("a WebSocket is never detached: it has no 303")
 
-    # -- proxy.ClientTransport
+    # -- downstream.ClientTransport
 
     def write(self, data: bytes) -> None:
         if self.overflow:

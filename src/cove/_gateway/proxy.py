@@ -1,7 +1,7 @@
 """The proxy: one request forwarded to a container and its response streamed back.
 
 An `Exchange` is one request/response cycle on a client connection. It is fed the request by the
-connection's parser (`server.py`), takes a `Lease` and a pooled connection, writes the request head
+connection's parser (`connection.py`), takes a `Lease` and a pooled connection, writes the request head
 and streams the body upstream, parses the response with httptools and streams it to the client.
 Everything after `acquire` and `connect` happens in transport callbacks; one task per request only
 awaits those two and the end of the exchange, and owns the lease (released in its `finally`).
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import cast
+from typing import Final, cast
 
 import httptools
 
@@ -48,12 +48,17 @@ from cove._gateway.messages import (
     UPGRADE_LINES,
     scan_response_headers,
 )
+from cove._gateway.phase import Phase
 from cove._gateway.upstream import SessionUpstream, Upstream, UpstreamError
 from cove._gateway.websocket import WebSocketRelay
 
 __all__ = ["Exchange"]
 
 _log = logging.getLogger("cove.gateway")
+
+
+#: The container's response head arrived and went on (to the client, or to a detached call).
+_HEAD_IN: Final = frozenset({Phase.STREAMING, Phase.RELAYING, Phase.COLLECTING})
 
 
 class _StopParsing(Exception):
@@ -120,7 +125,7 @@ class Exchange(BaseExchange):
         try:
             if self._released:  # refused before its turn came (a malformed body, say): no slot
                 return
-            self._acquiring = True
+            self._to(Phase.ACQUIRING)
             try:
                 if affinity:
                     lease = await cast(SessionUpstream, upstream).acquire(session)
@@ -129,11 +134,10 @@ class Exchange(BaseExchange):
             except UpstreamError as exc:
                 self._fail(exc.status, exc.message, exc.headers)
                 return
-            finally:
-                self._acquiring = False
             if self._released:  # the client left, or the gateway closed, while we waited
                 lease.release()
                 return
+            self._to(Phase.FORWARDED)
             self.lease = lease
             loop = asyncio.get_running_loop()
             http_s = self.down.http_timeout_s
@@ -229,7 +233,7 @@ class Exchange(BaseExchange):
             self.down.resume_reading(PAUSE_UPSTREAM)
         if self._released:
             return
-        if self._head_sent:
+        if self._phase in _HEAD_IN:
             if self._until_close and exc is None:  # EOF is how this body ends (RFC 9112 §6.3)
                 self._complete = True
                 if self._chunked_out:
@@ -271,7 +275,7 @@ class Exchange(BaseExchange):
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._head_sent:  # after the head these are trailers, which we drop
+        if self._phase is Phase.FORWARDED or self._phase is Phase.DETACHED:  # after it: trailers, dropped
             self._rheaders.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -283,7 +287,8 @@ class Exchange(BaseExchange):
                 if not self.websocket or self.conn is None or self._call is not None:
                     raise _UnexpectedUpgrade  # the gateway forwards no other upgrade
                 self._out += (b"HTTP/1.1 101 %b\r\n" % self._reason, head.header_lines, UPGRADE_LINES, CRLF)
-                self._head_sent = True
+                self._status = 101
+                self._to(Phase.RELAYING)
                 limit = self.down.policy.limits.max_ws_message_bytes
                 self._relay = WebSocketRelay(self, self.down, self.conn, limit)
                 return
@@ -301,7 +306,8 @@ class Exchange(BaseExchange):
         self._until_close = not delimited and not head.chunked
         if call is not None:  # the body is collected raw: the poll answer is framed anew
             call.head = (status, self._reason, head.header_lines)
-            self._head_sent = True
+            self._status = status
+            self._to(Phase.COLLECTING)
             if self.is_head:
                 self._complete = True
                 raise _StopParsing
@@ -318,7 +324,8 @@ class Exchange(BaseExchange):
         elif self.http_10:
             out.append(KEEP_ALIVE)
         out.append(CRLF)
-        self._head_sent = True
+        self._status = status
+        self._to(Phase.STREAMING)
         if self.is_head:
             # httptools cannot know a HEAD response has no body and would wait for one.
             self._complete = True
@@ -350,10 +357,11 @@ class Exchange(BaseExchange):
         """The client went away: stop, drop the upstream connection, give the lease back."""
         if self._relay is not None:
             self._relay.stop()
-        self._client_gone = True
-        self._finished = True
+        acquiring = self._phase is Phase.ACQUIRING
+        if self._phase is not Phase.DONE:
+            self._to(Phase.DONE)
         self._out.clear()
-        if self._acquiring and self._task is not None:
+        if acquiring and self._task is not None:
             self._task.cancel()
         if self._watch is not None:  # a poll: stop waiting; the call itself goes on
             self._watch.unwatch(self._poll_done)
@@ -380,6 +388,5 @@ class Exchange(BaseExchange):
     def relay_finished(self) -> None:
         """`websocket.RelayOwner`: either side closed; close the other, release the lease."""
         self._release_upstream(reusable=False, broken=False)
-        self._response_done = True
         self._finish(False)
         _log.debug("websocket closed app=%s function=%s", *self._names())
