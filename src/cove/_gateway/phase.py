@@ -20,6 +20,10 @@ from typing import Final
 class Phase(enum.Enum):
     """Where one exchange is in its life."""
 
+    # Members are singletons compared by identity; Enum's own __hash__ hashes the name in Python,
+    # which the transition checks on the hot path would pay several times per request.
+    __hash__ = object.__hash__
+
     ARRIVED = "arrived"  # head parsed; its turn came or is coming, not admitted yet
     ACQUIRING = "acquiring"  # admitted; waiting for a container slot (cancelled if the client leaves)
     FORWARDED = "forwarded"  # holds a lease; the request goes upstream, no response byte sent yet
