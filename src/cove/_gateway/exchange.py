@@ -4,21 +4,24 @@
 holds one request's state, streams the request body to the upstream connection (or buffers it
 until one is attached), answers with platform errors, detaches into a background call at the
 HTTP time limit (Modal's 303 protocol, see `longpoll.py`) and releases the upstream connection
-and the lease exactly once. `Downstream` is what it needs from the client connection (`server.py`).
+and the lease exactly once. `Downstream` is what it needs from the client connection
+(`downstream.py`). Where it is in its life is one `phase.Phase`, moved forward only by `_to`,
+which checks the transition; the request side (how much body arrived, what is paused) and the
+response's framing are tracked apart, as they change independently of the phase.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
 
-from cove._gateway.connpool import ConnectionPool, UpstreamConnection
+from cove._gateway.connpool import UpstreamConnection
+from cove._gateway.detached import DetachedCall
+from cove._gateway.downstream import PAUSE_BUFFER, PAUSE_UPSTREAM, Downstream
 from cove._gateway.longpoll import (
     CallResult,
-    CallStore,
-    DetachedCall,
     Running,
     error_result,
     redirect_location,
@@ -31,12 +34,11 @@ from cove._gateway.messages import (
     LAST_CHUNK,
     UPGRADE_LINES,
     UPSTREAM_VERSION,
-    RequestHead,
     error_response,
     scan_request_headers,
 )
-from cove._gateway.policy import Policy
-from cove._gateway.routing import Route, RouteTable
+from cove._gateway.phase import HEAD_SENT, MOVED_ON, Phase, advance
+from cove._gateway.routing import Route
 from cove._gateway.upstream import Lease
 
 if TYPE_CHECKING:
@@ -46,79 +48,32 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("cove.gateway")
 
-#: Why the client transport is paused; reading resumes when no reason is left.
-PAUSE_PIPELINE: Final = 1  # a pipelined request waits for the ones before it
-PAUSE_BUFFER: Final = 2  # request body buffered while no upstream connection is attached yet
-PAUSE_UPSTREAM: Final = 4  # the upstream connection's write buffer is full
-PAUSE_STOPPED: Final = 8  # nothing more will be parsed on this connection
-
 _BUFFER_HIGH = 256 * 1024  # request body held before an upstream connection is attached
 _REPLAY_MAX = 1024 * 1024  # request bytes kept to resend when a reused connection turns out dead
 _DRAIN_MAX = 1024 * 1024  # unread request body discarded (rather than closing) after an early answer
 
-
-class ClientTransport(Protocol):
-    """What an exchange does to its client's transport (an `asyncio.Transport`, or a `DetachedCall`)."""
-
-    def write(self, data: bytes) -> None: ...
-    def abort(self) -> None: ...
-
-
-class Downstream(Protocol):
-    """The client connection an exchange answers on (implemented in `server.py`)."""
-
-    @property
-    def transport(self) -> ClientTransport: ...
-    @property
-    def pool(self) -> ConnectionPool: ...
-    @property
-    def routes(self) -> RouteTable: ...
-    @property
-    def max_body_bytes(self) -> int: ...
-    @property
-    def forwarded(self) -> bytes: ...  # the X-Forwarded-* lines naming this client
-    @property
-    def trusts_peer(self) -> bool: ...  # the peer is a trusted proxy: see `forwarded_via`
-    @property
-    def policy(self) -> Policy: ...  # limits, rate limit, proxy auth, trusted proxies
-    @property
-    def write_paused(self) -> bool: ...
-    @property
-    def closing(self) -> bool: ...  # the gateway is shutting down: no keep-alive
-    @property
-    def calls(self) -> CallStore: ...  # results of the requests answered with 303
-    @property
-    def http_timeout_s(self) -> float: ...  # no response head within it -> 303 (Modal: 150 s)
-
-    def pause_reading(self, reason: int) -> None: ...
-    def resume_reading(self, reason: int) -> None: ...
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
-    def exchange_finished(self, exchange: BaseExchange, keep_alive: bool) -> None: ...
-    def forwarded_via(self, head: RequestHead) -> bytes: ...  # `forwarded`, from a trusted proxy's claims
-    def relay_to(self, relay: WebSocketRelay) -> None: ...  # the connection was upgraded: bytes go there
+#: A response head went to the client (the container's, or the gateway's own answer).
+_ANSWERING: Final = HEAD_SENT | {Phase.ANSWERED, Phase.DONE}
 
 
 class BaseExchange:
     """One request on a client connection: state, request side, platform answers, release."""
 
     __slots__ = (
-        "_acquiring",
         "_buffer",
         "_buffer_paused",
         "_buffered",
         "_call",
         "_chunked_out",
-        "_client_gone",
         "_complete",
         "_continue_sent",
-        "_finished",
         "_head",
-        "_head_sent",
         "_interim",
         "_keep",
         "_method",
         "_out",
         "_parser",
+        "_phase",
         "_prefix",
         "_reason",
         "_received",
@@ -128,7 +83,6 @@ class BaseExchange:
         "_replay",
         "_replay_bytes",
         "_request_done",
-        "_response_done",
         "_rheaders",
         "_route",
         "_status",
@@ -194,7 +148,7 @@ class BaseExchange:
         self.conn: UpstreamConnection | None = None
         self._route: Route | None = None
         self.started = 0.0  # time.monotonic() when the head was parsed (set by the connection)
-        self._status = 0  # of an answer of the gateway's own (the container's: in the parser)
+        self._status = 0  # of the final response head sent: the gateway's own, or the container's
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[bool] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -211,13 +165,11 @@ class BaseExchange:
         self._replay: list[bytes] | None = None
         self._replay_bytes = 0
         self._upstream_full = False
-        self._acquiring = False
         # response side
         self._rheaders: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._interim = False
         self._out: list[bytes] = []
-        self._head_sent = False
         self._chunked_out = False
         self._until_close = False
         self._upstream_keep_alive = False
@@ -227,17 +179,15 @@ class BaseExchange:
         self._call: DetachedCall | None = None
         self._redirect_due = False
         self._watch: Running | None = None
-        # lifecycle
+        # lifecycle: the phase (`phase.py`), and whether the upstream side was handed back
+        self._phase = Phase.ARRIVED
         self._released = False
-        self._response_done = False
-        self._finished = False
-        self._client_gone = False
 
     # -- request body, fed by the client connection's parser
 
     def request_body(self, data: bytes) -> None:
         received = self._received = self._received + len(data)
-        if self._response_done or self._released:
+        if self._released or self._phase is Phase.ANSWERED or self._phase is Phase.DONE:
             return  # answered already: the rest of the body is drained and dropped
         if received > self.down.max_body_bytes and self._route is not None:  # chunked: no length up front
             self._fail(413, f"cove: request body larger than {self.down.max_body_bytes} bytes")
@@ -258,9 +208,11 @@ class BaseExchange:
 
     def request_complete(self) -> None:
         self._request_done = True
-        if self._response_done:
-            if not self._finished:  # drained the unread body of an early answer
-                self._finish(self._keep)
+        phase = self._phase
+        if phase is Phase.ANSWERED:  # drained the unread body of an early answer
+            self._finish(self._keep)
+            return
+        if phase is Phase.DONE:
             return
         conn = self.conn
         if conn is not None and self.chunked_in:
@@ -268,7 +220,7 @@ class BaseExchange:
             conn.transport.write(LAST_CHUNK)
             if self._replay is not None:
                 self._retain(LAST_CHUNK)
-        if self._redirect_due and not self._head_sent and not self._released:
+        if self._redirect_due and self._phase is Phase.FORWARDED and not self._released:
             self._redirect()  # the time limit passed while the body was still arriving
 
     def request_broken(self, message: str, status: int = 400) -> None:
@@ -276,9 +228,9 @@ class BaseExchange:
         malformed request (…)`) or stalled its body (408). Answer `status message`, or abort if
         the response has begun; either way the container slot is given back."""
         self.keep_alive = False
-        if self._response_done:  # it was draining the body of an early answer
+        if self._phase is Phase.ANSWERED:  # it was draining the body of an early answer
             self._finish(False)
-        else:
+        elif self._phase is not Phase.DONE:
             self._fail(status, message)
 
     def _retain(self, data: bytes) -> None:
@@ -293,7 +245,7 @@ class BaseExchange:
     def _on_http_timeout(self, rest_s: float, timeout_s: float) -> None:
         """No response head within `http_timeout_s`: answer 303, keep the call running detached."""
         self._timer = asyncio.get_running_loop().call_later(rest_s, self._on_timeout, timeout_s)
-        if self._head_sent or self._released:
+        if self._phase is not Phase.FORWARDED or self._released:
             return
         if self._request_done:
             self._redirect()
@@ -323,7 +275,7 @@ class BaseExchange:
             self.conn.resume_reading()
         self._call = DetachedCall(down, calls, call_id)
         self.down = self._call
-        self._finished = True
+        self._to(Phase.DETACHED)
         down.exchange_finished(self, keep)
 
     def _record(self, result: CallResult) -> None:
@@ -331,21 +283,19 @@ class BaseExchange:
         call = self._call
         assert call is not None
         self._call = None
-        self._response_done = True
+        self._to(Phase.DONE)
         self._release_upstream(reusable=False, broken=False)  # released already, unless a bug
         call.finish(result)
 
     def _poll(self, call_id: str) -> None:
-        """A request for the result of a call answered with 303: wait up to `http_timeout_s`."""
-        if self._method != b"GET":
-            self._respond(400, "cove: bad redirect method")
-            return
+        """A GET for the result of a call answered with 303: wait up to `http_timeout_s`."""
         found = self.down.calls.lookup(call_id)
         if found is None:
             self._respond(404, f"cove: unknown or expired function call {call_id[:100]}")
         elif isinstance(found, CallResult):
             self._poll_done(found)
         else:
+            self._to(Phase.POLLING)
             self._watch = found
             found.watchers.append(self._poll_done)
             loop = asyncio.get_running_loop()
@@ -369,7 +319,7 @@ class BaseExchange:
 
     def _on_timeout(self, timeout_s: float) -> None:
         self._timer = None
-        if (self._head_sent and self._call is None) or self._released:
+        if self._released or self._phase in _ANSWERING:
             return
         _log.warning("function timed out app=%s function=%s timeout_s=%g", *self._names(), timeout_s)
         # The container is ended with the lease (see `Lease.release`), and other requests it was
@@ -402,13 +352,12 @@ class BaseExchange:
         timed_out: bool = False,
     ) -> None:
         self._release_upstream(reusable=False, broken=broken, timed_out=timed_out)
-        if self._response_done:
+        phase = self._phase
+        if phase is Phase.ANSWERED or phase is Phase.DONE:
             return
-        if self._head_sent and self._call is None:  # too late for a status line: truncate
-            self._response_done = True
+        if phase in HEAD_SENT:  # too late for a status line: truncate
             self._out.clear()
-            if not self._client_gone:
-                self.down.transport.abort()
+            self.down.transport.abort()
             self._finish(False)
             return
         self._respond(status, message, headers)
@@ -435,11 +384,10 @@ class BaseExchange:
 
     def _send(self, data: bytes) -> None:
         """Write a complete answer of our own and finish the response."""
-        self._head_sent = True
         if self._out:
             self._out.append(data)
             self._flush()
-        elif not self._client_gone:
+        elif self._phase is not Phase.DONE:
             self.down.transport.write(data)
         self._response_finished()
 
@@ -451,10 +399,12 @@ class BaseExchange:
         return length is None or length - self._received <= _DRAIN_MAX
 
     def _response_finished(self) -> None:
-        self._response_done = True
+        phase = self._phase
+        if phase not in MOVED_ON:
+            self._to(Phase.ANSWERED)
         self._unpause()
-        if self._finished:
-            if self._call is not None:
+        if phase in MOVED_ON:
+            if self._call is not None:  # detached: the response is the call's result
                 self._record(self._call.result())
             return
         if not self._keep:
@@ -466,9 +416,13 @@ class BaseExchange:
         # else: request_complete() finishes once the rest of the body is drained
 
     def _finish(self, keep_alive: bool) -> None:
-        if not self._finished:
-            self._finished = True
+        if self._phase not in MOVED_ON:
+            self._to(Phase.DONE)
             self.down.exchange_finished(self, keep_alive)
+
+    def _to(self, phase: Phase) -> None:
+        """Move to `phase`, checking that it follows the current one (`phase.PhaseError` if not)."""
+        self._phase = advance(self._phase, phase)
 
     def _release_upstream(self, *, reusable: bool, broken: bool, timed_out: bool = False) -> None:
         """Hand back the upstream connection and the lease, exactly once; wake the task."""
@@ -517,7 +471,7 @@ class BaseExchange:
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
-        if not self._client_gone:
+        if self._phase is not Phase.DONE:
             self.down.transport.write(data)
 
     @property
@@ -535,10 +489,7 @@ class BaseExchange:
     @property
     def status(self) -> int:
         """The status of the final answer sent so far; 0 if none was (the client may have left)."""
-        if self._status:
-            return self._status
-        parser = self._parser
-        return parser.get_status_code() if parser is not None and self._head_sent else 0
+        return self._status
 
     def _names(self) -> tuple[str, str]:
         route = self._route

@@ -1,6 +1,6 @@
 """HTTP/1.1 message heads: which headers the proxy forwards, and the responses it writes itself.
 
-Pure functions of bytes, shared by the proxy (`proxy.py`) and the server (`server.py`).
+Pure functions of bytes, shared by the proxy (`proxy.py`) and the client connection (`connection.py`).
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """The proxy: one request forwarded to a container and its response streamed back.
 
 An `Exchange` is one request/response cycle on a client connection. It is fed the request by the
-connection's parser (`server.py`), takes a `Lease` and a pooled connection, writes the request head
+connection's parser (`connection.py`), takes a `Lease` and a pooled connection, writes the request head
 and streams the body upstream, parses the response with httptools and streams it to the client.
 Everything after `acquire` and `connect` happens in transport callbacks; one task per request only
 awaits those two and the end of the exchange, and owns the lease (released in its `finally`).
 The request side, the platform answers and the release live in `exchange.BaseExchange`.
 
-Before forwarding, `start` applies the gateway's policy in order: route (404), proxy auth for
-endpoints that require it (401), body size (413), then the workspace rate limit (429), so that
-neither unknown hosts nor refused requests use up the workspace's tokens.
+Before forwarding, `start` asks `admission.admit` whether to forward the request, refuse it
+(404 unknown host, 401 proxy auth, 413 body size, 429 rate limit, 4xx/501 what cannot be proxied)
+or answer a poll for a long request's result.
 
 Flow control both ways: a full upstream write buffer pauses reading from the client, a full client
 write buffer pauses reading from the upstream, so bodies stream with bounded memory.
@@ -34,10 +34,10 @@ from typing import Final, cast
 
 import httptools
 
-from cove._gateway.auth import CHALLENGE, UNAUTHORIZED
+from cove._gateway.admission import Poll, Refusal, admit, origin_form
 from cove._gateway.connpool import UpstreamConnection
-from cove._gateway.exchange import PAUSE_BUFFER, PAUSE_UPSTREAM, BaseExchange, ClientTransport, Downstream
-from cove._gateway.longpoll import CALL_PARAM, call_id_of
+from cove._gateway.downstream import PAUSE_BUFFER, PAUSE_UPSTREAM
+from cove._gateway.exchange import BaseExchange
 from cove._gateway.messages import (
     CHUNKED,
     CLOSE,
@@ -48,16 +48,17 @@ from cove._gateway.messages import (
     UPGRADE_LINES,
     scan_response_headers,
 )
-from cove._gateway.ratelimit import retry_after
-from cove._gateway.routing import Refusal, host_key
+from cove._gateway.phase import Phase
 from cove._gateway.upstream import SessionUpstream, Upstream, UpstreamError
 from cove._gateway.websocket import WebSocketRelay
 
-__all__ = ["ClientTransport", "Downstream", "Exchange"]
+__all__ = ["Exchange"]
 
 _log = logging.getLogger("cove.gateway")
 
-RATE_LIMITED: Final = "cove: rate limit exceeded"
+
+#: The container's response head arrived and went on (to the client, or to a detached call).
+_HEAD_IN: Final = frozenset({Phase.STREAMING, Phase.RELAYING, Phase.COLLECTING})
 
 
 class _StopParsing(Exception):
@@ -77,60 +78,37 @@ class Exchange(BaseExchange):
 
     def start(self) -> None:
         """Answer the request or forward it; called when every earlier exchange has finished."""
-        head = self._head
         if self.upgrade:
             self.keep_alive = False  # the bytes after the head are not HTTP; we cannot skip them
-            if self._method == b"CONNECT":
-                self._respond(501, "cove: CONNECT is not supported; the gateway is not a forward proxy")
-                return
-        if head.host_count > 1:  # RFC 9112 §3.2; which one would the container believe?
-            self.keep_alive = False
-            self._respond(400, "cove: more than one Host header")
-            return
-        if head.transfer_encoding is not None:
-            if self.http_10:  # RFC 9112 §6.1: faulty framing; answer and close
-                self.keep_alive = False
-                self._respond(400, "cove: malformed request (Transfer-Encoding in an HTTP/1.0 request)")
-                return
-            if head.transfer_encoding != b"chunked":
-                encoding = head.transfer_encoding.decode("latin-1")
-                self._respond(501, f"cove: transfer-encoding {encoding} not supported; send chunked")
-                return
-        if head.expect is not None and head.expect != b"100-continue":
-            self._respond(417, f"cove: expectation {head.expect.decode('latin-1')} not supported")
-            return
-        if self._target[:1] != b"/" and not self._origin_form():
-            return
-        if CALL_PARAM in self._target:  # a poll for a long request's result, whichever the host
-            call_id = call_id_of(self._target)
-            if call_id is not None:
-                self._poll(call_id)
-                return
         down = self.down
-        found = down.routes.resolve(head.host)
+        head = self._head
+        target = self._target
+        found = admit(
+            head,
+            down.routes,
+            down.policy,
+            method=self._method,
+            target=target,
+            http_10=self.http_10,
+            upgrade=self.upgrade,
+            received=self._received,  # a chunked body that arrived while it queued
+        )
         if isinstance(found, Refusal):
-            self._respond(found.status, found.message)
+            if found.close:
+                self.keep_alive = False
+            self._respond(found.status, found.message, found.headers)
+            return
+        if target[:1] != b"/":  # an absolute URL naming the Host (admitted): forward its path
+            origin = origin_form(self._method, target, head.host)
+            if origin is not None and origin != target:
+                rest_of_head = self._prefix[len(self._method) + 1 + len(target) :]
+                self._prefix = b"%b %b%b" % (self._method, origin, rest_of_head)
+                self._target = origin
+        if isinstance(found, Poll):
+            self._poll(found.call_id)
             return
         upstream = found.upstream
-        if upstream is None:  # resolve() never returns such a route; keeps the type checker honest
-            self._respond(404, f"cove: app {found.app_name} is stopped")
-            return
-        policy = down.policy
-        if found.requires_proxy_auth:
-            auth = policy.proxy_auth
-            if auth is None or not auth.check(head.credentials):
-                self._respond(401, UNAUTHORIZED, CHALLENGE)
-                return
-        limit = down.max_body_bytes
-        if (head.content_length or 0) > limit or self._received > limit:  # chunked while it queued
-            self._respond(413, f"cove: request body larger than {limit} bytes")
-            return
-        bucket = policy.bucket
-        if bucket is not None:
-            wait_s = bucket.take()
-            if wait_s:
-                self._respond(429, RATE_LIMITED, (("Retry-After", retry_after(wait_s)),))
-                return
+        assert upstream is not None  # admit() refuses a stopped app
         self._route = found
         if head.expect is not None and not self.http_10 and not self._request_done:
             self._continue_sent = True
@@ -140,32 +118,6 @@ class Exchange(BaseExchange):
         )
         self._task = down.spawn(self._run(upstream, found.timeout_s, found.session_affinity, session))
 
-    def _origin_form(self) -> bool:
-        """Handle a request target that is not a path: `*` for OPTIONS, or an absolute URL.
-
-        RFC 9112 §3.2.2: with an absolute-form target the Host header is to be ignored. The
-        gateway routes on Host, so it only accepts an absolute URL naming that same host (and
-        forwards its path); anything else would let the URL and the Host disagree. Returns False
-        when it answered the request itself.
-        """
-        target = self._target
-        if target == b"*" and self._method == b"OPTIONS":
-            return True
-        scheme, sep, rest = target.partition(b"://")
-        if sep and scheme.lower() in (b"http", b"https", b"ws", b"wss"):
-            cut = min(i for i in (rest.find(b"/"), rest.find(b"?"), len(rest)) if i >= 0)
-            authority, tail = rest[:cut], rest[cut:]
-            host = self._head.host
-            if host is not None and authority and host_key(authority) == host_key(host):
-                origin = tail if tail[:1] == b"/" else b"/" + tail
-                rest_of_head = self._prefix[len(self._method) + 1 + len(target) :]
-                self._prefix = b"%b %b%b" % (self._method, origin, rest_of_head)
-                self._target = origin
-                return True
-        self.keep_alive = False
-        self._respond(400, "cove: malformed request (the target must be a path, or a URL naming the Host)")
-        return False
-
     async def _run(
         self, upstream: Upstream, timeout_s: float, affinity: bool = False, session: bytes | None = None
     ) -> None:
@@ -173,7 +125,7 @@ class Exchange(BaseExchange):
         try:
             if self._released:  # refused before its turn came (a malformed body, say): no slot
                 return
-            self._acquiring = True
+            self._to(Phase.ACQUIRING)
             try:
                 if affinity:
                     lease = await cast(SessionUpstream, upstream).acquire(session)
@@ -182,11 +134,10 @@ class Exchange(BaseExchange):
             except UpstreamError as exc:
                 self._fail(exc.status, exc.message, exc.headers)
                 return
-            finally:
-                self._acquiring = False
             if self._released:  # the client left, or the gateway closed, while we waited
                 lease.release()
                 return
+            self._to(Phase.FORWARDED)
             self.lease = lease
             loop = asyncio.get_running_loop()
             http_s = self.down.http_timeout_s
@@ -282,7 +233,7 @@ class Exchange(BaseExchange):
             self.down.resume_reading(PAUSE_UPSTREAM)
         if self._released:
             return
-        if self._head_sent:
+        if self._phase in _HEAD_IN:
             if self._until_close and exc is None:  # EOF is how this body ends (RFC 9112 §6.3)
                 self._complete = True
                 if self._chunked_out:
@@ -324,7 +275,7 @@ class Exchange(BaseExchange):
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._head_sent:  # after the head these are trailers, which we drop
+        if self._phase is Phase.FORWARDED or self._phase is Phase.DETACHED:  # after it: trailers, dropped
             self._rheaders.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -336,7 +287,8 @@ class Exchange(BaseExchange):
                 if not self.websocket or self.conn is None or self._call is not None:
                     raise _UnexpectedUpgrade  # the gateway forwards no other upgrade
                 self._out += (b"HTTP/1.1 101 %b\r\n" % self._reason, head.header_lines, UPGRADE_LINES, CRLF)
-                self._head_sent = True
+                self._status = 101
+                self._to(Phase.RELAYING)
                 limit = self.down.policy.limits.max_ws_message_bytes
                 self._relay = WebSocketRelay(self, self.down, self.conn, limit)
                 return
@@ -354,7 +306,8 @@ class Exchange(BaseExchange):
         self._until_close = not delimited and not head.chunked
         if call is not None:  # the body is collected raw: the poll answer is framed anew
             call.head = (status, self._reason, head.header_lines)
-            self._head_sent = True
+            self._status = status
+            self._to(Phase.COLLECTING)
             if self.is_head:
                 self._complete = True
                 raise _StopParsing
@@ -371,7 +324,8 @@ class Exchange(BaseExchange):
         elif self.http_10:
             out.append(KEEP_ALIVE)
         out.append(CRLF)
-        self._head_sent = True
+        self._status = status
+        self._to(Phase.STREAMING)
         if self.is_head:
             # httptools cannot know a HEAD response has no body and would wait for one.
             self._complete = True
@@ -403,10 +357,11 @@ class Exchange(BaseExchange):
         """The client went away: stop, drop the upstream connection, give the lease back."""
         if self._relay is not None:
             self._relay.stop()
-        self._client_gone = True
-        self._finished = True
+        acquiring = self._phase is Phase.ACQUIRING
+        if self._phase is not Phase.DONE:
+            self._to(Phase.DONE)
         self._out.clear()
-        if self._acquiring and self._task is not None:
+        if acquiring and self._task is not None:
             self._task.cancel()
         if self._watch is not None:  # a poll: stop waiting; the call itself goes on
             self._watch.unwatch(self._poll_done)
@@ -433,6 +388,5 @@ class Exchange(BaseExchange):
     def relay_finished(self) -> None:
         """`websocket.RelayOwner`: either side closed; close the other, release the lease."""
         self._release_upstream(reusable=False, broken=False)
-        self._response_done = True
         self._finish(False)
         _log.debug("websocket closed app=%s function=%s", *self._names())

@@ -27,10 +27,12 @@ class Route:
 
 @dataclass(frozen=True)
 class Refusal:
-    """A request the gateway answers itself because no upstream can take it."""
+    """A request the gateway answers itself, before any container is touched (`admission.py`)."""
 
     status: int
     message: str  # starts with "cove: "
+    headers: tuple[tuple[str, str], ...] = ()  # added to the answer, e.g. `Retry-After`
+    close: bool = False  # the connection closes after the answer: its framing cannot be trusted
 
 
 MISSING_HOST = Refusal(400, "cove: missing Host header")

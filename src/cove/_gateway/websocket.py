@@ -30,11 +30,11 @@ import logging
 import os
 from typing import TYPE_CHECKING, Final, Protocol
 
-from cove._gateway.exchange import PAUSE_UPSTREAM
+from cove._gateway.downstream import PAUSE_UPSTREAM
 
 if TYPE_CHECKING:
     from cove._gateway.connpool import UpstreamConnection
-    from cove._gateway.exchange import Downstream
+    from cove._gateway.downstream import Downstream
 
 _log = logging.getLogger("cove.gateway")
 
