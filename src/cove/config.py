@@ -41,6 +41,7 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "COVE_SEND_TIMEOUT_S": ("60", "seconds a client may read nothing of its response before it is cut off"),
     "COVE_KEEPALIVE_TIMEOUT_S": ("75", "seconds an idle keep-alive client connection stays open"),
     "COVE_MAX_CONNECTIONS": ("10000", "client connections the gateway keeps open (503 past it)"),
+    "COVE_GATEWAY_WORKERS": ("1", "processes serving the gateway port (SO_REUSEPORT), the server included"),
     # -- end of gateway policy
     "COVE_IS_REMOTE": (None, "set to 1 inside containers: `cove.is_local()` is then False"),
     "COVE_CONTAINER_API": (
@@ -197,6 +198,7 @@ class Settings:
     send_timeout_s: float = 60.0
     keepalive_timeout_s: float = 75.0
     max_connections: int = 10_000
+    gateway_workers: int = 1  # processes serving the gateway port, the server's own included
     # -- end of gateway policy
     queue_limit: int = 2000
     backend: BackendName = "local"
@@ -244,6 +246,7 @@ class Settings:
             send_timeout_s=_gateway_number("COVE_SEND_TIMEOUT_S"),
             keepalive_timeout_s=_gateway_number("COVE_KEEPALIVE_TIMEOUT_S"),
             max_connections=int(_gateway_number("COVE_MAX_CONNECTIONS", integer=True)),
+            gateway_workers=int(_gateway_number("COVE_GATEWAY_WORKERS", integer=True)),
             # -- end of gateway policy
             queue_limit=int(_positive_float("COVE_QUEUE_LIMIT")),
             backend=backend_name(env("COVE_BACKEND") or "local", "COVE_BACKEND"),

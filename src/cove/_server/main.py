@@ -30,7 +30,8 @@ from cove._control.logs import LogHub
 from cove._control.secrets import SecretStore
 from cove._control.store import Store
 from cove._dashboard import Dashboard
-from cove._gateway import Gateway, Limits
+from cove._gateway import Limits
+from cove._gateway.fleet import gateway_for
 from cove._runtime.backend import Backend
 from cove._runtime.backends.local.backend import LocalBackend
 from cove._runtime.backends.local.spawner import socket_dir
@@ -105,7 +106,9 @@ async def serve(
     logs = LogHub(settings.home / "logs", max_bytes=settings.log_max_bytes)
     secrets = SecretStore(settings.home / "secrets")
     backend = make_backend(settings)
-    gateway = Gateway(
+    # COVE_GATEWAY_WORKERS > 1: worker processes share the port, this process owns their state.
+    gateway = gateway_for(
+        settings.gateway_workers,
         host=settings.host,
         port=settings.port,
         http_timeout_s=settings.http_timeout_s,
