@@ -12,8 +12,11 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,7 +24,7 @@ import httpx
 import pytest
 import uvloop
 
-from cove._gateway import Route
+from cove._gateway import Lease, Route
 from cove._gateway.fleet import SharedGateway
 from tests.integration import test_gateway_long_requests as long_requests
 from tests.integration import test_gateway_proxy as proxy
@@ -203,3 +206,87 @@ def test_a_303_result_is_found_whichever_process_the_poll_reaches(
     assert {(p.status_code, p.text) for p in polls} == {(201, f"done {name} query= body=")}
     after = fleet.served()
     assert all(after[pid] > before.get(pid, 0) for pid in after), "one process answered every poll"
+
+
+@dataclass
+class GatedUpstream(TestUpstream):
+    """Every acquire waits (as in a pool's queue) until the test opens the gate on the owner's loop."""
+
+    __test__ = False
+
+    waiting: int = 0
+    cancelled: int = 0
+    _gate: asyncio.Event | None = None
+
+    @property
+    def gate(self) -> asyncio.Event:
+        if self._gate is None:
+            self._gate = asyncio.Event()
+        return self._gate
+
+    async def acquire(self) -> Lease:
+        self.waiting += 1
+        try:
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.waiting -= 1
+        return await super().acquire()
+
+
+def wait_on_owner(fleet: FleetThread, predicate: Callable[[], bool]) -> None:
+    """Wait until `predicate`, checked on the owner's loop between its callbacks, holds."""
+
+    async def check() -> None:
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+    fleet.call(asyncio.wait_for(check(), WAIT_S))
+
+
+def request_bytes() -> bytes:
+    return f"GET /health HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+
+
+def test_requests_queued_at_the_owner_are_served_when_a_slot_frees_up_whichever_process_took_them(
+    start_fleet: Callable[..., FleetThread], uvicorn_server: UvicornServer
+) -> None:
+    gated = GatedUpstream(uvicorn_server.path)
+    fleet = start_fleet({HOST: Route("shop", "square", gated)})
+    before = fleet.served()
+    with ThreadPoolExecutor(20) as pool:
+        pending = [pool.submit(fleet.get, "/health") for _ in range(20)]
+        wait_on_owner(fleet, lambda: gated.waiting == 20)
+
+        async def open_gate() -> None:
+            gated.gate.set()
+
+        fleet.call(open_gate())
+        statuses = [f.result(WAIT_S).status_code for f in pending]
+    assert statuses == [200] * 20
+    after = fleet.served()
+    assert all(after[pid] > before.get(pid, 0) for pid in after) and len(after) == 2, after
+    assert gated.wait_releases(20) == [False] * 20
+
+
+def test_a_client_leaving_while_queued_leaves_the_owners_queue(
+    start_fleet: Callable[..., FleetThread], uvicorn_server: UvicornServer
+) -> None:
+    gated = GatedUpstream(uvicorn_server.path)
+    fleet = start_fleet({HOST: Route("shop", "square", gated)})
+    clients = [socket.create_connection(("127.0.0.1", fleet.gateway.port), timeout=WAIT_S) for _ in range(20)]
+    for client in clients:
+        client.sendall(request_bytes())
+    wait_on_owner(fleet, lambda: gated.waiting == 20)
+    for client in clients:
+        client.close()
+    wait_on_owner(fleet, lambda: gated.cancelled == 20 and gated.waiting == 0)
+    assert gated.releases == []  # no lease was handed out for a client that had left
+
+    async def open_gate() -> None:
+        gated.gate.set()
+
+    fleet.call(open_gate())
+    assert {fleet.get("/health").status_code for _ in range(10)} == {200}

@@ -29,7 +29,7 @@ import signal
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -252,7 +252,12 @@ class _Session:
         send = self.channel.send
         if kind == "acquire":
             _, request_id, host, session = message
-            task = asyncio.ensure_future(self._acquire(request_id, host, session))
+            coro = self._acquire(request_id, host, session)
+            try:  # most acquires find a free slot at once: finish those without a task
+                waiting = coro.send(None)
+            except StopIteration:
+                return
+            task = asyncio.ensure_future(_resume(coro, waiting))
             self._acquiring[request_id] = task
             task.add_done_callback(lambda _: self._forget(request_id))
         elif kind == "release":
@@ -343,6 +348,10 @@ class _Session:
         except UpstreamError as exc:
             send(("refused", request_id, exc.status, exc.message, exc.headers))
             return
+        except Exception:  # the worker's client must get an answer, not wait forever
+            _log.exception("gateway worker acquire failed host=%s", host)
+            send(("refused", request_id, 502, "cove: upstream failed", ()))
+            return
         if not self.channel.open:  # the worker died while it waited
             lease.release()
             return
@@ -362,6 +371,32 @@ class _Session:
         self._leases.clear()
         if self.pid:
             self.fleet._gone(self)
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Run the rest of a coroutine whose first step ran outside a task (it yielded `waiting`).
+
+    An eager start, as Python 3.12's `eager_task_factory` does: await what it waits for on its
+    behalf and pass the outcome in, so it resumes as if a task had run it from the start.
+    """
+    while True:
+        try:
+            if waiting is None:  # a bare yield (`asyncio.sleep(0)`): one turn of the loop
+                await asyncio.sleep(0)
+            else:
+                # What a task does with a yielded future: take over its "blocking" mark, then wait.
+                waiting._asyncio_future_blocking = False
+                await waiting  # its result is also what the coroutine reads when resumed
+        except BaseException as exc:
+            try:
+                waiting = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                waiting = coro.send(None)
+            except StopIteration:
+                return
 
 
 def _release(lease: Lease, *, broken: bool, timed_out: bool) -> None:
