@@ -9,6 +9,7 @@ finished each request is read from the owner's per-process counts (`Fleet.served
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -28,6 +29,7 @@ from cove._gateway import Lease, Route
 from cove._gateway.fleet import SharedGateway
 from tests.integration import test_gateway_long_requests as long_requests
 from tests.integration import test_gateway_proxy as proxy
+from tests.integration import test_gateway_websocket as websocket
 from tests.integration.test_gateway_proxy import HOST, WAIT_S, TestUpstream, UvicornServer, gate_name
 
 pytestmark = pytest.mark.integration
@@ -58,7 +60,8 @@ class FleetThread:
         except BaseException:
             self._stop_loop()
             raise
-        self.url = f"http://127.0.0.1:{self.gateway.port}"
+        self.port = self.gateway.port
+        self.url = f"http://127.0.0.1:{self.port}"
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(WAIT_S * 3)
@@ -290,3 +293,52 @@ def test_a_client_leaving_while_queued_leaves_the_owners_queue(
 
     fleet.call(open_gate())
     assert {fleet.get("/health").status_code for _ in range(10)} == {200}
+
+
+def test_proxy_auth_is_checked_by_the_owner_and_a_revoked_token_is_refused_by_every_process(
+    start_fleet: Callable[..., FleetThread], upstream: TestUpstream
+) -> None:
+    valid = {("wk-0123456789abcdef", "ws-secret")}
+    fleet = start_fleet(
+        {HOST: Route("shop", "square", upstream, requires_proxy_auth=True)},
+        verify_proxy_token=lambda token_id, secret: (token_id, secret) in valid,
+    )
+    credentials = {"Modal-Key": "wk-0123456789abcdef", "Modal-Secret": "ws-secret"}
+
+    def get(headers: dict[str, str]) -> int:
+        with httpx.Client(base_url=fleet.url, headers={"Host": HOST}, timeout=WAIT_S) as client:
+            return client.get("/health", headers={**headers, "Connection": "close"}).status_code
+
+    before = fleet.served()
+    assert {get(credentials) for _ in range(30)} == {200}
+    assert {get({}) for _ in range(10)} == {401}
+    after = fleet.served()
+    assert len(after) == 2 and all(after[pid] > before.get(pid, 0) for pid in after), after
+
+    async def revoke() -> None:
+        valid.clear()  # the store forgets the token, then tells the gateway (Store.revoke_listeners)
+        fleet.gateway.forget_proxy_token("wk-0123456789abcdef")
+        await fleet.gateway.fleet.barrier()
+
+    fleet.call(revoke())
+    assert {get(credentials) for _ in range(30)} == {401}
+
+
+ws_app_dir = websocket.ws_app_dir
+ws_server = websocket.ws_server
+
+
+def test_websockets_are_relayed_by_every_process_and_give_their_slot_back(
+    start_fleet: Callable[..., FleetThread], ws_server: UvicornServer
+) -> None:
+    slots = TestUpstream(ws_server.path)
+    fleet = start_fleet({HOST: Route("chat", "socket", slots)})
+    before = fleet.served()
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(websocket.open_ws(fleet)) for _ in range(20)]  # type: ignore[arg-type]
+        for number, ws in enumerate(sockets):
+            ws.send(f"message {number}")
+        assert [ws.recv(timeout=WAIT_S) for ws in sockets] == [f"message {n}" for n in range(20)]
+    assert slots.wait_releases(20) == [False] * 20
+    after = fleet.served()
+    assert len(after) == 2 and all(after[pid] > before.get(pid, 0) for pid in after), after

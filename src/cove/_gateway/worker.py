@@ -132,7 +132,7 @@ def main() -> None:
     parent = int(os.environ.get("COVE_GATEWAY_OWNER_PID", os.getppid()))
     _die_with_parent(parent)
     logging.basicConfig(
-        level=os.environ.get("COVE_LOG_LEVEL", "INFO").upper(),
+        level=(os.environ.get("COVE_LOGLEVEL") or "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s[worker %(process)d] %(message)s",
     )
     import uvloop
