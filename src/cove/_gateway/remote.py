@@ -8,7 +8,8 @@ A gateway worker process (`worker.py`) runs the ordinary `Gateway` with these st
 - `RemoteLease.release` tells the owner (no answer awaited); `failure_message` asks it.
 - `RemoteCallStore` registers every 303 call with the owner, so a poll that lands on another
   process finds the result there.
-- `RemoteMetrics` batches finished requests to the owner, whose dashboard shows the totals.
+- finished requests are reported to the owner (batched per turn of the loop, sent before the
+  client can ask for more), whose dashboard and `/metrics` show the totals.
 """
 
 from __future__ import annotations
@@ -26,9 +27,6 @@ from cove._gateway.upstream import Lease, UpstreamError
 
 _log = logging.getLogger("cove.gateway")
 
-#: Finished requests are reported to the owner at most this often (the dashboard's resolution is 1 s).
-METRICS_FLUSH_S = 0.25
-
 
 class OwnerLink:
     """The worker's end of its channel to the owner, plus a blocking socket for the rare sync asks."""
@@ -42,7 +40,7 @@ class OwnerLink:
         self._sync: socket.socket | None = None
         self._observed: list[tuple[str, str, int, float, float]] = []
         self._finished = 0
-        self._flush: asyncio.TimerHandle | None = None
+        self._flush: asyncio.Handle | None = None
         # message kind -> callable(*args); the worker adds its own
         self.handlers: dict[str, Any] = {"ping": self._ping}
         self.lost = asyncio.Event()
@@ -102,8 +100,8 @@ class OwnerLink:
         self._finished += 1
         if route is not None:
             self._observed.append((*route, status, started, time.monotonic()))
-        if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(METRICS_FLUSH_S, self._send_observed)
+        if self._flush is None:  # reported at the end of this turn of the loop, with the others
+            self._flush = asyncio.get_running_loop().call_soon(self._send_observed)
 
     def _send_observed(self) -> None:
         if self._flush is not None:
