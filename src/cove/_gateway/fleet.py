@@ -134,6 +134,7 @@ class Fleet:
         self.leases: dict[int, tuple[_Session, Lease]] = {}
         self._lease_ids = itertools.count(1)
         self._sessions: dict[int, _Session] = {}  # ready workers by pid
+        self.members: set[_Session] = set()  # channels that have their config: changes go there
         self._processes: set[asyncio.subprocess.Process] = set()
         self._supervisors: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Condition()
@@ -176,7 +177,7 @@ class Fleet:
             await asyncio.gather(*waiters)
 
     def broadcast(self, message: Message) -> None:
-        for session in self._sessions.values():
+        for session in self.members:
             session.channel.send(message)
 
     async def close(self, timeout_s: float = 10.0) -> None:
@@ -292,6 +293,9 @@ class _Session:
                 call.watchers.append(lambda result: send(("call_result", call_id, result)))
             else:
                 send(("call_result", call_id, call))
+        elif kind == "config":  # from now on, changes are pushed to this worker too
+            send(self._answer(message))
+            fleet.members.add(self)
         elif kind == "ready":
             self.pid = message[1]
             fleet._ready(self)
@@ -369,6 +373,7 @@ class _Session:
             if found is not None:
                 _release(found[1], broken=False, timed_out=False)
         self._leases.clear()
+        self.fleet.members.discard(self)
         if self.pid:
             self.fleet._gone(self)
 

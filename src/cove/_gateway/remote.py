@@ -69,6 +69,13 @@ class OwnerLink:
         _, lease_id, address = answer
         return RemoteLease(self, lease_id, address)
 
+    async def config(self) -> Message:
+        """The owner's settings and routes; every change after this answer is pushed here too."""
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self.handlers["config"] = lambda *config: future.set_result(config)
+        self.channel.send(("config",))
+        return await future
+
     def release(self, lease_id: int, broken: bool, timed_out: bool) -> None:
         self.channel.send(("release", lease_id, broken, timed_out))
 

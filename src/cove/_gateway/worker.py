@@ -91,8 +91,7 @@ def _die_with_parent(parent: int) -> None:
 async def serve(channel_path: str) -> None:
     link = OwnerLink(channel_path)
     await link.connect()
-    config = link.ask(("config",))
-    _, host, port, limits, http_timeout_s, verify, trusted, rows = config
+    host, port, limits, http_timeout_s, verify, trusted, rows = await link.config()
 
     def verify_token(token_id: str, secret: str) -> bool:
         return bool(link.ask(("verify", token_id, secret))[0])
