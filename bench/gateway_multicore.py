@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/gateway_multicore.py [--workers N] [--duration 10]
 
-Three setups serve the seed's `square` endpoint (GET `/?x=42`), started side by side and loaded in
+Four setups serve the seed's `square` endpoint (GET `/?x=42`), started side by side and loaded in
 turn (interleaved, so drift in the machine's load hits all alike) with 64 and then 256 keep-alive
 connections for `--duration` seconds each, after a 2 s warm-up:
 
@@ -12,11 +12,13 @@ connections for `--duration` seconds each, after a 2 s warm-up:
   processes share the port), the function deployed with `min_containers=N, max_containers=N` and
   `@cove.concurrent(max_inputs=1000)`, so N containers serve as N uvicorn workers do. The
   workspace rate limit is raised out of reach (checked on every request, never refusing one).
+- `cove, 1 gateway process`: the same with `COVE_GATEWAY_WORKERS=1`, the single process of before.
 
-N defaults to the number of cores. Load comes from `wrk -t2 --latency` (Debian packages `wrk` and
-`nginx`). Goal (issue 15): cove >= 0.9x bare uvicorn and ahead of nginx at both connection counts.
-The load generator and every setup share the machine's cores; nothing is pinned; the load average
-is printed at the end.
+Each row also reports the CPU time its setup's processes used per request (from /proc), the figure
+least disturbed by other load on the machine. N defaults to the number of cores. Load comes from
+`wrk -t2 --latency` (Debian packages `wrk` and `nginx`). Goal (issue 15): cove >= 0.9x bare
+uvicorn and ahead of nginx at both connection counts. The load generator and every setup share the
+machine's cores; nothing is pinned; the load average is printed at the end.
 """
 
 from __future__ import annotations
@@ -132,6 +134,28 @@ def _wait_answering(process: subprocess.Popen[bytes], port: int, started: float,
     raise RuntimeError(f"{process.args[0]} did not answer within {timeout} s")
 
 
+def cpu_s(root: int) -> float:
+    """CPU seconds (user + system) used so far by `root` and every process below it that is alive."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        todo += children.get(pid, [])
+    return total
+
+
 def wrk(port: int, host: str, connections: int, duration_s: float) -> Load:
     argv = ["wrk", "-t2", f"-c{connections}", f"-d{duration_s:g}s", "--latency", "-H", f"Host: {host}"]
     out = subprocess.run(
@@ -167,11 +191,13 @@ def main() -> int:
         parser.error("needs wrk and nginx: apt-get install -y wrk nginx")
     n = args.workers
 
-    setups = ("bare uvicorn", "nginx -> uvicorn", "cove gateway")
+    setups = ("bare uvicorn", "nginx -> uvicorn", "cove gateway", "cove, 1 gateway process")
     results: dict[str, dict[int, Load]] = {setup: {} for setup in setups}
+    cpu_ms: dict[str, dict[int, float]] = {setup: {} for setup in setups}
     bare = UvicornWorkers(bare_square(), n)
     nginx: Nginx | None = None
     cove = Cove(COVE_RATE_LIMIT_RPS=str(RATE_LIMIT_RPS), COVE_GATEWAY_WORKERS=str(n))
+    single = Cove(COVE_RATE_LIMIT_RPS=str(RATE_LIMIT_RPS), COVE_GATEWAY_WORKERS="1")
     try:
         bare.start()
         nginx = Nginx(bare.port, n)
@@ -179,34 +205,51 @@ def main() -> int:
         options = f"min_containers={n}, max_containers={n}"
         source = cove_square("app", options=options, decorators="@cove.concurrent(max_inputs=1000)")
         host = cove.deploy("app", source)
+        single_host = single.deploy("app", source)
         cove.wait_containers(n, "app")
+        single.wait_containers(n, "app")
+        assert bare.process is not None and nginx.process is not None
+        # setup -> (port, Host header, the process trees whose CPU time it uses)
         targets = {
-            "bare uvicorn": (bare.port, "127.0.0.1"),
-            "nginx -> uvicorn": (nginx.port, "127.0.0.1"),
-            "cove gateway": (cove.port, host),
+            "bare uvicorn": (bare.port, "127.0.0.1", [bare.process.pid]),
+            "nginx -> uvicorn": (nginx.port, "127.0.0.1", [nginx.process.pid, bare.process.pid]),
+            "cove gateway": (cove.port, host, [cove.server_pid()]),
+            "cove, 1 gateway process": (single.port, single_host, [single.server_pid()]),
         }
-        for setup, (port, host_header) in targets.items():
+        for setup, (port, host_header, _) in targets.items():
             status, body = get(port, PATH, host_header)
             if status != 200 or body != b'{"square":1764}':
                 raise RuntimeError(f"{setup}: GET {PATH} answered {status} {body!r}")
             wrk(port, host_header, 64, WARMUP_S)
         for connections in CONNECTIONS:
-            for setup, (port, host_header) in targets.items():
+            for setup, (port, host_header, roots) in targets.items():
                 time.sleep(0.5)
-                results[setup][connections] = wrk(port, host_header, connections, args.duration)
+                before = sum(cpu_s(root) for root in roots)
+                result = results[setup][connections] = wrk(port, host_header, connections, args.duration)
+                used = sum(cpu_s(root) for root in roots) - before
+                cpu_ms[setup][connections] = used * 1000 / max(1.0, result.requests_per_s * args.duration)
         containers = cove.containers("app")
     finally:
         if nginx is not None:
             nginx.close()
         bare.close()
         cove.close()
+        single.close()
 
     rows = [
-        [setup, c, f"{r.requests_per_s:.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", r.errors]
+        [
+            setup,
+            c,
+            f"{r.requests_per_s:.0f}",
+            f"{r.p50_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            f"{cpu_ms[setup][c]:.3f}",
+            r.errors,
+        ]
         for setup, by_c in results.items()
         for c, r in by_c.items()
     ]
-    print(table(["setup", "connections", "req/s", "p50 ms", "p99 ms", "errors"], rows))
+    print(table(["setup", "connections", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "errors"], rows))
     gw = results["cove gateway"]
     print()
     for c in CONNECTIONS:
@@ -214,6 +257,10 @@ def main() -> int:
         vs_nginx = gw[c].requests_per_s / results["nginx -> uvicorn"][c].requests_per_s
         print(f"{c} connections: cove/bare uvicorn {vs_bare:.2f}x (goal >= 0.9), ", end="")
         print(f"cove/nginx {vs_nginx:.2f}x (goal > 1)")
+    print(
+        "\nCPU ms/req: CPU time (user + system) of the setup's processes during its row, per request served;"
+        " unlike req/s it hardly depends on what else the machine runs"
+    )
     print(
         f"\nsource: GET {PATH}, {args.duration:g} s per row after a {WARMUP_S:g} s warm-up, wrk -t2; "
         f"N={n} processes per setup; cove containers at the end: {containers}"
