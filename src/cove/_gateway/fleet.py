@@ -96,8 +96,8 @@ class SharedGateway(Gateway):
         await super().start()
         try:
             await self.fleet.start()
-        except BaseException:
-            await super().close(timeout_s=1.0)
+        except BaseException:  # e.g. a worker that cannot start: leave no process behind
+            await asyncio.gather(self.fleet.close(timeout_s=1.0), super().close(timeout_s=1.0))
             raise
 
     async def close(self, timeout_s: float = 10.0) -> None:
