@@ -14,6 +14,9 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -342,3 +345,16 @@ def test_websockets_are_relayed_by_every_process_and_give_their_slot_back(
     assert slots.wait_releases(20) == [False] * 20
     after = fleet.served()
     assert len(after) == 2 and all(after[pid] > before.get(pid, 0) for pid in after), after
+
+
+def test_a_killed_servers_channel_directory_is_removed_by_the_next_fleet(
+    start_fleet: Callable[..., FleetThread], upstream: TestUpstream
+) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = Path(tempfile.gettempdir()) / f"cove-gw-{gone.pid}-test"
+    stale.mkdir(mode=0o700)
+    (stale / "owner.sock").touch()
+    fleet = start_fleet({HOST: Route("shop", "square", upstream)})
+    assert not stale.exists()
+    assert fleet.get("/health").status_code == 200

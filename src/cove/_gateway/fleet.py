@@ -150,7 +150,9 @@ class Fleet:
     async def start(self) -> None:
         if self.size < 1:
             return
-        self._dir = Path(tempfile.mkdtemp(prefix="cove-gw-"))  # mode 0700: only this user may connect
+        _remove_stale_dirs()
+        # mode 0700: only this user may connect. Not under COVE_HOME: a unix socket path is short.
+        self._dir = Path(tempfile.mkdtemp(prefix=f"cove-gw-{os.getpid()}-"))
         path = self._dir / "owner.sock"
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(lambda: _Session(self).channel, str(path))
@@ -402,6 +404,25 @@ async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
                 waiting = coro.send(None)
             except StopIteration:
                 return
+
+
+def _remove_stale_dirs() -> None:
+    """Remove the channel directories of this user's servers that were killed (SIGKILL cleans nothing)."""
+    for entry in Path(tempfile.gettempdir()).glob("cove-gw-*-*"):
+        pid = entry.name.split("-")[2]
+        with contextlib.suppress(OSError, ValueError):
+            if entry.stat().st_uid == os.getuid() and not _alive(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _release(lease: Lease, *, broken: bool, timed_out: bool) -> None:
