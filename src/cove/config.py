@@ -41,6 +41,7 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "COVE_SEND_TIMEOUT_S": ("60", "seconds a client may read nothing of its response before it is cut off"),
     "COVE_KEEPALIVE_TIMEOUT_S": ("75", "seconds an idle keep-alive client connection stays open"),
     "COVE_MAX_CONNECTIONS": ("10000", "client connections the gateway keeps open (503 past it)"),
+    "COVE_GATEWAY_WORKERS": ("0", "gateway processes sharing its port, the server included (0: 1 per core)"),
     # -- end of gateway policy
     "COVE_IS_REMOTE": (None, "set to 1 inside containers: `cove.is_local()` is then False"),
     "COVE_CONTAINER_API": (
@@ -214,6 +215,7 @@ class Settings:
     send_timeout_s: float = float(default("COVE_SEND_TIMEOUT_S"))
     keepalive_timeout_s: float = float(default("COVE_KEEPALIVE_TIMEOUT_S"))
     max_connections: int = int(default("COVE_MAX_CONNECTIONS"))
+    gateway_workers: int = 1  # processes serving the gateway port, the server's own included
     # -- end of gateway policy
     queue_limit: int = int(default("COVE_QUEUE_LIMIT"))
     backend: BackendName = _DEFAULT_BACKEND
@@ -261,6 +263,8 @@ class Settings:
             send_timeout_s=_gateway_number("COVE_SEND_TIMEOUT_S"),
             keepalive_timeout_s=_gateway_number("COVE_KEEPALIVE_TIMEOUT_S"),
             max_connections=int(_gateway_number("COVE_MAX_CONNECTIONS", integer=True)),
+            gateway_workers=int(_gateway_number("COVE_GATEWAY_WORKERS", integer=True, zero=True))
+            or len(os.sched_getaffinity(0)),
             # -- end of gateway policy
             queue_limit=int(_positive_float("COVE_QUEUE_LIMIT")),
             backend=backend_name(_setting("COVE_BACKEND"), "COVE_BACKEND"),

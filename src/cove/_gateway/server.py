@@ -43,7 +43,8 @@ class Gateway:
     `rate_limit_burst_s` seconds' worth pass to containers, others get 429 (None or 0: no limit);
     `verify_proxy_token(token_id, secret)` checks the proxy tokens of endpoints that require them
     (None: such endpoints refuse everyone); requests from `trusted_proxies` (addresses or CIDR
-    networks) may say who the client is in `X-Forwarded-For`.
+    networks) may say who the client is in `X-Forwarded-For`; `reuse_port` lets other processes
+    listen on the same port (SO_REUSEPORT; the multi-process gateway, `fleet.py`).
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class Gateway:
         rate_limit_burst_s: float = 5.0,
         verify_proxy_token: Callable[[str, str], bool] | None = None,
         trusted_proxies: Iterable[str] = (),
+        reuse_port: bool = False,
     ) -> None:
         self._http_timeout_s = _check_http_timeout(http_timeout_s)
         limits = limits if limits is not None else Limits()
@@ -74,6 +76,7 @@ class Gateway:
         self._calls = CallStore()
         self._host = host
         self._requested_port = port
+        self._reuse_port = reuse_port  # other processes serve the same port too (fleet.py)
         self._table = RouteTable(routes or {})
         self.metrics = GatewayMetrics()  # per-function traffic figures, for the dashboard
         self.metrics.track(routes or {})
@@ -153,7 +156,11 @@ class Gateway:
             raise RuntimeError("the gateway is started already")
         loop = self._loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: ClientConnection(self, loop), self._host, self._requested_port, backlog=1024
+            lambda: ClientConnection(self, loop),
+            self._host,
+            self._requested_port,
+            backlog=1024,
+            reuse_port=self._reuse_port or None,
         )
         self._bound_port = int(self._server.sockets[0].getsockname()[1])
         _log.info(

@@ -32,6 +32,7 @@ from cove._control.secrets import SecretStore
 from cove._control.store import Store
 from cove._dashboard import Dashboard
 from cove._gateway import Gateway, Limits
+from cove._gateway.fleet import gateway_for
 from cove._runtime.backends.local.spawner import socket_dir
 from cove._server.backends import make_backend
 from cove._server.control import ControlListeners
@@ -61,7 +62,9 @@ def configure_logging(level: str) -> None:
 
 def make_gateway(settings: Settings, store: Store) -> Gateway:
     """The gateway with the settings' limits and policy; proxy tokens are checked against `store`."""
-    return Gateway(
+    # COVE_GATEWAY_WORKERS > 1: worker processes share the port, this process owns their state.
+    return gateway_for(
+        settings.gateway_workers,
         host=settings.host,
         port=settings.port,
         http_timeout_s=settings.http_timeout_s,
