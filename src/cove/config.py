@@ -215,7 +215,7 @@ class Settings:
     send_timeout_s: float = float(default("COVE_SEND_TIMEOUT_S"))
     keepalive_timeout_s: float = float(default("COVE_KEEPALIVE_TIMEOUT_S"))
     max_connections: int = int(default("COVE_MAX_CONNECTIONS"))
-    gateway_workers: int = 1  # processes serving the gateway port, the server's own included
+    gateway_workers: int = int(default("COVE_GATEWAY_WORKERS"))  # gateway processes; 0: one per core
     # -- end of gateway policy
     queue_limit: int = int(default("COVE_QUEUE_LIMIT"))
     backend: BackendName = _DEFAULT_BACKEND
@@ -263,8 +263,7 @@ class Settings:
             send_timeout_s=_gateway_number("COVE_SEND_TIMEOUT_S"),
             keepalive_timeout_s=_gateway_number("COVE_KEEPALIVE_TIMEOUT_S"),
             max_connections=int(_gateway_number("COVE_MAX_CONNECTIONS", integer=True)),
-            gateway_workers=int(_gateway_number("COVE_GATEWAY_WORKERS", integer=True, zero=True))
-            or len(os.sched_getaffinity(0)),
+            gateway_workers=int(_gateway_number("COVE_GATEWAY_WORKERS", integer=True, zero=True)),
             # -- end of gateway policy
             queue_limit=int(_positive_float("COVE_QUEUE_LIMIT")),
             backend=backend_name(_setting("COVE_BACKEND"), "COVE_BACKEND"),

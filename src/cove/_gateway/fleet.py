@@ -52,7 +52,11 @@ RESTART_DELAY_S = 0.5
 
 
 def gateway_for(processes: int, **options: Any) -> Gateway:
-    """The server's gateway: a plain `Gateway` for one process, else a `SharedGateway` with workers."""
+    """The server's gateway: a plain `Gateway` for one process, else a `SharedGateway` with workers.
+
+    `processes` 0 means one per core this process may run on (COVE_GATEWAY_WORKERS' default).
+    """
+    processes = processes or len(os.sched_getaffinity(0))
     return SharedGateway(workers=processes - 1, **options) if processes > 1 else Gateway(**options)
 
 
