@@ -29,6 +29,7 @@ requests (RFC 9110 §7.8 lets a server ignore `Upgrade`), and the client connect
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import Sequence
 from typing import Final, cast
@@ -222,7 +223,13 @@ class Exchange(BaseExchange):
                     try:
                         conn = await pool.connect(address)
                     except OSError as exc:
-                        if not self._released:
+                        if self._released:
+                            return
+                        if exc.errno in (errno.EMFILE, errno.ENFILE):  # the gateway is out of descriptors
+                            _log.warning("connect failed: %s app=%s function=%s", exc, *self._names())
+                            message = "cove: the gateway is out of file descriptors; retry shortly"
+                            self._fail(503, message, (("Retry-After", "1"),))
+                        else:
                             self._upstream_failed(f"connect failed: {exc}")
                         return
                     if self._released:

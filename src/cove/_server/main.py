@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 from collections.abc import Callable
@@ -63,6 +64,30 @@ def make_backend(settings: Settings) -> Backend:
     )
 
 
+def raise_open_files_limit(max_connections: int) -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; return the soft limit now.
+
+    The gateway holds two descriptors per open WebSocket or request in flight (client and
+    container), so the usual soft limit of 1024 would stop it near 500 WebSockets with EMFILE
+    (issue 15, item 4). Containers, started from here, inherit the raised limit too.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    needed = 2 * max_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "open files limit %d is below the %d that COVE_MAX_CONNECTIONS=%d may need (two per connection); "
+            "raise `ulimit -Hn`",
+            soft,
+            needed,
+            max_connections,
+        )
+    return soft
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),
@@ -93,6 +118,7 @@ async def serve(
     with contextlib.suppress(FileNotFoundError):
         sock_path.unlink()
     store = Store(settings.home / "cove.db")  # first: a damaged database stops the start here
+    raise_open_files_limit(settings.max_connections)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
