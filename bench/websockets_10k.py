@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import multiprocessing
 import os
 import resource
@@ -189,7 +190,7 @@ async def _client_main(
     started = time.perf_counter()
     results = await asyncio.gather(*(open_one() for _ in range(count)), return_exceptions=True)
     errors += [repr(r) for r in results if isinstance(r, BaseException)]
-    pipe.send(("opened", len(sockets), errors[:5], len(errors), time.perf_counter() - started))
+    pipe.send(("opened", len(sockets), errors, len(errors), time.perf_counter() - started))
     await loop.run_in_executor(None, pipe.recv)  # "talk"
 
     latencies: list[float] = []
@@ -330,7 +331,9 @@ def main() -> int:
                 process.join()
         log = (cove.home / "server.log").read_text(errors="replace").splitlines()
         cove.close()
-    trouble = [line for line in log if "WARNING" in line or "ERROR" in line or "Too many open files" in line]
+    trouble = collections.Counter(
+        line.split(" ", 2)[2][:150] for line in log if " WARNING " in line or " ERROR " in line
+    )
 
     per = max(opened, 1)
     rows = [
@@ -366,10 +369,10 @@ def main() -> int:
     print(f"machine: {machine()}; RLIMIT_NOFILE {nofile}")
     print(f"connections: {opened} open at once of {args.connections} ({refused} failed) in {open_s:.1f} s")
     print(f"  {alive} still open after the messages")
-    for sample in samples[:5]:
-        print(f"  failure: {sample}")
-    for line in trouble[:8]:
-        print(f"  server log: {line[:200]}")
+    for sample, times in collections.Counter(s[:60] for s in samples).most_common(5):
+        print(f"  failure x{times}: {sample}")
+    for line, times in trouble.most_common(8):
+        print(f"  server log x{times}: {line}")
     print(table(["process", "memory", "before MiB", f"{opened} open MiB", "KiB/connection"], rows))
     if latencies:
         q = statistics.quantiles(latencies, n=100, method="inclusive")
