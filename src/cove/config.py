@@ -25,6 +25,10 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "COVE_LOGLEVEL": ("INFO", "log level of the server and CLI"),
     "COVE_QUEUE_LIMIT": ("2000", "requests waiting for a container, per function, before 503"),
     "COVE_HTTP_TIMEOUT": ("150", "seconds before a slow web request gets Modal's 303 to poll for its result"),
+    "COVE_DRAIN_S": (
+        "300",
+        "seconds a replaced version's WebSockets and streams may go on after a redeploy (then: 1001)",
+    ),
     # -- gateway policy (issues 5 and 7): rate limit, client addresses, hostile-input limits
     "COVE_RATE_LIMIT_RPS": ("200", "workspace rate limit in requests/s at the gateway (0: off); 429 past it"),
     "COVE_RATE_LIMIT_BURST_S": ("5", "seconds' worth of COVE_RATE_LIMIT_RPS sent at once"),
@@ -203,6 +207,7 @@ class Settings:
     dev_suffix: str
     log_level: str
     http_timeout_s: float = float(default("COVE_HTTP_TIMEOUT"))
+    drain_s: float = float(default("COVE_DRAIN_S"))  # grace of a replaced version's long-lived connections
     # -- gateway policy (issues 5 and 7); see ENVIRONMENT
     rate_limit_rps: float = float(default("COVE_RATE_LIMIT_RPS"))  # 0: no rate limit
     rate_limit_burst_s: float = float(default("COVE_RATE_LIMIT_BURST_S"))
@@ -251,6 +256,7 @@ class Settings:
             dev_suffix=dev_suffix.lower(),
             log_level=_setting("COVE_LOGLEVEL").upper(),
             http_timeout_s=_positive_float("COVE_HTTP_TIMEOUT"),
+            drain_s=_gateway_number("COVE_DRAIN_S", zero=True),
             # -- gateway policy (issues 5 and 7)
             rate_limit_rps=_gateway_number("COVE_RATE_LIMIT_RPS", zero=True),
             rate_limit_burst_s=_gateway_number("COVE_RATE_LIMIT_BURST_S"),

@@ -154,7 +154,8 @@ class AppRegistry:
         # Keyed by (kind, name): `cove serve shop.py` runs beside a deployed `shop`, as on Modal.
         self._apps: dict[tuple[AppKind, str], AppRecord] = {}
         self._lock = asyncio.Lock()
-        self._retiring: set[asyncio.Task[None]] = set()
+        # Old versions draining after a redeploy, with their app (`cove app stop` ends them too).
+        self._retiring: dict[asyncio.Task[None], tuple[AppRecord, Version]] = {}
 
     def get(self, name: str, kind: AppKind | None = None) -> AppRecord:
         """The app called `name`; without `kind`, the deployed one if there is one."""
@@ -292,7 +293,7 @@ class AppRegistry:
                 len(pools),
             )
             if old is not None:
-                self._retire(old)
+                self._retire(record, old)
         return record
 
     async def _check_started(
@@ -335,6 +336,9 @@ class AppRegistry:
             record.session_changed = asyncio.Event()
             self._publish(self.routes())
             current = record.current
+        # Stopping ends every connection at once, old versions' too: WebSockets close with 1001.
+        draining = [v for r, v in self._retiring.values() if r is record]
+        await asyncio.gather(*(p.close() for v in draining for p in v.pools.values()), return_exceptions=True)
         if current is not None:
             await asyncio.gather(*(p.close() for p in current.pools.values()))
             self._release(current)
@@ -394,9 +398,10 @@ class AppRegistry:
         )
 
     async def close(self) -> None:
+        draining = [p for _, v in self._retiring.values() for p in v.pools.values()]
         for task in list(self._retiring):
             task.cancel()
-        pools = [p for r in self._apps.values() if r.current for p in r.current.pools.values()]
+        pools = [p for r in self._apps.values() if r.current for p in r.current.pools.values()] + draining
         await asyncio.gather(*(p.close() for p in pools), return_exceptions=True)
 
     def function_pool(
@@ -440,7 +445,7 @@ class AppRegistry:
             if record.current is None:
                 continue
             for pool in record.current.pools.values():
-                if await pool.stop_container(container_id):
+                if await pool.stop_container(container_id, self._settings.drain_s):
                     tag = pool.spec.tag
                     self._logs.write(record.log_key, tag, container_id, "system", "stopped by request")
                     return
@@ -602,11 +607,12 @@ class AppRegistry:
 
         return launch
 
-    def _retire(self, version: Version) -> None:
+    def _retire(self, record: AppRecord, version: Version) -> None:
         async def drain() -> None:
-            await asyncio.gather(*(p.drain() for p in version.pools.values()), return_exceptions=True)
+            grace_s = self._settings.drain_s
+            await asyncio.gather(*(p.drain(grace_s) for p in version.pools.values()), return_exceptions=True)
             self._release(version)
 
         task = asyncio.ensure_future(drain())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._retiring[task] = (record, version)
+        task.add_done_callback(lambda done: self._retiring.pop(done, None))

@@ -29,14 +29,16 @@ requests (RFC 9110 §7.8 lets a server ignore `Upgrade`), and the client connect
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+from collections.abc import Sequence
 from typing import Final, cast
 
 import httptools
 
 from cove._gateway.admission import Poll, Refusal, admit, origin_form
 from cove._gateway.connpool import UpstreamConnection
-from cove._gateway.downstream import PAUSE_BUFFER, PAUSE_UPSTREAM
+from cove._gateway.downstream import PAUSE_BUFFER, PAUSE_UPSTREAM, Downstream
 from cove._gateway.exchange import BaseExchange
 from cove._gateway.messages import (
     CHUNKED,
@@ -50,7 +52,7 @@ from cove._gateway.messages import (
 )
 from cove._gateway.phase import Phase
 from cove._gateway.upstream import SessionUpstream, Upstream, UpstreamError
-from cove._gateway.websocket import WebSocketRelay
+from cove._gateway.websocket import CLOSE_TIMEOUT_S, WebSocketRelay
 
 __all__ = ["Exchange"]
 
@@ -72,7 +74,24 @@ class _UnexpectedUpgrade(Exception):
 class Exchange(BaseExchange):
     """One request on a client connection, from its parsed head to the end of its response."""
 
-    __slots__ = ()
+    __slots__ = ("_chunk_open", "_ending")
+
+    def __init__(
+        self,
+        down: Downstream,
+        method: bytes,
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        *,
+        http_10: bool,
+        keep_alive: bool,
+        upgrade: bool,
+    ) -> None:
+        super().__init__(
+            down, method, target, headers, http_10=http_10, keep_alive=keep_alive, upgrade=upgrade
+        )
+        self._chunk_open = False  # the container is midway through sending a chunk of the response
+        self._ending = False  # the lease asked this long-lived response to end (`_drain`)
 
     # -- decisions taken when the exchange's turn comes
 
@@ -155,7 +174,13 @@ class Exchange(BaseExchange):
                     try:
                         conn = await pool.connect(address)
                     except OSError as exc:
-                        if not self._released:
+                        if self._released:
+                            return
+                        if exc.errno in (errno.EMFILE, errno.ENFILE):  # the gateway is out of descriptors
+                            _log.warning("connect failed: %s app=%s function=%s", exc, *self._names())
+                            message = "cove: the gateway is out of file descriptors; retry shortly"
+                            self._fail(503, message, (("Retry-After", "1"),))
+                        else:
                             self._upstream_failed(f"connect failed: {exc}")
                         return
                     if self._released:
@@ -326,6 +351,8 @@ class Exchange(BaseExchange):
         out.append(CRLF)
         self._status = status
         self._to(Phase.STREAMING)
+        if self._chunked_out:  # a stream, perhaps long-lived: it ends cleanly when its container goes
+            self._watch_drain()
         if self.is_head:
             # httptools cannot know a HEAD response has no body and would wait for one.
             self._complete = True
@@ -336,6 +363,15 @@ class Exchange(BaseExchange):
             self._out += (b"%x\r\n" % len(body), body, CRLF)
         else:
             self._out.append(body)
+
+    def on_chunk_header(self) -> None:
+        self._chunk_open = True
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_open = False
+        if self._ending and not self._complete:  # end the stream here, after a whole chunk
+            self._complete = True
+            raise _StopParsing
 
     def on_message_complete(self) -> None:
         if self._interim:
@@ -384,9 +420,55 @@ class Exchange(BaseExchange):
             self.down.transport.write(leftover)
         self.down.relay_to(relay)
         _log.debug("websocket open app=%s function=%s", *self._names())
+        self._watch_drain()
 
     def relay_finished(self) -> None:
         """`websocket.RelayOwner`: either side closed; close the other, release the lease."""
         self._release_upstream(reusable=False, broken=False)
         self._finish(False)
         _log.debug("websocket closed app=%s function=%s", *self._names())
+
+    # -- the container going away (a redeploy's drain grace ran out, or the app is stopping)
+
+    def _watch_drain(self) -> None:
+        """Ask the lease to tell us when this long-lived connection must end (`Lease.on_drain`)."""
+        on_drain = getattr(self.lease, "on_drain", None)  # optional in the `Lease` protocol
+        if on_drain is not None:
+            on_drain(self._drain)
+
+    def _drain(self) -> None:
+        """End cleanly: a WebSocket closes with 1001 (going away) at a frame boundary; a streamed
+        response ends with its last chunk after the chunk in progress (no torn chunk)."""
+        if self._released:
+            return
+        if self._relay is not None:
+            self._relay.shutdown()
+            return
+        if self._complete or self._ending:
+            return
+        self._ending = True
+        loop = asyncio.get_running_loop()
+        if self._chunk_open:  # `on_chunk_complete` ends it; unless the container stalls mid-chunk
+            self._timer = loop.call_later(CLOSE_TIMEOUT_S, self._stream_stalled)
+        else:
+            loop.call_soon(self._end_stream)  # not from inside the caller (maybe a parser callback)
+
+    def _end_stream(self) -> None:
+        if self._released or self._complete:
+            return
+        if self._chunk_open:  # a chunk began meanwhile: `on_chunk_complete` ends the stream
+            self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._stream_stalled)
+            return
+        self._complete = True
+        self._out.append(LAST_CHUNK)
+        self._flush()
+        self._release_upstream(reusable=False, broken=False)
+        self._response_finished()
+
+    def _stream_stalled(self) -> None:
+        self._timer = None
+        conn = self.conn
+        if conn is not None and not self._released:
+            app, function = self._names()
+            _log.warning("stream end not reached in %g s app=%s function=%s", CLOSE_TIMEOUT_S, app, function)
+            conn.close(abort=True)  # upstream_lost answers the client

@@ -12,6 +12,11 @@ unix socket the lease names, and gives the lease back exactly once::
                                           # timed_out=True: the function's timeout passed
 
 The runtime implements both protocols; tests implement them over a real uvicorn process.
+
+A lease may also offer `on_drain(callback)` (optional, so other leases need not): the gateway
+registers a WebSocket or a streamed response with it, and the runtime calls `callback` when the
+connection must end (its version's `COVE_DRAIN_S` after a redeploy ran out, or the app is stopping);
+the gateway then closes the WebSocket with 1001 or ends the stream after its current chunk.
 """
 
 from __future__ import annotations

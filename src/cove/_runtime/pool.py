@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -33,6 +34,9 @@ _TICK_MAX_S = 1.0
 _RETRY_AFTER = (("Retry-After", "1"),)
 #: How long a refused request counts as demand for one more container (its client is due back).
 _REFUSED_DEMAND_S = 5.0
+#: How long connections asked to end get to do so (a WebSocket's closing handshake, a stream's
+#: current chunk) before their container is stopped under them.
+_ENDING_WAIT_S = 10.0
 
 Launcher = Callable[[], ContainerHandle]
 
@@ -47,18 +51,21 @@ class _Slot:
     idle_since: float = field(default_factory=time.monotonic)
     started_at: float = field(default_factory=time.monotonic)
     served: int = 0
+    # Leases whose holder asked to hear when its connection must end (`_Lease.on_drain`).
+    long_lived: set[_Lease] = field(default_factory=set)
 
 
 class _Lease:
     """One request slot on one container; released exactly once."""
 
-    __slots__ = ("_pool", "_released", "_slot", "_token")
+    __slots__ = ("_drain", "_pool", "_released", "_slot", "_token")
 
     def __init__(self, pool: FunctionPool, slot: _Slot, token: str | None = None) -> None:
         self._pool = pool
         self._slot = slot
         self._released = False
         self._token = token  # the sticky session the request belongs to
+        self._drain: Callable[[], None] | None = None
 
     @property
     def address(self) -> str:
@@ -68,10 +75,32 @@ class _Lease:
     def container_id(self) -> str:
         return self._slot.handle.id
 
+    def on_drain(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (once) when this connection must end: its version's drain grace ran out,
+        or its app is stopping. See `cove._gateway.upstream.Lease`."""
+        if self._released:
+            return
+        self._drain = callback
+        self._slot.long_lived.add(self)
+        if self._pool._ending:  # asked while the pool is ending already: end at once
+            self.drain_now()
+
+    def drain_now(self) -> None:
+        callback, self._drain = self._drain, None
+        if callback is None or self._released:
+            return
+        try:
+            callback()
+        except Exception:
+            log.exception("function=%s event=drain_callback_failed", self._pool.spec.tag)
+
     def release(self, *, broken: bool = False, timed_out: bool = False) -> None:
         if self._released:
             return
         self._released = True
+        self._drain = None
+        if self._slot.long_lived:
+            self._slot.long_lived.discard(self)
         self._pool._release(self._slot, broken=broken, timed_out=timed_out, token=self._token)
 
     def failure_message(self) -> str:
@@ -128,6 +157,7 @@ class FunctionPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
         self._closed = False
+        self._ending = False  # long-lived connections were asked to end (grace over, or stopping)
         self._quiet = asyncio.Event()  # set when nothing is queued or in flight
         self._quiet.set()
         self._failure: str | None = None
@@ -142,6 +172,7 @@ class FunctionPool:
         # Until then, an HTTP server's refused request (cold or full) counts as demand for a container.
         self._refused_until = 0.0
         self._observer = observer
+        self._ended_waiters: list[asyncio.Future[None]] = []  # close() waiting for long-lived ones
 
     def _report_ready(self, startup_s: float) -> None:
         if self._observer is None:
@@ -324,15 +355,35 @@ class FunctionPool:
         if starting:
             await asyncio.wait([asyncio.ensure_future(c) for c in starting], timeout=timeout_s)
 
-    async def drain(self) -> None:
-        """Serve what is queued and in flight, then stop every container (a new version took over)."""
+    async def drain(self, grace_s: float = math.inf) -> None:
+        """A new version took over: serve what is queued and in flight, stopping each container as
+        soon as it has nothing left to serve, then close.
+
+        Long-lived connections (WebSockets, streaming responses) keep their container for up to
+        `grace_s` seconds (`COVE_DRAIN_S`); then they are asked to end (`_Lease.on_drain`: a
+        WebSocket closes with 1001, a stream ends after its current chunk). Other requests in
+        flight are bounded by the function's `timeout` as ever.
+        """
         self._draining = True
-        await self._quiet.wait()
+        self._retire_drained()
+        if not self._quiet.is_set():
+            try:
+                await asyncio.wait_for(self._quiet.wait(), grace_s if math.isfinite(grace_s) else None)
+            except TimeoutError:
+                open_now = sum(len(s.long_lived) for s in self._slots)
+                tag = self.spec.tag
+                log.info("function=%s event=drain_grace_over grace_s=%g open=%d", tag, grace_s, open_now)
+                self._end_long_lived()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._quiet.wait(), self.spec.timeout_s + _ENDING_WAIT_S)
         await self.close()
 
     async def close(self) -> None:
-        """Stop now: fail queued requests, stop containers (in-flight requests get their 502).
+        """Stop now: fail queued requests, end long-lived connections, stop containers (other
+        requests in flight get their 502).
 
+        WebSockets are closed with 1001 (going away) and streams end after their current chunk;
+        their containers are stopped once those have ended, or after `_ENDING_WAIT_S`.
         An HTTP server's requests in flight first get its `exit_grace_period` to finish (Modal's
         "time to finish up requests when closing down"); new ones are refused meanwhile.
         """
@@ -340,23 +391,54 @@ class FunctionPool:
         if self._ticker is not None:
             self._ticker.cancel()
         self._fail_waiters(f"cove: {self.spec.tag} was stopped", prefix=False)
+        self._end_long_lived()
         grace_s = self.spec.web.exit_grace_period_s if self._no_queue and self.spec.web is not None else 0.0
         if grace_s > 0 and not self._quiet.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._quiet.wait(), grace_s)
+        if any(s.long_lived for s in self._slots):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._long_lived_ended(), _ENDING_WAIT_S)
         slots, self._slots = self._slots, []
         await asyncio.gather(*(s.handle.stop() for s in slots), return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
 
-    async def stop_container(self, container_id: str) -> bool:
-        """Stop one container (after its in-flight requests); the autoscaler replaces it if needed."""
+    def _end_long_lived(self) -> None:
+        """Ask every long-lived connection to end (once); later ones are asked as they register."""
+        self._ending = True
+        for slot in self._slots:
+            for lease in list(slot.long_lived):
+                lease.drain_now()
+
+    async def _long_lived_ended(self) -> None:
+        while any(s.long_lived for s in self._slots):
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._ended_waiters.append(waiter)
+            await waiter
+
+    def _retire_drained(self) -> None:
+        """A draining pool with nothing queued: every container leaves rotation, each stopping
+        as soon as its last request (WebSocket, stream) is done."""
+        if self._draining and not self._waiters:
+            for slot in self._slots:
+                if slot.state in (ContainerState.STARTING, ContainerState.READY):
+                    self._retire(slot, reason="replaced by a new version")
+
+    async def stop_container(self, container_id: str, grace_s: float = math.inf) -> bool:
+        """Stop one container (after its in-flight requests; its long-lived connections are asked
+        to end after `grace_s`); the autoscaler replaces it if needed."""
         slot = next((s for s in self._slots if s.handle.id == container_id), None)
         if slot is None:
             return False
         self._retire(slot, reason="stopped by request")
         self._rescale()
-        await slot.handle.wait_exit()
+        try:
+            await asyncio.wait_for(slot.handle.wait_exit(), grace_s if math.isfinite(grace_s) else None)
+        except TimeoutError:
+            for lease in list(slot.long_lived):
+                lease.drain_now()
+            await slot.handle.wait_exit()
         return True
 
     @property
@@ -414,8 +496,17 @@ class FunctionPool:
         # would wait for a process that is still dying.
         if broken and not timed_out and slot.handle.returncode is not None:
             self._forget(slot)
+        if self._ended_waiters:
+            self._wake_ended()
         self._dispatch()
         self._check_quiet()
+
+    def _wake_ended(self) -> None:
+        if not any(s.long_lived for s in self._slots):
+            waiters, self._ended_waiters = self._ended_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def _check_quiet(self) -> None:
         if not self._waiters and not any(s.in_flight for s in self._slots):
@@ -431,6 +522,8 @@ class FunctionPool:
                 continue
             self._take(slot)
             waiter.set_result(slot)
+        if self._draining:
+            self._retire_drained()
         self._rescale()
 
     def _rescale(self) -> None:
@@ -562,6 +655,8 @@ class FunctionPool:
     def _forget(self, slot: _Slot) -> None:
         with contextlib.suppress(ValueError):
             self._slots.remove(slot)
+        if self._ended_waiters:
+            self._wake_ended()
 
     def _fail_waiters(self, reason: str, *, prefix: bool = True) -> None:
         message = reason

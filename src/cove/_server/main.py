@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,30 @@ class ServerAlreadyRunning(Error):
 
 def state_file(settings: Settings) -> Path:
     return _probe.state_file(settings.home)
+
+
+def raise_open_files_limit(max_connections: int) -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; return the soft limit now.
+
+    The gateway holds two descriptors per open WebSocket or request in flight (client and
+    container), so the usual soft limit of 1024 would stop it near 500 WebSockets with EMFILE
+    (issue 15, item 4). Containers, started from here, inherit the raised limit too.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    needed = 2 * max_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "open files limit %d is below the %d that COVE_MAX_CONNECTIONS=%d may need (two per connection); "
+            "raise `ulimit -Hn`",
+            soft,
+            needed,
+            max_connections,
+        )
+    return soft
 
 
 def configure_logging(level: str) -> None:
@@ -107,6 +132,7 @@ async def serve(
     with contextlib.suppress(FileNotFoundError):
         sock_path.unlink()
     store = Store(settings.home / "cove.db")  # first: a damaged database stops the start here
+    raise_open_files_limit(settings.max_connections)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -63,7 +63,7 @@ def list_apps(as_json: bool) -> None:
 @click.argument("name")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def stop(name: str, yes: bool) -> None:
-    """Stop app NAME: its containers stop and its URLs answer 404."""
+    """Stop app NAME: its containers stop, its WebSockets close with 1001 and its URLs answer 404."""
     client = _client()
     try:
         current = client.request("GET", f"/v1/apps/{name}")
