@@ -204,8 +204,8 @@ class Exchange(BaseExchange):
                     try:
                         conn = await pool.connect(address)
                     except OSError as exc:
-                        if not self._released:
-                            self._upstream_failed(f"connect failed: {exc}")
+                        if not self._released:  # awaited here: the lease goes back broken
+                            await self._upstream_failure(f"connect failed: {exc}")
                         return
                     if self._released:
                         conn.close(abort=True)

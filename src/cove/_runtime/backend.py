@@ -99,7 +99,14 @@ class ContainerHandle(Protocol):
     def address(self) -> str: ...
 
     @property
-    def returncode(self) -> int | None: ...
+    def returncode(self) -> int | None:
+        """The exit code if the container is known to have ended now, else None. Never waits: the
+        gateway's loop asks it (issue 14, item 1)."""
+
+    async def exit_code(self, within_s: float) -> int | None:
+        """The exit code once the container has ended, waiting at most `within_s` for it (None if
+        it still runs). The gateway asks right after a container's connection broke: a process
+        killed mid-request closes its sockets a moment before its exit status is known."""
 
     async def wait_ready(self) -> None:
         """Return once the container accepts requests; raise `StartupError` if it cannot."""

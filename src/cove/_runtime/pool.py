@@ -31,6 +31,8 @@ _TICK_MAX_S = 1.0
 _RETRY_AFTER = (("Retry-After", "1"),)
 #: How long a refused request counts as demand for one more container (its client is due back).
 _REFUSED_DEMAND_S = 5.0
+#: How long a failed request's 502 waits to name the container's exit code (only that request waits).
+_EXIT_WAIT_S = 0.2
 
 Launcher = Callable[[], ContainerHandle]
 
@@ -72,8 +74,8 @@ class _Lease:
         self._released = True
         self._pool._release(self._slot, broken=broken, timed_out=timed_out, token=self._token)
 
-    def failure_message(self) -> str:
-        code = self._slot.handle.returncode
+    async def failure_message(self) -> str:
+        code = await self._slot.handle.exit_code(_EXIT_WAIT_S)
         if code is not None:
             return f"cove: container exited (code {code})\n"
         return f"cove: container {self._slot.handle.id} closed the connection\n"

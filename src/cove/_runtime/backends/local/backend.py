@@ -32,6 +32,8 @@ log = logging.getLogger("cove.runtime")
 
 #: Default of COVE_ZYGOTE_WINDOW: how long a function zygote outlives the function's last container.
 DEFAULT_ZYGOTE_WINDOW_S = 600.0
+#: How often `exit_code` looks for a dying process's exit status.
+_EXIT_POLL_S = 0.002
 
 
 def new_container_id() -> str:
@@ -88,21 +90,23 @@ class LocalContainer:
     def returncode(self) -> int | None:
         """The exit code, as soon as the process has ended, even before asyncio has reaped it.
 
-        The gateway asks right after a container's connection broke; a process killed mid-request
-        is a zombie by then (or within a moment), and Linux shows a zombie's wait status in
-        /proc/<pid>/stat (field 52, Linux ≥ 3.5). A forked container stays a zombie until the
-        server has read that (its zygote reaps it when told).
+        Linux shows a zombie's wait status in /proc/<pid>/stat (field 52, Linux ≥ 3.5); a forked
+        container stays a zombie until the server has read that (its zygote reaps it when told).
         """
         if self._exited.done():
             return self._exited.result()
-        if self._worker is None:
-            return None
-        deadline = time.monotonic() + 0.05
+        return None if self._worker is None else self._worker.exit_code_now()
+
+    async def exit_code(self, within_s: float) -> int | None:
+        # The kernel closes a dying process's sockets just before it becomes a zombie: look again
+        # every few ms, yielding the loop in between.
+        deadline = time.monotonic() + within_s
         while True:
-            code = self._worker.exit_code_now()
+            code = self.returncode
             if code is not None or time.monotonic() >= deadline:
                 return code
-            time.sleep(0.002)  # the kernel closes a dying process's sockets just before it becomes a zombie
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._exited), _EXIT_POLL_S)
 
     async def wait_ready(self) -> None:
         await asyncio.shield(self._ready)

@@ -26,7 +26,6 @@ import errno
 import json
 import logging
 import os
-import select
 import socket
 import threading
 import weakref
@@ -87,16 +86,21 @@ class RayContainer:
     def returncode(self) -> int | None:
         """The exit code, as soon as the container is gone, even if its event has not been read yet.
 
-        The gateway asks right after a container's connection broke. When the actor died, the
-        kernel closed its event stream at the same moment: read what is there (waiting at most
-        50 ms for it to arrive), so the pool does not hand the dead container another request.
+        When the actor died, the kernel closed its event stream at the same moment: read what is
+        there already (the socket does not block), so the pool does not hand the dead container
+        another request.
         """
         if not self._exited.done() and self._events is not None:
             with contextlib.suppress(OSError, ValueError):
-                readable, _, _ = select.select([self._events], [], [], 0.05)
-                if readable:
-                    self._read_events()
+                self._read_events()
         return self._exited.result() if self._exited.done() else None
+
+    async def exit_code(self, within_s: float) -> int | None:
+        code = self.returncode
+        if code is None:  # its last events may still be on their way: the loop reads them
+            with contextlib.suppress(TimeoutError):
+                code = await asyncio.wait_for(self.wait_exit(), timeout=within_s)
+        return code
 
     async def wait_ready(self) -> None:
         await asyncio.shield(self._ready)
