@@ -51,7 +51,7 @@ from cove._bundle import IGNORED_DIRS, IGNORED_SUFFIXES, move_step_paths, resolv
 from cove._control import build_sandbox
 from cove._control.build_sandbox import VenvBuild
 from cove._control.secrets import SecretStore
-from cove._runtime.backend import ImageLayout
+from cove._runtime.backend import CONTAINER_HOME, ImageLayout
 from cove._runtime.backends.local import sandbox
 from cove._runtime.backends.local.isolation import _host_system, probe_bwrap
 from cove._runtime.backends.local.sandbox import Bind, BuildNeeds
@@ -297,7 +297,7 @@ def _title(step: ImageStep) -> str:
 def _copy_targets(step: ImageStep) -> list[tuple[str, str]]:
     """(host path, container path) of a copy=True step."""
     if step.kind == "add_local_python_source":
-        return [(p, f"{sandbox.HOME}/{os.path.basename(p)}") for p in step.arg("paths", ()) if p]
+        return [(p, f"{CONTAINER_HOME}/{os.path.basename(p)}") for p in step.arg("paths", ()) if p]
     return [(str(step.arg("local_path")), str(step.arg("remote_path")))]
 
 

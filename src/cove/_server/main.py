@@ -31,8 +31,7 @@ from cove._control.secrets import SecretStore
 from cove._control.store import Store
 from cove._dashboard import Dashboard
 from cove._gateway import Gateway, Limits
-from cove._runtime.backend import Backend
-from cove._runtime.backends.local.backend import LocalBackend
+from cove._runtime.backends import make_backend
 from cove._runtime.backends.local.spawner import socket_dir
 from cove.config import Settings
 from cove.exception import Error
@@ -46,21 +45,6 @@ class ServerAlreadyRunning(Error):
 
 def state_file(settings: Settings) -> Path:
     return _probe.state_file(settings.home)
-
-
-def make_backend(settings: Settings) -> Backend:
-    """The runtime backend `settings.backend` names; Ray is imported only when it is asked for."""
-    if settings.backend == "ray":
-        from cove._runtime.backends.ray.backend import RayBackend
-
-        return RayBackend(settings.home, address=settings.ray_address)
-    return LocalBackend(
-        settings.home,
-        sandbox_setting=settings.sandbox,
-        zygote=settings.zygote,
-        zygote_window_s=settings.zygote_window_s,
-        max_pids=settings.max_pids,
-    )
 
 
 def configure_logging(level: str) -> None:
@@ -129,7 +113,7 @@ async def serve(
     await gateway.start()
     dashboard = Dashboard(settings.home / "dashboard.sock", gateway, settings.base_domain)
     await backend.start()
-    # Images are built on this machine for the local backend's containers.
+    # Images are built on this machine for a backend that cannot install a recipe itself.
     images = (
         ImageBuilder(
             settings.images_dir,
@@ -138,7 +122,7 @@ async def serve(
             home=settings.home,
             sandbox_setting=settings.sandbox,
         )
-        if settings.backend == "local"
+        if backend.capabilities.builds_images
         else None
     )
     container_apis = ContainerAPIs(socket_dir(settings.home))
@@ -151,8 +135,8 @@ async def serve(
         gateway_port=lambda: gateway.port,
         store=store,
         images=images,
-        # Ray's containers are not on this machine: they get no scoped socket (docs/ray.md).
-        api_socket=container_apis.socket_for if settings.backend == "local" else None,
+        # Containers elsewhere (Ray's) cannot reach a unix socket here: none (docs/ray.md).
+        api_socket=container_apis.socket_for if backend.capabilities.host_paths else None,
         api_forget=container_apis.forget,
         volume_path=objects.volume_path,
     )

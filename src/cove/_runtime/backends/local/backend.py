@@ -19,7 +19,14 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Stream, app_env
+from cove._runtime.backend import (
+    Capabilities,
+    ContainerRequest,
+    LogSink,
+    StartupError,
+    Stream,
+    app_env,
+)
 from cove._runtime.backends.local import sandbox
 from cove._runtime.backends.local.isolation import Host, Placement, place
 from cove._runtime.backends.local.limits import Applied, Limiter, owner_of, pids_refused
@@ -203,6 +210,9 @@ class LocalBackend:
     With `zygote` (the default) a container is forked from a zygote kept per image placement and per
     function version (`zygote.Zygotes`); without, it is a fresh worker process.
     """
+
+    #: Images built on this machine; containers on this machine (Volumes, scoped socket).
+    capabilities = Capabilities(image_layouts=frozenset({"built"}), host_paths=True)
 
     def __init__(
         self,

@@ -34,7 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from cove._bundle import make_bundle
-from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Stream, app_env
+from cove._runtime.backend import (
+    Capabilities,
+    ContainerRequest,
+    LogSink,
+    StartupError,
+    Stream,
+    app_env,
+)
 from cove._runtime.backends.local.backend import new_container_id
 from cove._runtime.backends.ray.node import ContainerActor
 from cove._runtime.backends.ray.options import plan
@@ -260,6 +267,9 @@ class RayContainer:
 class RayBackend:
     """Starts containers as Ray actors on the cluster at `address` (None: Ray's own default — the
     RAY_ADDRESS variable, then a cluster started on this machine, else a new local instance)."""
+
+    #: Ray installs each recipe in a runtime_env on its node; no host paths there (docs/ray.md).
+    capabilities = Capabilities(image_layouts=frozenset({"recipe"}), host_paths=False)
 
     def __init__(self, home: Path, *, address: str | None = None) -> None:
         self._home = home
