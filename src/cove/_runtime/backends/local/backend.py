@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from cove._messages import Start
 from cove._runtime.backend import (
     Capabilities,
     ContainerRequest,
@@ -264,15 +266,14 @@ class LocalBackend:
         address = self._spawner.address(container_id)
         container = LocalContainer(container_id, address, log_sink, max_pids=self._limiter.max_pids)
         self._containers[container_id] = container
-        message = {
-            "op": "start",
-            "container_id": container_id,
-            "function": spec_to_dict(request.function),
-            "module_file": placement.module_file,
-            "source_dir": placement.source_dir,
-            "workdir": placement.workdir,
-            "env": {**request.env, **app_env(request, _inner_api_socket(placement, request))},
-        }
+        message = Start(
+            container_id=container_id,
+            function=spec_to_dict(request.function),
+            module_file=placement.module_file,
+            source_dir=placement.source_dir,
+            workdir=placement.workdir,
+            env={**request.env, **app_env(request, _inner_api_socket(placement, request))},
+        )
 
         async def begin() -> None:
             if zygotes is not None:
@@ -280,7 +281,7 @@ class LocalBackend:
                 container._attach(forked)
                 return
             spawned = await self._spawner.spawn(placement, container_id)
-            spawned.start_message = {**message, "listen_fd": spawned.listen_fd}
+            spawned.start_message = dataclasses.replace(message, listen_fd=spawned.listen_fd)
             container._attach(spawned)
 
         task = asyncio.ensure_future(begin())

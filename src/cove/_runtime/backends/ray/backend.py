@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cove._bundle import make_bundle
+from cove._messages import Start, encode
 from cove._runtime.backend import (
     Capabilities,
     ContainerRequest,
@@ -340,15 +341,18 @@ class RayBackend:
         def create() -> tuple[Any, Any]:  # in a thread: packing the sources reads files
             return actor_class.options(**options).remote(container_id), sources.get(request)
 
-        message = {
-            "op": "start",
-            "container_id": container_id,
-            "function": spec_to_dict(request.function),
-            "module_file": os.path.relpath(request.module_file, request.source_dir),
-            # secrets: in the start message, never in the runtime_env. No scoped control socket on
-            # Ray (docs/ray.md): calls from inside a container say so.
-            "env": {**request.env, **app_env(request, None)},
-        }
+        # The node fills in where it unpacked the sources (`source_dir`) and its `socket`.
+        message = encode(
+            Start(
+                container_id=container_id,
+                function=spec_to_dict(request.function),
+                module_file=os.path.relpath(request.module_file, request.source_dir),
+                source_dir="",
+                # secrets: in the start message, never in the runtime_env. No scoped control socket
+                # on Ray (docs/ray.md): calls from inside a container say so.
+                env={**request.env, **app_env(request, None)},
+            )
+        )
         self._containers[container_id] = container
         container._exited.add_done_callback(lambda _: self._containers.pop(container_id, None))
         timeout_s = request.function.startup_timeout_s or _PLACEMENT_TIMEOUT_S
