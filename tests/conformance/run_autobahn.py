@@ -129,7 +129,7 @@ class _Lease:
     def release(self, *, broken: bool = False, timed_out: bool = False) -> None:
         pass
 
-    def failure_message(self) -> str:
+    async def failure_message(self) -> str:
         return "cove: echo container failed"
 
 

@@ -348,7 +348,7 @@ class TestLease:
         self._released = True
         self._upstream.record(broken)
 
-    def failure_message(self) -> str:
+    async def failure_message(self) -> str:
         return f"cove: container {self._upstream.name} failed"
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import cove
 from cove._bundle import extract_bundle, make_bundle, relocate, resolve_in_bundle
-from cove._control.images import _localize
+from cove._control.image_plan import _localize
 from cove.exception import InvalidError
 
 

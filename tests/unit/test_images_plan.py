@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 import cove
-from cove._control import images
-from cove._control.images import Interpreter, _Output, find_interpreter, make_plan, worker_requirements
+from cove._control import image_plan as images
+from cove._control.image_plan import Interpreter, find_interpreter, make_plan, worker_requirements
+from cove._control.image_steps import BuildOutput
 from cove.exception import ImageBuildError
 
 MIRROR = "http://deb.example.test/debian"
@@ -199,7 +200,7 @@ def test_step_titles_never_show_env_values() -> None:
 
 def test_build_output_masks_secret_values_in_the_log_and_the_events(tmp_path: Path) -> None:
     events: list[dict[str, object]] = []
-    output = _Output(tmp_path / "build.log", events.append, "img")
+    output = BuildOutput(tmp_path / "build.log", events.append, "img")
     output.hide(["hunter2", ""])
     output.line("token is hunter2, again hunter2")
     output.close()

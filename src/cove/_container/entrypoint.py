@@ -4,12 +4,11 @@ Run as `python -m cove._container.entrypoint`. The process starts *warm*: it imp
 (uvicorn, FastAPI, Starlette, Pydantic, a2wsgi) first, then blocks on its control channel (the socket
 at file descriptor `COVE_CONTROL_FD`) for its first message:
 
-    supervisor -> worker  {"op": "start", "container_id", "function", "module_file", "source_dir",
-                           "workdir", "listen_fd" | "socket", "env"}
-                                                   serve that function, once: on the listening
-                                                   socket it inherited (local backend), or one it
-                                                   makes at the path `socket` (Ray nodes)
-                        | {"op": "zygote"}                 become an image zygote (`forkserver`)
+    supervisor -> worker  `Start`         serve that function, once: on the listening socket it
+                                          inherited (local backend), or one it makes at the path
+                                          `socket` (Ray nodes)
+                        | `BecomeZygote`  become an image zygote (`forkserver`)
+                          (`cove._messages`: frozen dataclasses, one JSON line each)
     worker -> supervisor  {"event": "ready", "stamps": {...}} | {"event": "failed", "reason": "..."}
 
 `stamps` are `time.monotonic()` readings of the startup's phases (one clock for every process of
@@ -36,6 +35,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
+
+from cove._messages import BecomeZygote, Start, UnknownMessage, decode
 
 if TYPE_CHECKING:
     from cove._spec import FunctionSpec
@@ -121,16 +122,16 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def enter_container(message: dict[str, Any]) -> None:
+def enter_container(message: Start) -> None:
     """Become the container `message` names: its environment (secrets included), ids, working dir."""
     from cove._modal_compat import install as install_modal_compat
 
-    os.environ.update(message.get("env") or {})
+    os.environ.update(message.env)
     os.environ["COVE_IS_REMOTE"] = "1"
     os.environ["MODAL_IS_REMOTE"] = "1"
-    os.environ["COVE_CONTAINER_ID"] = message["container_id"]
-    os.environ["MODAL_TASK_ID"] = message["container_id"]
-    os.chdir(message.get("workdir") or message["source_dir"])  # the image's workdir, if it sets one
+    os.environ["COVE_CONTAINER_ID"] = message.container_id
+    os.environ["MODAL_TASK_ID"] = message.container_id
+    os.chdir(message.workdir or message.source_dir)  # the image's workdir, if it sets one
     install_modal_compat()
 
 
@@ -143,13 +144,13 @@ class Loaded:
     user: UserCode
 
 
-def load(message: dict[str, Any]) -> Loaded:
+def load(message: Start) -> Loaded:
     """Import the user's module and find the function `message` names (raises what the import raises)."""
     from cove._spec import function_spec_from_dict
     from cove.functions import load_user_code
 
-    spec = function_spec_from_dict(message["function"])
-    module = import_user_module(message["module_file"], message["source_dir"])
+    spec = function_spec_from_dict(dict(message.function))
+    module = import_user_module(message.module_file, message.source_dir)
     return Loaded(spec, module, load_user_code(module, spec))
 
 
@@ -160,7 +161,7 @@ def report_failure(channel: Channel, exc: BaseException) -> int:
     return 1
 
 
-async def _serve(message: dict[str, Any], channel: Channel) -> int:
+async def _serve(message: Start, channel: Channel) -> int:
     """A worker started for one container: load the user's code, then serve it on the listening socket
     the server made and passed down (`listen_fd`; the local backend: the gateway's path is never one
     the container can replace), or on a socket it binds at `socket` (a Ray node's private dir)."""
@@ -171,19 +172,21 @@ async def _serve(message: dict[str, Any], channel: Channel) -> int:
     except BaseException as exc:
         return report_failure(channel, exc)
     stamps["imported"] = time.monotonic()
-    if message.get("listen_fd") is not None:
-        listener = socket.socket(fileno=int(message["listen_fd"]))
+    if message.listen_fd is not None:
+        listener = socket.socket(fileno=message.listen_fd)
         return await serve(loaded, listener, channel, snap=True, stamps=stamps)
+    assert message.socket is not None, "a start message names a listen_fd or a socket"
+    path = message.socket
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(message["socket"])
-    listener.bind(message["socket"])
+        os.unlink(path)
+    listener.bind(path)
     listener.listen(2048)
     try:
         return await serve(loaded, listener, channel, snap=True, stamps=stamps)
     finally:
         with contextlib.suppress(OSError):
-            os.unlink(message["socket"])
+            os.unlink(path)
 
 
 async def serve(
@@ -349,13 +352,16 @@ def main() -> int:
     channel = Channel(int(fd_text))
     _warm_imports()
     server_class()
-    message = channel.receive()
-    if message is not None and message.get("op") == "zygote":
+    received = channel.receive()
+    if received is None:
+        return 0  # the supervisor discarded this worker
+    message = decode(received)
+    if isinstance(message, BecomeZygote):
         from cove._container import forkserver
 
         return forkserver.run_image_zygote(channel)
-    if message is None or message.get("op") != "start":
-        return 0  # the supervisor discarded this worker
+    if not isinstance(message, Start):
+        raise UnknownMessage(f"a worker's first message is start or zygote, not {message.op!r}")
     import uvloop
 
     return uvloop.run(_serve(message, channel))

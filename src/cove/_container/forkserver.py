@@ -9,16 +9,16 @@ serves it on the listening socket the server handed over.
 Protocol on a zygote's control channel (JSON lines; the file descriptors a message names, `fds`,
 ride along with it as SCM_RIGHTS):
 
-    server -> zygote  {"op": "fork", "id", "role": "function" | "container", "start": {<start message>},
-                       "plan": {"private_dirs": [...], "network": bool} | null, "hold": bool,
-                       "sent": <monotonic>, "fds": 3 | 4}   fds: channel, stdout, stderr[, listener]
-                    | {"op": "reap", "pid": n}   the server has read child n's exit status
+    server -> zygote  `Fork` (id, role, start, plan, hold, sent), with "fds": 3 | 4 descriptors:
+                      channel, stdout, stderr[, listener]
+                    | `Reap` (pid)   the server has read child pid's exit status
+                      (`cove._messages`: frozen dataclasses, one JSON line each)
     zygote -> server  {"event": "forked", "id", "pid": n}   n: the child's pid in the zygote's PID namespace
 
 A zygote leaves its exited children as zombies until the server says `reap` (or a minute has passed):
 the server reads their exit status from /proc meanwhile. On the child's own channel, a function
 zygote says `ready` or `failed` once and then speaks this protocol as a zygote; a container speaks
-the entrypoint's, after `{"event": "isolated"}` and waiting for `{"op": "go", "data_bytes"}` when
+the entrypoint's, after `{"event": "isolated"}` and waiting for `Go` (data_bytes) when
 `hold` is set (the server puts it in its cgroup and network first).
 """
 
@@ -39,6 +39,7 @@ from typing import Any
 
 from cove._container import entrypoint, warmup
 from cove._container.entrypoint import Loaded
+from cove._messages import Fork, Go, Reap, Start, UnknownMessage, decode
 from cove._runtime.backends.local import namespaces
 
 #: How often an idle zygote looks for children the server never asked it to reap.
@@ -68,7 +69,7 @@ class _Conduit:
             self._buffer += data
         line, self._buffer = self._buffer.split(b"\n", 1)
         message: dict[str, Any] = json.loads(line)
-        count = int(message.get("fds", 0))
+        count = int(message.get("fds", 0))  # `decode` leaves it out
         return message, [self._fds.popleft() for _ in range(min(count, len(self._fds)))]
 
     def send(self, **message: Any) -> None:
@@ -110,15 +111,19 @@ def _serve_forks(conduit: _Conduit, loaded: Loaded | None) -> int:
             continue
         if item is None:
             return 0
-        message, fds = item
-        op = message.get("op")
-        if op == "fork":
+        data, fds = item
+        try:
+            message = decode(data)
+        except UnknownMessage as exc:
+            print(f"cove: zygote: {exc}; ignored", file=sys.stderr, flush=True)
+            message = None
+        if isinstance(message, Fork):
             _fork(message, fds, conduit, loaded, children)
-        elif op == "reap":
-            _reap(int(message["pid"]), children)
-        else:
-            for fd in fds:
-                os.close(fd)
+            continue
+        if isinstance(message, Reap):
+            _reap(message.pid, children)
+        for fd in fds:
+            os.close(fd)
 
 
 def _reap(pid: int, children: dict[int, float | None]) -> None:
@@ -143,7 +148,7 @@ def _sweep(children: dict[int, float | None]) -> None:
 
 
 def _fork(
-    message: dict[str, Any],
+    message: Fork,
     fds: list[int],
     conduit: _Conduit,
     loaded: Loaded | None,
@@ -167,12 +172,12 @@ def _fork(
     for fd in fds:
         os.close(fd)
     children[pid] = None
-    conduit.send(event="forked", id=message["id"], pid=pid)
+    conduit.send(event="forked", id=message.id, pid=pid)
 
 
-def _child(message: dict[str, Any], fds: list[int], loaded: Loaded | None, parent: int) -> int:
+def _child(message: Fork, fds: list[int], loaded: Loaded | None, parent: int) -> int:
     """The forked process: its own output, session and namespaces, then a function zygote or a container."""
-    stamps = {"sent": float(message.get("sent", 0.0)), "forked": time.monotonic()}
+    stamps = {"sent": message.sent, "forked": time.monotonic()}
     channel_fd, stdout_fd, stderr_fd, *rest = fds
     os.dup2(stdout_fd, 1)
     os.dup2(stderr_fd, 2)
@@ -180,36 +185,35 @@ def _child(message: dict[str, Any], fds: list[int], loaded: Loaded | None, paren
     os.close(stderr_fd)
     os.setsid()  # its own process group: the server ends whatever it started when it exits
     entrypoint.die_with_parent(parent)
-    _set_name(str(message["id"]))
+    _set_name(message.id)
     channel = entrypoint.Channel(channel_fd)
-    role = message["role"]
-    plan = message.get("plan")
+    role = message.role
+    plan = message.plan
     try:
         if plan is not None:
             namespaces.isolate(
-                namespaces.Plan(tuple(plan["private_dirs"]), bool(plan["network"])),
-                keep_setfcap=role == "function",
+                namespaces.Plan(plan.private_dirs, plan.network), keep_setfcap=role == "function"
             )
         stamps["isolated"] = time.monotonic()
-        if message.get("hold"):
+        if message.hold:
             channel.send(event="isolated")
-            go = channel.receive()
-            if go is None or go.get("op") != "go":
+            received = channel.receive()
+            go = decode(received) if received is not None else None
+            if not isinstance(go, Go):
                 return 1
-            data_bytes = go.get("data_bytes")
-            if data_bytes:
-                resource.setrlimit(resource.RLIMIT_DATA, (int(data_bytes), int(data_bytes)))
+            if go.data_bytes:
+                resource.setrlimit(resource.RLIMIT_DATA, (go.data_bytes, go.data_bytes))
             stamps["placed"] = time.monotonic()
     except BaseException as exc:
         return entrypoint.report_failure(channel, exc)
-    start: dict[str, Any] = message["start"]
+    start = message.start
     if role == "function":
         return _function_zygote(start, channel, stamps)
     listener = socket.socket(fileno=rest[0])
     return _container(start, channel, listener, loaded, stamps)
 
 
-def _function_zygote(start: dict[str, Any], channel: entrypoint.Channel, stamps: dict[str, float]) -> int:
+def _function_zygote(start: Start, channel: entrypoint.Channel, stamps: dict[str, float]) -> int:
     """Import the user's module and run the snap hooks once; then fork containers from here."""
     import uvloop
 
@@ -229,7 +233,7 @@ def _function_zygote(start: dict[str, Any], channel: entrypoint.Channel, stamps:
 
 
 def _container(
-    start: dict[str, Any],
+    start: Start,
     channel: entrypoint.Channel,
     listener: socket.socket,
     loaded: Loaded | None,

@@ -23,8 +23,14 @@ from cove._control.secrets import SecretStore
 from cove._control.store import Store, StoredVersion
 from cove._gateway.routing import Route, host_key
 from cove._labels import endpoint_host, endpoint_url
-from cove._runtime.backend import Backend, ContainerHandle, ContainerRequest, ImageLayout, Stream
-from cove._runtime.backends.local.sandbox import HOME
+from cove._runtime.backend import (
+    CONTAINER_HOME,
+    Backend,
+    ContainerHandle,
+    ContainerRequest,
+    ImageLayout,
+    Stream,
+)
 from cove._runtime.observer import PoolObserver
 from cove._runtime.pool import ContainerInfo, FunctionPool
 from cove._spec import AppSpec, FunctionSpec, ImageSpec
@@ -545,7 +551,7 @@ class AppRegistry:
             if step.kind == "add_local_python_source":
                 if root is None:  # a bundle has them in src/ already
                     paths = [p for p in step.arg("paths", ()) if p]
-                    extra_source += [(p, f"{HOME}/{os.path.basename(p)}") for p in paths]
+                    extra_source += [(p, f"{CONTAINER_HOME}/{os.path.basename(p)}") for p in paths]
                 continue
             remote = str(step.arg("remote_path"))
             what = f"Image.{step.kind}()"
@@ -577,7 +583,7 @@ class AppRegistry:
         the container's environment with `COVE_VOLUME_MOUNTS` ({name: path}) added."""
         if not fn.volumes:
             return (), env
-        if self._settings.backend == "ray" or self._volume_path is None:
+        if not self._backend.capabilities.host_paths or self._volume_path is None:
             raise InvalidError(
                 f"Function {fn.tag!r} mounts Volumes ({', '.join(v.name for v in fn.volumes)}), which the "
                 f"{self._settings.backend} backend does not support yet: Volumes are directories on the "

@@ -199,7 +199,7 @@ class CallRegistry:
                 )
         except httpx.TransportError as exc:
             broken = True
-            detail = lease.failure_message().strip().removeprefix("cove: ")
+            detail = (await lease.failure_message()).strip().removeprefix("cove: ")
             if not ended and reader.pending == 0:
                 yield encode_frame(
                     FRAME_ERROR,
@@ -308,7 +308,7 @@ class CallRegistry:
             )
         except httpx.TransportError as exc:
             broken = True
-            detail = lease.failure_message().strip().removeprefix("cove: ")
+            detail = (await lease.failure_message()).strip().removeprefix("cove: ")
             log.warning("call=%s function=%s event=container_failed detail=%r", call.id, spec.tag, detail)
             return encode_platform_error(
                 "ExecutionError",

@@ -47,7 +47,7 @@ class _SocketLease:
     def release(self, *, broken: bool = False, timed_out: bool = False) -> None:
         pass
 
-    def failure_message(self) -> str:
+    async def failure_message(self) -> str:
         return "cove: the dashboard is not answering; see the server log\n"
 
 

@@ -327,20 +327,33 @@ class BaseExchange:
         self._fail(504, f"cove: function timed out after {timeout_s:g} s", broken=True, timed_out=True)
 
     def _upstream_failed(self, reason: str) -> None:
-        """The container broke the exchange: 502 before the response head, abort after it."""
+        """The container broke the exchange: 502 before the response head, abort after it.
+
+        The 502 names the container's exit, which the runtime may take a moment to learn: that is
+        awaited in a task, never on the loop (issue 14, item 1); the broken connection goes now.
+        """
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.sink = None
+            conn.close(abort=True)
+        self.down.spawn(self._upstream_failure(reason))
+
+    async def _upstream_failure(self, reason: str) -> None:
+        """Answer a broken exchange with the lease's failure message, then give the lease back."""
         lease = self.lease
-        message = "cove: upstream failed"
-        address = None
-        if lease is not None:
-            address = lease.address
-            try:
-                message = lease.failure_message()
-            except Exception:
-                _log.exception("lease failure_message failed app=%s function=%s", *self._names())
+        address = lease.address if lease is not None else None
         _log.warning(
             "upstream failed app=%s function=%s address=%s reason=%s", *self._names(), address, reason
         )
-        self._fail(502, message, broken=True)
+        message = "cove: upstream failed"
+        try:
+            if lease is not None:
+                message = await lease.failure_message()
+        except Exception:
+            _log.exception("lease failure_message failed app=%s function=%s", *self._names())
+        finally:  # cancelled (the gateway closes): still answered, and the lease given back broken
+            self._fail(502, message, broken=True)
 
     def _fail(
         self,

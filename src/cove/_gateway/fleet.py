@@ -273,6 +273,11 @@ class _Session:
             found = fleet.leases.pop(lease_id, None)
             if found is not None:
                 _release(found[1], broken=broken, timed_out=timed_out)
+        elif kind == "failure":  # why a lease's container failed: the pool may wait for its exit
+            _, request_id, lease_id = message
+            task = asyncio.ensure_future(self._failure(request_id, lease_id))
+            self._acquiring[request_id] = task
+            task.add_done_callback(lambda _: self._forget(request_id))
         elif kind == "cancel":
             waiting = self._acquiring.pop(message[1], None)
             if waiting is not None:
@@ -330,10 +335,12 @@ class _Session:
         if kind == "verify":
             verify = gateway.verify_proxy_token
             return (verify is not None and bool(verify(message[1], message[2])),)
-        if kind == "failure_message":
-            found = self.fleet.leases.get(message[1])
-            return (found[1].failure_message() if found is not None else "cove: upstream failed",)
         raise ValueError(f"unknown gateway channel message {kind!r}")
+
+    async def _failure(self, request_id: int, lease_id: int) -> None:
+        found = self.fleet.leases.get(lease_id)
+        text = await found[1].failure_message() if found is not None else "cove: upstream failed\n"
+        self.channel.send(("failure", request_id, text))
 
     async def _acquire(self, request_id: int, host: str, session: bytes | None) -> None:
         gateway = self.fleet.gateway

@@ -181,7 +181,7 @@ class Exchange(BaseExchange):
                             message = "cove: the gateway is out of file descriptors; retry shortly"
                             self._fail(503, message, (("Retry-After", "1"),))
                         else:
-                            self._upstream_failed(f"connect failed: {exc}")
+                            await self._upstream_failure(f"connect failed: {exc}")  # goes back broken
                         return
                     if self._released:
                         conn.close(abort=True)

@@ -79,8 +79,20 @@ class OwnerLink:
     def release(self, lease_id: int, broken: bool, timed_out: bool) -> None:
         self.channel.send(("release", lease_id, broken, timed_out))
 
+    async def failure_message(self, lease_id: int) -> str:
+        """Why the lease's container failed, as the owner's pool says (it may wait for the exit)."""
+        request_id = next(self._ids)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._acquiring[request_id] = future
+        self.channel.send(("failure", request_id, lease_id))
+        try:
+            answer = await future
+        finally:
+            self._acquiring.pop(request_id, None)
+        return str(answer[1]) if answer[0] == "failure" else "cove: upstream failed\n"
+
     def ask(self, message: Message) -> Message:
-        """A blocking round trip to the owner: for proxy-token checks (cached) and 502 bodies."""
+        """A blocking round trip to the owner, for proxy-token checks (cached per token)."""
         if self._sync is None:
             self._sync = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._sync.connect(self._path)
@@ -134,7 +146,7 @@ class OwnerLink:
 
     def _on_message(self, message: Message) -> None:
         kind = message[0]
-        if kind == "lease" or kind == "refused":
+        if kind == "lease" or kind == "refused" or kind == "failure":
             future = self._acquiring.pop(message[1], None)
             if future is not None and not future.done():
                 future.set_result((kind, *message[2:]))
@@ -178,11 +190,8 @@ class RemoteLease:
     def release(self, *, broken: bool = False, timed_out: bool = False) -> None:
         self._link.release(self._id, broken, timed_out)
 
-    def failure_message(self) -> str:
-        try:
-            return str(self._link.ask(("failure_message", self._id))[0])
-        except OSError:
-            return "cove: upstream failed"
+    async def failure_message(self) -> str:
+        return await self._link.failure_message(self._id)
 
 
 class RemoteUpstream:

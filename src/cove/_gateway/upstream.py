@@ -43,10 +43,11 @@ class Lease(Protocol):
         """
         ...
 
-    def failure_message(self) -> str:
+    async def failure_message(self) -> str:
         """Body of the 502 sent when the container failed, starting with `cove: `.
 
-        For example `cove: container exited (code -9)`. Called before `release(broken=True)`.
+        For example `cove: container exited (code -9)`. Called before `release(broken=True)`. It
+        may wait a moment to learn the container's exit, but never blocks the loop.
         """
         ...
 

@@ -70,6 +70,29 @@ class ContainerRequest:
 
 #: Inside a container: the path of its app's scoped control socket (read by `cove._client`).
 CONTAINER_API_ENV = "COVE_CONTAINER_API"
+#: Inside a container: its home and working directory, where the app's sources appear (each
+#: top-level entry of its source directory, and each `add_local_python_source` package).
+CONTAINER_HOME = "/root"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can run, so the control plane asks this instead of naming backends.
+
+    `image_layouts`: the image layouts it runs. "built" is an `ImageLayout` built on this machine
+    (a virtualenv, perhaps a Debian root filesystem) that the server builds before it launches;
+    "recipe" means the backend installs the recipe's packages itself where the container lands
+    (Ray's runtime_env), so nothing is built here. `host_paths`: containers run on this machine,
+    so they can mount host directories (Volumes) and reach the app's scoped control socket.
+    """
+
+    image_layouts: frozenset[Literal["built", "recipe"]]
+    host_paths: bool
+
+    @property
+    def builds_images(self) -> bool:
+        """The server must build images before launching: the backend cannot install a recipe."""
+        return "recipe" not in self.image_layouts
 
 
 def app_env(request: ContainerRequest, api_socket: str | None) -> dict[str, str]:
@@ -99,7 +122,14 @@ class ContainerHandle(Protocol):
     def address(self) -> str: ...
 
     @property
-    def returncode(self) -> int | None: ...
+    def returncode(self) -> int | None:
+        """The exit code if the container is known to have ended now, else None. Never waits: the
+        gateway's loop asks it (issue 14, item 1)."""
+
+    async def exit_code(self, within_s: float) -> int | None:
+        """The exit code once the container has ended, waiting at most `within_s` for it (None if
+        it still runs). The gateway asks right after a container's connection broke: a process
+        killed mid-request closes its sockets a moment before its exit status is known."""
 
     async def wait_ready(self) -> None:
         """Return once the container accepts requests; raise `StartupError` if it cannot."""
@@ -113,6 +143,9 @@ class ContainerHandle(Protocol):
 
 class Backend(Protocol):
     """Starts containers. The local backend runs worker processes; others may run elsewhere."""
+
+    @property
+    def capabilities(self) -> Capabilities: ...
 
     async def start(self) -> None: ...
 

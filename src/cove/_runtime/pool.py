@@ -37,6 +37,8 @@ _REFUSED_DEMAND_S = 5.0
 #: How long connections asked to end get to do so (a WebSocket's closing handshake, a stream's
 #: current chunk) before their container is stopped under them.
 _ENDING_WAIT_S = 10.0
+#: How long a failed request's 502 waits to name the container's exit code (only that request waits).
+_EXIT_WAIT_S = 0.2
 
 Launcher = Callable[[], ContainerHandle]
 
@@ -103,8 +105,8 @@ class _Lease:
             self._slot.long_lived.discard(self)
         self._pool._release(self._slot, broken=broken, timed_out=timed_out, token=self._token)
 
-    def failure_message(self) -> str:
-        code = self._slot.handle.returncode
+    async def failure_message(self) -> str:
+        code = await self._slot.handle.exit_code(_EXIT_WAIT_S)
         if code is not None:
             return f"cove: container exited (code {code})\n"
         return f"cove: container {self._slot.handle.id} closed the connection\n"

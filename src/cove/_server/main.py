@@ -34,8 +34,8 @@ from cove._control.store import Store
 from cove._dashboard import Dashboard
 from cove._gateway import Gateway, Limits
 from cove._gateway.fleet import gateway_for
+from cove._runtime.backends import make_backend
 from cove._runtime.backends.local.spawner import socket_dir
-from cove._server.backends import make_backend
 from cove._server.control import ControlListeners
 from cove._server.routes import RoutePublisher
 from cove.config import Settings
@@ -153,7 +153,7 @@ async def serve(
         gateway.set_routes, dashboard.routes, on_change=(dashboard.cold_starts.routes_changed,)
     )
     await backend.start()
-    # Images are built on this machine for the local backend's containers.
+    # Images are built on this machine for a backend that cannot install a recipe itself.
     images = (
         ImageBuilder(
             settings.images_dir,
@@ -162,7 +162,7 @@ async def serve(
             home=settings.home,
             sandbox_setting=settings.sandbox,
         )
-        if settings.backend == "local"
+        if backend.capabilities.builds_images
         else None
     )
     container_apis = ContainerAPIs(socket_dir(settings.home))
@@ -175,8 +175,8 @@ async def serve(
         gateway_port=lambda: gateway.port,
         store=store,
         images=images,
-        # Ray's containers are not on this machine: they get no scoped socket (docs/ray.md).
-        api_socket=container_apis.socket_for if settings.backend == "local" else None,
+        # Containers elsewhere (Ray's) cannot reach a unix socket here: none (docs/ray.md).
+        api_socket=container_apis.socket_for if backend.capabilities.host_paths else None,
         api_forget=container_apis.forget,
         volume_path=objects.volume_path,
         pool_observer=dashboard.cold_starts,

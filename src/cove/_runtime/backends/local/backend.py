@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -19,7 +20,15 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Stream, app_env
+from cove._messages import Start
+from cove._runtime.backend import (
+    Capabilities,
+    ContainerRequest,
+    LogSink,
+    StartupError,
+    Stream,
+    app_env,
+)
 from cove._runtime.backends.local import sandbox
 from cove._runtime.backends.local.isolation import Host, Placement, place
 from cove._runtime.backends.local.limits import Applied, Limiter, owner_of, pids_refused
@@ -32,6 +41,8 @@ log = logging.getLogger("cove.runtime")
 
 #: Default of COVE_ZYGOTE_WINDOW: how long a function zygote outlives the function's last container.
 DEFAULT_ZYGOTE_WINDOW_S = Settings.zygote_window_s  # COVE_ZYGOTE_WINDOW's default (config.py)
+#: How often `exit_code` looks for a dying process's exit status.
+_EXIT_POLL_S = 0.002
 
 
 def new_container_id() -> str:
@@ -88,21 +99,23 @@ class LocalContainer:
     def returncode(self) -> int | None:
         """The exit code, as soon as the process has ended, even before asyncio has reaped it.
 
-        The gateway asks right after a container's connection broke; a process killed mid-request
-        is a zombie by then (or within a moment), and Linux shows a zombie's wait status in
-        /proc/<pid>/stat (field 52, Linux ≥ 3.5). A forked container stays a zombie until the
-        server has read that (its zygote reaps it when told).
+        Linux shows a zombie's wait status in /proc/<pid>/stat (field 52, Linux ≥ 3.5); a forked
+        container stays a zombie until the server has read that (its zygote reaps it when told).
         """
         if self._exited.done():
             return self._exited.result()
-        if self._worker is None:
-            return None
-        deadline = time.monotonic() + 0.05
+        return None if self._worker is None else self._worker.exit_code_now()
+
+    async def exit_code(self, within_s: float) -> int | None:
+        # The kernel closes a dying process's sockets just before it becomes a zombie: look again
+        # every few ms, yielding the loop in between.
+        deadline = time.monotonic() + within_s
         while True:
-            code = self._worker.exit_code_now()
+            code = self.returncode
             if code is not None or time.monotonic() >= deadline:
                 return code
-            time.sleep(0.002)  # the kernel closes a dying process's sockets just before it becomes a zombie
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._exited), _EXIT_POLL_S)
 
     async def wait_ready(self) -> None:
         await asyncio.shield(self._ready)
@@ -200,6 +213,9 @@ class LocalBackend:
     function version (`zygote.Zygotes`); without, it is a fresh worker process.
     """
 
+    #: Images built on this machine; containers on this machine (Volumes, scoped socket).
+    capabilities = Capabilities(image_layouts=frozenset({"built"}), host_paths=True)
+
     def __init__(
         self,
         home: Path,
@@ -250,15 +266,14 @@ class LocalBackend:
         address = self._spawner.address(container_id)
         container = LocalContainer(container_id, address, log_sink, max_pids=self._limiter.max_pids)
         self._containers[container_id] = container
-        message = {
-            "op": "start",
-            "container_id": container_id,
-            "function": spec_to_dict(request.function),
-            "module_file": placement.module_file,
-            "source_dir": placement.source_dir,
-            "workdir": placement.workdir,
-            "env": {**request.env, **app_env(request, _inner_api_socket(placement, request))},
-        }
+        message = Start(
+            container_id=container_id,
+            function=spec_to_dict(request.function),
+            module_file=placement.module_file,
+            source_dir=placement.source_dir,
+            workdir=placement.workdir,
+            env={**request.env, **app_env(request, _inner_api_socket(placement, request))},
+        )
 
         async def begin() -> None:
             if zygotes is not None:
@@ -266,7 +281,7 @@ class LocalBackend:
                 container._attach(forked)
                 return
             spawned = await self._spawner.spawn(placement, container_id)
-            spawned.start_message = {**message, "listen_fd": spawned.listen_fd}
+            spawned.start_message = dataclasses.replace(message, listen_fd=spawned.listen_fd)
             container._attach(spawned)
 
         task = asyncio.ensure_future(begin())

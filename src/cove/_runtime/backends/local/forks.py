@@ -16,8 +16,9 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
+from cove._messages import Fork, Isolation, Reap, Start, encode
 from cove._runtime.backend import StartupError
 from cove._runtime.backends.local import procfs
 from cove._runtime.backends.local.limits import Applied
@@ -229,7 +230,7 @@ class Zygote:
 
     def reap(self, ns_pid: int) -> None:
         if self.alive:
-            self._spawn(self._send_quietly({"op": "reap", "pid": ns_pid}))
+            self._spawn(self._send_quietly(encode(Reap(ns_pid))))
 
     async def _send_quietly(self, message: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
@@ -243,10 +244,10 @@ class Zygote:
     async def fork(
         self,
         forked_id: str,
-        role: str,
-        start: dict[str, Any],
+        role: Literal["function", "container"],
+        start: Start,
         *,
-        plan: dict[str, Any] | None,
+        plan: Isolation | None,
         hold: bool = False,
         listener: socket.socket | None = None,
         cleanup: Callable[[], None] = lambda: None,
@@ -265,10 +266,9 @@ class Zygote:
             forked = Forked(forked_id, self, Wire(ours), pipes, via=self.level, cleanup=cleanup)
             self.children[forked_id] = forked
             forked.exited.add_done_callback(lambda _: self.children.pop(forked_id, None))
-            message: dict[str, Any] = {"op": "fork", "id": forked_id, "role": role, "start": start}
-            message.update(plan=plan, hold=hold, sent=time.monotonic())
+            message = Fork(forked_id, role, start, plan=plan, hold=hold, sent=time.monotonic())
             try:
-                await self.wire.send(message, fds)
+                await self.wire.send(encode(message), fds)
             except OSError as exc:
                 forked.fail(f"zygote {self.id} is gone: {exc}")
         finally:

@@ -35,11 +35,13 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
 
+from cove._runtime.backend import CONTAINER_HOME
+
 #: Container paths of the pieces Cove itself puts in every container.
 VENV = "/cove/venv"
 SDK = "/cove/sdk"
 RUN = "/cove/run"
-HOME = "/root"
+HOME = CONTAINER_HOME
 API_DIR = "/cove/api"
 
 NetworkMode = Literal["none", "outbound"]

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cove._messages import Start, encode
 from cove._runtime.backend import StartupError
 from cove._runtime.backends.local import procfs, sandbox
 from cove._runtime.backends.local.isolation import Host, Network, Placement, attach_network
@@ -96,7 +97,7 @@ class Spawned:
         self.limits = limits
         self.limiter = limiter
         self.network: Network | None = None
-        self.start_message: dict[str, Any] | None = None
+        self.start_message: Start | None = None
         self.listen_fd: int | None = None  # the worker's number of the listener it inherited
         assert process.stdout is not None and process.stderr is not None
         self.stdout: asyncio.StreamReader = process.stdout
@@ -128,7 +129,8 @@ class Spawned:
         """Send the `start` message (set by the caller) and return the worker's first event."""
         reader, writer = await asyncio.open_connection(sock=self.channel)
         try:
-            writer.write(json.dumps(self.start_message).encode() + b"\n")
+            assert self.start_message is not None, "the caller sets the start message"
+            writer.write(json.dumps(encode(self.start_message)).encode() + b"\n")
             await writer.drain()
             line = await reader.readline()
             event: dict[str, Any] = json.loads(line) if line else {}

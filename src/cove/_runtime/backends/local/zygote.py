@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cove._messages import BecomeZygote, Go, Isolation, Start, encode
 from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Stream
 from cove._runtime.backends.local import namespaces
 from cove._runtime.backends.local.forks import Forked, FunctionZygote, ImageZygote, Wire, Zygote, finish, pump
@@ -149,7 +150,7 @@ class Zygotes:
     # -- containers -------------------------------------------------------------------------------
 
     async def fork_container(
-        self, request: ContainerRequest, container_id: str, address: str, start: dict[str, Any], sink: LogSink
+        self, request: ContainerRequest, container_id: str, address: str, start: Start, sink: LogSink
     ) -> Forked:
         """Fork a container for `request`: from its function zygote if there is one (waiting for one
         being made), else from the image zygote. It listens on `address` once ready."""
@@ -167,15 +168,13 @@ class Zygotes:
         forked.exited.add_done_callback(lambda _: self._container_gone(entry))
         return forked
 
-    async def _fork(
-        self, entry: _FunctionEntry, container_id: str, address: str, start: dict[str, Any]
-    ) -> Forked:
+    async def _fork(self, entry: _FunctionEntry, container_id: str, address: str, start: Start) -> Forked:
         fn = entry.request.function
         placement = entry.placement
         plan = _plan(placement, network=fn.web is not None and fn.web.relays_port)
         outbound = (
             plan is not None
-            and plan["network"]
+            and plan.network
             and placement.needs is not None
             and placement.needs.network == "outbound"
             and self._host.network_tool is not None
@@ -246,7 +245,7 @@ class Zygotes:
         finally:
             await joining
         with contextlib.suppress(OSError):
-            await forked.wire.send({"op": "go", "data_bytes": limits.limits.data_bytes})
+            await forked.wire.send(encode(Go(limits.limits.data_bytes)))
 
     def _container_gone(self, entry: _FunctionEntry) -> None:
         entry.containers -= 1
@@ -271,14 +270,14 @@ class Zygotes:
     async def _make_function_zygote(self, entry: _FunctionEntry) -> FunctionZygote | None:
         request, placement = entry.request, entry.placement
         zygote_id = new_zygote_id()
-        start = {
-            "container_id": zygote_id,
-            "function": spec_to_dict(request.function),
-            "module_file": placement.module_file,
-            "source_dir": placement.source_dir,
-            "workdir": placement.workdir,
-            "env": dict(request.env),
-        }
+        start = Start(
+            container_id=zygote_id,
+            function=spec_to_dict(request.function),
+            module_file=placement.module_file,
+            source_dir=placement.source_dir,
+            workdir=placement.workdir,
+            env=dict(request.env),
+        )
         plan = _plan(placement, network=False)
         try:
             image = await self._image_zygote(entry.key)
@@ -378,7 +377,7 @@ class Zygotes:
                 self._spawn(pump(reader, _to_server_log(spawned.id, stream)))
             wire = Wire(spawned.channel)
             try:
-                await wire.send({"op": "zygote"})
+                await wire.send(encode(BecomeZygote()))
                 event = await wire.receive()
             except OSError:  # it died before reading its first message (its stderr is in the log)
                 event = None
@@ -499,11 +498,11 @@ def expiry_delay(window_s: float, *, keep: bool, containers: int, has_zygote: bo
     return max(0.0, window_s)
 
 
-def _plan(placement: Placement, *, network: bool) -> dict[str, Any] | None:
+def _plan(placement: Placement, *, network: bool) -> Isolation | None:
     """What a fork makes its own (see `namespaces`); nothing where there is no sandbox."""
     if placement.needs is None:
         return None
-    return {"private_dirs": list(namespaces.private_dirs(HOME, placement.workdir)), "network": network}
+    return Isolation(tuple(namespaces.private_dirs(HOME, placement.workdir)), network)
 
 
 def _to_server_log(zygote_id: str, stream: str) -> Callable[[str], None]:

@@ -26,7 +26,6 @@ import errno
 import json
 import logging
 import os
-import select
 import socket
 import threading
 import weakref
@@ -35,7 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from cove._bundle import make_bundle
-from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Stream, app_env
+from cove._messages import Start, encode
+from cove._runtime.backend import (
+    Capabilities,
+    ContainerRequest,
+    LogSink,
+    StartupError,
+    Stream,
+    app_env,
+)
 from cove._runtime.backends.local.backend import new_container_id
 from cove._runtime.backends.ray.node import ContainerActor
 from cove._runtime.backends.ray.options import plan
@@ -87,16 +94,21 @@ class RayContainer:
     def returncode(self) -> int | None:
         """The exit code, as soon as the container is gone, even if its event has not been read yet.
 
-        The gateway asks right after a container's connection broke. When the actor died, the
-        kernel closed its event stream at the same moment: read what is there (waiting at most
-        50 ms for it to arrive), so the pool does not hand the dead container another request.
+        When the actor died, the kernel closed its event stream at the same moment: read what is
+        there already (the socket does not block), so the pool does not hand the dead container
+        another request.
         """
         if not self._exited.done() and self._events is not None:
             with contextlib.suppress(OSError, ValueError):
-                readable, _, _ = select.select([self._events], [], [], 0.05)
-                if readable:
-                    self._read_events()
+                self._read_events()
         return self._exited.result() if self._exited.done() else None
+
+    async def exit_code(self, within_s: float) -> int | None:
+        code = self.returncode
+        if code is None:  # its last events may still be on their way: the loop reads them
+            with contextlib.suppress(TimeoutError):
+                code = await asyncio.wait_for(self.wait_exit(), timeout=within_s)
+        return code
 
     async def wait_ready(self) -> None:
         await asyncio.shield(self._ready)
@@ -257,6 +269,9 @@ class RayBackend:
     """Starts containers as Ray actors on the cluster at `address` (None: Ray's own default — the
     RAY_ADDRESS variable, then a cluster started on this machine, else a new local instance)."""
 
+    #: Ray installs each recipe in a runtime_env on its node; no host paths there (docs/ray.md).
+    capabilities = Capabilities(image_layouts=frozenset({"recipe"}), host_paths=False)
+
     def __init__(self, home: Path, *, address: str | None = None) -> None:
         self._home = home
         self._address = address
@@ -326,15 +341,18 @@ class RayBackend:
         def create() -> tuple[Any, Any]:  # in a thread: packing the sources reads files
             return actor_class.options(**options).remote(container_id), sources.get(request)
 
-        message = {
-            "op": "start",
-            "container_id": container_id,
-            "function": spec_to_dict(request.function),
-            "module_file": os.path.relpath(request.module_file, request.source_dir),
-            # secrets: in the start message, never in the runtime_env. No scoped control socket on
-            # Ray (docs/ray.md): calls from inside a container say so.
-            "env": {**request.env, **app_env(request, None)},
-        }
+        # The node fills in where it unpacked the sources (`source_dir`) and its `socket`.
+        message = encode(
+            Start(
+                container_id=container_id,
+                function=spec_to_dict(request.function),
+                module_file=os.path.relpath(request.module_file, request.source_dir),
+                source_dir="",
+                # secrets: in the start message, never in the runtime_env. No scoped control socket
+                # on Ray (docs/ray.md): calls from inside a container say so.
+                env={**request.env, **app_env(request, None)},
+            )
+        )
         self._containers[container_id] = container
         container._exited.add_done_callback(lambda _: self._containers.pop(container_id, None))
         timeout_s = request.function.startup_timeout_s or _PLACEMENT_TIMEOUT_S

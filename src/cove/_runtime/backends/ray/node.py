@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cove._bundle import extract_bundle
+from cove._messages import Start, UnknownMessage, decode, encode
 
 T = TypeVar("T")
 
@@ -196,9 +198,14 @@ class Supervisor:
 
     async def start(self, message: dict[str, Any], source_dir: str) -> None:
         """Send the worker its `start` message, naming the unpacked sources."""
-        message = dict(message, socket=self._socket_path, source_dir=source_dir)
-        message["module_file"] = os.path.join(source_dir, message["module_file"])
-        self._spawn(self._control(message))
+        start = decode(message)
+        if not isinstance(start, Start):
+            raise UnknownMessage(f"a Ray container starts with a start message, not {start.op!r}")
+        module_file = os.path.join(source_dir, start.module_file)
+        start = dataclasses.replace(
+            start, socket=self._socket_path, source_dir=source_dir, module_file=module_file
+        )
+        self._spawn(self._control(encode(start)))
 
     async def wait_exit(self) -> int:
         return await asyncio.shield(self._exited)
