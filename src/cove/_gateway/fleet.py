@@ -278,6 +278,12 @@ class _Session:
             task = asyncio.ensure_future(self._failure(request_id, lease_id))
             self._acquiring[request_id] = task
             task.add_done_callback(lambda _: self._forget(request_id))
+        elif kind == "on_drain":  # a worker's WebSocket or stream: tell it when it must end
+            lease_id = message[1]
+            found = fleet.leases.get(lease_id)
+            on_drain = getattr(found[1], "on_drain", None) if found is not None else None
+            if on_drain is not None:
+                on_drain(lambda: send(("drain", lease_id)))
         elif kind == "cancel":
             waiting = self._acquiring.pop(message[1], None)
             if waiting is not None:

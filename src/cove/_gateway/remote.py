@@ -19,6 +19,7 @@ import itertools
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cove._gateway.channel import Channel, Message, call
@@ -42,7 +43,8 @@ class OwnerLink:
         self._finished = 0
         self._flush: asyncio.Handle | None = None
         # message kind -> callable(*args); the worker adds its own
-        self.handlers: dict[str, Any] = {"ping": self._ping}
+        self._drains: dict[int, Callable[[], None]] = {}  # lease id -> `Lease.on_drain` callback
+        self.handlers: dict[str, Any] = {"ping": self._ping, "drain": self._drain}
         self.lost = asyncio.Event()
 
     async def connect(self) -> None:
@@ -77,7 +79,18 @@ class OwnerLink:
         return await future
 
     def release(self, lease_id: int, broken: bool, timed_out: bool) -> None:
+        self._drains.pop(lease_id, None)
         self.channel.send(("release", lease_id, broken, timed_out))
+
+    def on_drain(self, lease_id: int, callback: Callable[[], None]) -> None:
+        """Have the owner's lease call `callback` (here, once) when its connection must end."""
+        self._drains[lease_id] = callback
+        self.channel.send(("on_drain", lease_id))
+
+    def _drain(self, lease_id: int) -> None:
+        callback = self._drains.pop(lease_id, None)
+        if callback is not None:
+            callback()
 
     async def failure_message(self, lease_id: int) -> str:
         """Why the lease's container failed, as the owner's pool says (it may wait for the exit)."""
@@ -192,6 +205,10 @@ class RemoteLease:
 
     async def failure_message(self) -> str:
         return await self._link.failure_message(self._id)
+
+    def on_drain(self, callback: Callable[[], None]) -> None:
+        """`Lease.on_drain`: the owner's pool says when this long-lived connection must end."""
+        self._link.on_drain(self._id, callback)
 
 
 class RemoteUpstream:
