@@ -7,9 +7,10 @@ its image as its `runtime_env`. The app's sources go to the cluster's object sto
 as the local backend and relays `tcp://NODE_IP:PORT` to it: the address the gateway proxies to. Its
 output, readiness and exit arrive on an event stream the server reads here.
 
-Zygotes (warm spares) are off: Ray cannot fork a process onto another node, and a spare per node and
-image would hold resources the cluster's autoscaler then cannot release. A cold start is an actor
-start.
+A container is a fork instead when its function version's warm spare has a free slot: a zygote
+actor on some node, holding one container's resources, forks it from a function zygote in tens of
+milliseconds (`spares`, `zygote`). Otherwise (the slot taken, the spare not ready yet, a GPU
+function) a cold start is an actor start.
 
 A container whose node dies is *lost*: its event stream ends without an exit event (or, when the
 machine vanished without a word, Ray reports the actor dead), the pool forgets it and starts a
@@ -39,6 +40,8 @@ from cove._runtime.backend import ContainerRequest, LogSink, StartupError, Strea
 from cove._runtime.backends.local.backend import new_container_id
 from cove._runtime.backends.ray.node import ContainerActor
 from cove._runtime.backends.ray.options import plan
+from cove._runtime.backends.ray.spares import Fork, Spares, zygote_options
+from cove._runtime.backends.ray.zygote import ZygoteActor
 from cove._spec import AppSpec, FunctionSpec, ImageSpec, ImageStep, spec_to_dict
 from cove.exception import Error
 
@@ -149,7 +152,8 @@ class RayContainer:
         _, sources = await asyncio.shield(creating)
         info = await _await(self._actor.endpoints.remote())
         self.node_id = str(info["node_id"])
-        self._log(self._id, "system", f"placed on Ray node {self.node_id} ({info['host']})")
+        forked = f", forked by zygote {info['zygote']}" if info.get("zygote") else ""
+        self._log(self._id, "system", f"placed on Ray node {self.node_id} ({info['host']}){forked}")
         sock = socket.socket(_family(info["host"]), socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -261,6 +265,7 @@ class RayBackend:
         self._home = home
         self._address = address
         self._actor_class: Any = None
+        self._spares: Spares | None = None
         self._uv = True  # Ray's runtime_env has a `uv` field since 2.40
         self._containers: dict[str, RayContainer] = {}
         self._sources = _Sources()
@@ -290,6 +295,12 @@ class RayBackend:
                 "Start one with `ray start --head`, or pass --ray-address HOST:PORT."
             ) from exc
         self._actor_class = ray.remote(ContainerActor)
+        zygote_class = ray.remote(ZygoteActor)
+
+        def create_zygote(options: dict[str, Any], zygote_id: str) -> Any:
+            return zygote_class.options(**options, name=f"cove-{zygote_id}").remote(zygote_id)
+
+        self._spares = Spares(create_zygote, self._sources.get)
         self._uv = _version(ray.__version__) >= (2, 40)
         resources = ray.cluster_resources()
         log.info(
@@ -301,10 +312,19 @@ class RayBackend:
         )
 
     def prepare(self, request: ContainerRequest) -> None:
-        """No warm spares on Ray (see the module docstring)."""
+        """A version is live: its functions' warm spares (`spares`)."""
+        if self._spares is None or self._closed:
+            return
+        try:
+            ray_plan = plan(request.function, uv=self._uv)
+        except (OSError, ValueError):  # its containers say why when they start
+            return
+        self._spares.prepare(request, zygote_options(dict(ray_plan.options)))
 
     def release(self, request: ContainerRequest) -> None:
-        """That version is gone: its sources may leave the object store."""
+        """That version is gone: its spares go, its sources may leave the object store."""
+        if self._spares is not None:
+            self._spares.release(request)
         self._sources.drop(request)
 
     def launch(self, request: ContainerRequest, log_sink: LogSink) -> RayContainer:
@@ -322,8 +342,12 @@ class RayBackend:
             log_sink(container_id, "system", note)
         options = dict(ray_plan.options, name=f"cove-{container_id}")
         actor_class, sources = self._actor_class, self._sources
+        taken = self._spares.take(request, container_id) if self._spares is not None else None
+        fork = taken[0] if taken is not None else None
 
         def create() -> tuple[Any, Any]:  # in a thread: packing the sources reads files
+            if fork is not None:  # its zygote has the sources
+                return fork, None
             return actor_class.options(**options).remote(container_id), sources.get(request)
 
         message = {
@@ -337,6 +361,9 @@ class RayBackend:
         }
         self._containers[container_id] = container
         container._exited.add_done_callback(lambda _: self._containers.pop(container_id, None))
+        if taken is not None:
+            give_back = taken[1]
+            container._exited.add_done_callback(lambda _: give_back())
         timeout_s = request.function.startup_timeout_s or _PLACEMENT_TIMEOUT_S
         container._spawn(container._begin(create, message, timeout_s))
         return container
@@ -346,6 +373,8 @@ class RayBackend:
         await asyncio.gather(
             *(c.stop(grace_s=10) for c in list(self._containers.values())), return_exceptions=True
         )
+        if self._spares is not None:
+            await self._spares.close()
         if self._actor_class is not None:
             import ray
 
@@ -408,6 +437,9 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 def _kill(actor: Any) -> None:
+    if isinstance(actor, Fork):  # a fork, not an actor: its zygote actor ends it
+        actor.kill()
+        return
     import ray
 
     with contextlib.suppress(Exception):  # dead already, or Ray is shut down
