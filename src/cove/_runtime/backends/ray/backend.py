@@ -30,6 +30,7 @@ import os
 import select
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -51,6 +52,10 @@ log = logging.getLogger("cove.runtime")
 LOST = -1
 #: Longest wait for Ray to place an actor and set up its runtime_env (Ray's own setup timeout).
 _PLACEMENT_TIMEOUT_S = 600.0
+#: How long a fork beyond its spare's slot may wait for its resources on that node (else: an actor).
+_RESERVE_TIMEOUT_S = 2.0
+#: How old the list of live nodes may be when a launch decides between a fork and an actor.
+_NODES_REFRESH_S = 2.0
 #: After Ray reports the exit, how long the event stream may take to deliver the last lines.
 _EVENTS_GRACE_S = 2.0
 #: Keepalive on the event stream: a node that vanished without closing it is noticed in ~25 s.
@@ -77,6 +82,7 @@ class RayContainer:
         self._exited: asyncio.Future[int] = loop.create_future()
         self._tasks: set[asyncio.Task[None]] = set()
         self.node_id: str | None = None
+        self.version = 0  # id() of the ContainerRequest it was launched for
 
     @property
     def id(self) -> str:
@@ -270,6 +276,9 @@ class RayBackend:
         self._containers: dict[str, RayContainer] = {}
         self._sources = _Sources()
         self._closed = False
+        self._nodes: tuple[str, ...] = ()  # the ids of the cluster's live nodes, refreshed as we go
+        self._nodes_at = 0.0
+        self._refreshing: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await asyncio.to_thread(self._connect)
@@ -302,6 +311,7 @@ class RayBackend:
 
         self._spares = Spares(create_zygote, self._sources.get)
         self._uv = _version(ray.__version__) >= (2, 40)
+        self._nodes, self._nodes_at = _live_nodes(), time.monotonic()
         resources = ray.cluster_resources()
         log.info(
             "event=ray_connected address=%s nodes=%d cpus=%g gpus=%g",
@@ -342,14 +352,6 @@ class RayBackend:
             log_sink(container_id, "system", note)
         options = dict(ray_plan.options, name=f"cove-{container_id}")
         actor_class, sources = self._actor_class, self._sources
-        taken = self._spares.take(request, container_id) if self._spares is not None else None
-        fork = taken[0] if taken is not None else None
-
-        def create() -> tuple[Any, Any]:  # in a thread: packing the sources reads files
-            if fork is not None:  # its zygote has the sources
-                return fork, None
-            return actor_class.options(**options).remote(container_id), sources.get(request)
-
         message = {
             "op": "start",
             "container_id": container_id,
@@ -359,6 +361,19 @@ class RayBackend:
             # Ray (docs/ray.md): calls from inside a container say so.
             "env": {**request.env, **app_env(request, None)},
         }
+        taken = None
+        if self._spares is not None and self._may_fork(request):
+            taken = self._spares.take(request, container_id, message)
+        fork = taken[0] if taken is not None else None
+        container.version = id(request)
+        if taken is not None and self._spares is not None:
+            container.node_id = self._spares.node(request)
+
+        def create() -> tuple[Any, Any]:  # in a thread: packing the sources reads files
+            if fork is not None and fork.reserve(_RESERVE_TIMEOUT_S):  # its zygote has the sources
+                return fork, None
+            return actor_class.options(**options).remote(container_id), sources.get(request)
+
         self._containers[container_id] = container
         container._exited.add_done_callback(lambda _: self._containers.pop(container_id, None))
         if taken is not None:
@@ -368,8 +383,44 @@ class RayBackend:
         container._spawn(container._begin(create, message, timeout_s))
         return container
 
+    def _may_fork(self, request: ContainerRequest) -> bool:
+        """Fork on the spare's node unless it has more of this version's containers than another live
+        node (counting containers still being placed as elsewhere): replicas spread over nodes, as
+        actors do (`options.actor_options`), so one node takes few of them down."""
+        self._refresh_nodes()
+        node = self._spares.node(request) if self._spares is not None else None
+        if node is None:
+            return False
+        counts = dict.fromkeys(self._nodes, 0)
+        unplaced = 0
+        for container in self._containers.values():
+            if container.version != id(request):
+                continue
+            if container.node_id is None:
+                unplaced += 1
+            else:
+                counts[container.node_id] = counts.get(container.node_id, 0) + 1
+        mine = counts.pop(node, 0)
+        return not counts or mine <= min(counts.values()) + unplaced
+
+    def _refresh_nodes(self) -> None:
+        if time.monotonic() - self._nodes_at < _NODES_REFRESH_S or self._refreshing is not None:
+            return
+
+        async def refresh() -> None:
+            try:
+                self._nodes = await asyncio.to_thread(_live_nodes)
+            except Exception:  # Ray is shutting down: keep what we knew
+                pass
+            finally:
+                self._nodes_at, self._refreshing = time.monotonic(), None
+
+        self._refreshing = asyncio.ensure_future(refresh())
+
     async def close(self) -> None:
         self._closed = True
+        if self._refreshing is not None:
+            await asyncio.gather(self._refreshing, return_exceptions=True)
         await asyncio.gather(
             *(c.stop(grace_s=10) for c in list(self._containers.values())), return_exceptions=True
         )
@@ -434,6 +485,12 @@ def _version(text: str) -> tuple[int, ...]:
         digits = "".join(c for c in part if c.isdigit())
         numbers.append(int(digits) if digits else 0)
     return tuple(numbers)
+
+
+def _live_nodes() -> tuple[str, ...]:
+    import ray
+
+    return tuple(str(node["NodeID"]) for node in ray.nodes() if node.get("Alive"))
 
 
 def _kill(actor: Any) -> None:

@@ -43,25 +43,69 @@ Sources = Callable[[ContainerRequest], Any]  # the version's source bundle, as a
 @dataclass(eq=False)
 class _Spare:
     request: ContainerRequest
-    options: dict[str, Any]
+    options: dict[str, Any]  # a container's actor options
     actor: Any = None
+    host: str = ""
+    node_id: str | None = None
     zygote_id: str = ""
     ready: bool = False
     busy: int = 0
     released: bool = False
     failures: int = 0
 
+    @property
+    def container(self) -> dict[str, float]:
+        """One container's resources, as a placement group bundle names them."""
+        return {
+            "CPU": float(self.options.get("num_cpus") or 0),
+            "memory": float(self.options.get("memory") or 0),
+        }
+
 
 class Fork:
-    """A container forked by a zygote actor, with the methods of a container's actor (`node`)."""
+    """A container forked by a zygote actor, with the methods of a container's actor (`node`).
 
-    def __init__(self, actor: Any, container_id: str) -> None:
+    `endpoints` forks it at once (its start message is known): its output waits in the event
+    stream's backlog while the server connects, which saves a round trip. `bundle`: the resources
+    to reserve on the zygote's node first, for a fork beyond the spare's own slot."""
+
+    def __init__(
+        self, actor: Any, container_id: str, message: dict[str, Any], bundle: dict[str, float] | None
+    ) -> None:
         self.actor = actor
-        self.endpoints = _Bound(actor.open, container_id)
-        self.start = _Bound(actor.start, container_id, drop_last=True)  # the zygote has the sources
+        self.endpoints = _Bound(actor.open, container_id, message)
+        self.start = _Started()  # the zygote has the sources, and the fork is under way
         self.wait_exit = _Bound(actor.wait_exit, container_id)
         self.stop = _Bound(actor.stop, container_id)
         self._id = container_id
+        self._bundle = bundle
+        self._group: Any = None
+
+    def reserve(self, timeout_s: float) -> bool:
+        """Reserve the extra fork's resources on the zygote's node (a placement group; blocking, in
+        a thread): False if Ray cannot place them there in time (start an actor instead)."""
+        if self._bundle is None:
+            return True
+        import ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        group = placement_group([self._bundle], strategy="STRICT_PACK", name=f"cove-{self._id}")
+        try:
+            ray.get(group.ready(), timeout=timeout_s)
+        except Exception:
+            with contextlib.suppress(Exception):
+                remove_placement_group(group)
+            return False
+        self._group = group
+        return True
+
+    def unreserve(self) -> None:
+        group, self._group = self._group, None
+        if group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            with contextlib.suppress(Exception):  # Ray is shut down: so is the reservation
+                remove_placement_group(group)
 
     def kill(self) -> None:
         with contextlib.suppress(Exception):  # the zygote actor is gone: so is the fork
@@ -69,17 +113,25 @@ class Fork:
 
 
 class _Bound:
-    """`method.remote(container_id, *args)` spelled as an actor's `method.remote(*args)`."""
+    """`method.remote(container_id, *first, *args)` spelled as an actor's `method.remote(*args)`."""
 
-    def __init__(self, method: Any, container_id: str, *, drop_last: bool = False) -> None:
+    def __init__(self, method: Any, container_id: str, *first: Any) -> None:
         self._method = method
-        self._id = container_id
-        self._drop_last = drop_last
+        self._args = (container_id, *first)
 
     def remote(self, *args: Any) -> Any:
-        if self._drop_last:
-            args = args[:-1]
-        return self._method.remote(self._id, *args)
+        return self._method.remote(*self._args, *args)
+
+
+class _Started:
+    """`start.remote(message, sources)` of a fork: nothing left to do."""
+
+    def remote(self, *args: Any) -> Any:
+        return _nothing()
+
+
+async def _nothing() -> None:
+    return None
 
 
 class Spares:
@@ -109,21 +161,34 @@ class Spares:
             if spare.busy == 0:
                 self._retire(spare)
 
-    def take(self, request: ContainerRequest, container_id: str) -> tuple[Fork, Callable[[], None]] | None:
-        """A fork for a new container of `request` and the callback that frees its slot when it has
-        exited; None when there is no ready zygote with a free slot (start an actor instead)."""
+    def node(self, request: ContainerRequest) -> str | None:
+        """The node of `request`'s ready zygote actor, if it has one."""
         spare = self._spares.get(id(request))
-        if spare is None or not spare.ready or spare.busy >= SLOTS or self._closed:
+        return spare.node_id if spare is not None and spare.ready and not self._closed else None
+
+    def take(
+        self, request: ContainerRequest, container_id: str, message: dict[str, Any]
+    ) -> tuple[Fork, Callable[[], None]] | None:
+        """A fork for a new container of `request` and the callback to call once it has exited;
+        None when there is no ready zygote (start an actor instead). A fork beyond the spare's
+        slot must `reserve` its resources before it starts."""
+        spare = self._spares.get(id(request))
+        if spare is None or not spare.ready or self._closed:
             return None
+        bundle = None
+        if spare.busy >= SLOTS:
+            bundle = {f"node:{spare.host}": 0.001}
+            bundle.update({k: v for k, v in spare.container.items() if v})
         spare.busy += 1
-        actor = spare.actor
+        fork = Fork(spare.actor, container_id, message, bundle)
 
         def give_back() -> None:
+            fork.unreserve()
             spare.busy -= 1
             if spare.released and spare.busy == 0:
                 self._retire(spare)
 
-        return Fork(actor, container_id), give_back
+        return fork, give_back
 
     async def _start(self, spare: _Spare) -> None:
         request = spare.request
@@ -135,7 +200,7 @@ class Spares:
             "env": {**request.env, **app_env(request, None)},
         }
         try:
-            actor = await asyncio.to_thread(self._create, spare.options, zygote_id)
+            actor = await asyncio.to_thread(self._create, zygote_options(spare.options), zygote_id)
             spare.actor, spare.zygote_id = actor, zygote_id
             if spare.released or self._closed:
                 self._retire(spare)
@@ -157,7 +222,8 @@ class Spares:
         if spare.released or self._closed:
             self._retire(spare)
             return
-        spare.ready, spare.failures = True, 0
+        spare.ready, spare.failures, spare.host = True, 0, str(info.get("host"))
+        spare.node_id = str(info.get("node_id"))
         log.info(
             "function=%s zygote=%s event=ray_zygote_ready node=%s host=%s pid=%s",
             request.function.tag,

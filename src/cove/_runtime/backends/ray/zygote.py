@@ -9,7 +9,7 @@ control sockets `cove._runtime.backends.local.forks`. A container is then a fork
 zygote, relayed and reported like an actor's container (`node`): a TCP relay on the node's address
 to the fork's unix socket, and an event stream of its output, readiness and exit.
 
-The methods that name a container (`open`, `start`, `wait_exit`, `stop`, `kill`) mirror
+The methods that name a container (`open`, `wait_exit`, `stop`, `kill`) mirror
 `ContainerActor`'s, so the server drives a fork as it drives an actor. When this actor dies, its
 zygotes and their forks die with it (each asks Linux for a signal when its parent dies), every
 event stream closes, and the server sees its forks lost.
@@ -84,14 +84,12 @@ class ZygoteActor:
 
     # -- one container, as `ContainerActor` serves one ----------------------------------------------
 
-    def open(self, container_id: str) -> dict[str, Any]:
-        """Listen for the container's event stream and relay; where the server reaches them."""
+    def open(self, container_id: str, message: dict[str, Any]) -> dict[str, Any]:
+        """Fork the container (`message`: its start message); where the server reaches its event
+        stream (readiness comes there) and which node it is on."""
         port = self._call(self._forks.open(container_id))
-        return dict(self.describe(), events_port=port, zygote=self._id)
-
-    def start(self, container_id: str, message: dict[str, Any]) -> None:
-        """Fork the container (`message`: its start message); readiness comes on its event stream."""
         self._call(self._forks.start(container_id, message))
+        return dict(self.describe(), events_port=port, zygote=self._id)
 
     def wait_exit(self, container_id: str) -> int:
         return self._call(self._forks.wait_exit(container_id))
