@@ -1,7 +1,7 @@
 """Warm spares on Ray: one zygote actor per live function version, whose forks start in milliseconds.
 
 When a version is published, `Spares.prepare` creates a `ZygoteActor` (`zygote`) for each of its
-functions, placed by Ray like a container (SPREAD) with the function's runtime_env and the
+functions, placed by Ray's default policy, with the function's runtime_env and the
 resources of *one* container: `SLOTS`. That reservation is what a spare holds while the version is
 live, whether or not it has a container, and it is bounded: one container's cpu/memory per
 function version, on one node. A container launched while the slot is free is a fork of that
@@ -292,6 +292,9 @@ def zygote_options(options: dict[str, Any]) -> dict[str, Any]:
     """A zygote actor's options: a container's, with the resources of `SLOTS` containers (the slots
     its forks run in) and room for the methods of that many forks waiting at once."""
     reserved = dict(options, max_concurrency=ACTOR_CONCURRENCY * (SLOTS + 1))
+    # Not SPREAD: Ray spreads by taking nodes in turn, and a spare taking a turn would put the next
+    # two containers (actors) on one node.
+    reserved["scheduling_strategy"] = "DEFAULT"
     for resource in ("num_cpus", "memory"):
         if resource in reserved:
             reserved[resource] = reserved[resource] * SLOTS
