@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -105,11 +107,13 @@ def test_a_dying_zygote_actor_takes_its_forks_and_the_next_request_starts_a_new_
     is made for later scale-ups."""
     urls = deploy(cove_env, tmp_path, "who", WHO_APP)
     wait_until(lambda: _zygotes(server), "a zygote actor ready")
-    _, actor_pid = _zygotes(server)[0]
+    zygote_id, actor_pid = _zygotes(server)[0]
     _scaled_to_zero(cove_env, "who")
     forked = host_request("GET", urls["who"]).json()
 
     os.kill(actor_pid, signal.SIGKILL)
+    for leftover in Path(tempfile.gettempdir()).glob(f"cove-ray-{zygote_id}-*"):
+        shutil.rmtree(leftover, ignore_errors=True)  # the killed actor's directory (docs/ray.md)
     wait_until(
         lambda: not _alive(forked["pid"]) and not _alive(forked["ppid"]), "the fork and its zygote gone"
     )
