@@ -10,6 +10,9 @@ warm-up, local then Ray, interleaved. Cold start: `square` with `scaledown_windo
 per backend: wait until it has no container, then time one GET on a fresh connection until its body
 has arrived; the container's own `startup_s` (launch to ready, from the server log) is shown too.
 
+On Ray, a container scaled from zero is a fork of the version's warm spare (a zygote actor, see
+docs/ray.md) once that spare is ready, which it is long before the first cold start here.
+
 The Ray path adds a hop: gateway -> TCP -> the actor's relay -> unix socket -> worker, where the
 local backend goes gateway -> unix socket -> worker. Ray's own processes share the machine's cores
 with the load generator, the gateways and the workers; nothing is pinned.

@@ -192,15 +192,26 @@ def test_every_endpoint_kind_serves_with_secrets_and_logs(
 def test_scales_out_drains_and_replaces_a_crashed_container(
     backend: str, server: ServerProcess, cove_env: CoveEnv, tmp_path: Path
 ) -> None:
-    """Six 1 s requests at once run on the 3 containers the cap allows (the rest queue); a request in
+    """Six 1 s requests at once scale the function to the 3 containers the cap allows, and run on them
+    (the rest queue; on Ray, the containers ready first may serve them all before an actor started
+    elsewhere is up); a request in
     flight when a new version takes over completes on the old one; a container that dies answers
     its request 502 and the next request starts a new one."""
     urls = deploy(cove_env, tmp_path, "scaling", SCALING_APP)
 
-    with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        answers = list(pool.map(lambda _: host_request("GET", urls["slow"]), range(6)))
+    counts: list[int] = []
+    with concurrent.futures.ThreadPoolExecutor(7) as pool:
+        burst = [pool.submit(host_request, "GET", urls["slow"]) for _ in range(6)]
+        while not all(f.done() for f in burst) or not counts:
+            counts.append(sum(1 for c in containers(cove_env, "scaling") if c["function"] == "slow"))
+        answers = [f.result() for f in burst]
     assert [a.status_code for a in answers] == [200] * 6
-    assert len({a.json()["container"] for a in answers}) == 3
+    served = {a.json()["container"] for a in answers}
+    assert max(counts) == 3
+    if backend == "local":
+        assert len(served) == 3
+    else:  # forks (ready in ms) or the deploy's warm one may take every request before the rest are up
+        assert len(served) <= 3
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(host_request, "GET", urls["slow"] + "/?seconds=4")
@@ -232,6 +243,9 @@ def test_containers_spread_over_both_nodes(
     """Two containers of one function land on the two nodes; the image's packages and env reach them
     through the actor's runtime_env; `cove container list` shows both."""
     urls = deploy(cove_env, tmp_path, "spread", SPREAD_APP)
+    # The deploy waits for its first container only for a while (a runtime_env being built may take
+    # longer under load): wait for both to be placed.
+    wait_until(lambda: len(placements(cove_env, "spread")) >= 2, "both containers placed")
 
     assert sorted(placements(cove_env, "spread").values()) == [HEAD_IP, NODE2_IP]
     assert len(containers(cove_env, "spread")) == 2
@@ -253,6 +267,7 @@ def test_a_dying_node_costs_only_its_in_flight_requests(
     one request in flight on it gets 502, every other request succeeds, and the pool replaces the
     container on the surviving node."""
     urls = deploy(cove_env, tmp_path, "spread", SPREAD_APP)
+    wait_until(lambda: len(placements(cove_env, "spread")) >= 2, "both containers placed")
     placed = placements(cove_env, "spread")
     assert sorted(placed.values()) == [HEAD_IP, NODE2_IP]
     doomed = next(cid for cid, ip in placed.items() if ip == NODE2_IP)

@@ -7,9 +7,10 @@ its image as its `runtime_env`. The app's sources go to the cluster's object sto
 as the local backend and relays `tcp://NODE_IP:PORT` to it: the address the gateway proxies to. Its
 output, readiness and exit arrive on an event stream the server reads here.
 
-Zygotes (warm spares) are off: Ray cannot fork a process onto another node, and a spare per node and
-image would hold resources the cluster's autoscaler then cannot release. A cold start is an actor
-start.
+A container is a fork instead when its function version's warm spare has a free slot: a zygote
+actor on some node, holding one container's resources, forks it from a function zygote in tens of
+milliseconds (`spares`, `zygote`). Otherwise (the slot taken, the spare not ready yet, a GPU
+function) a cold start is an actor start.
 
 A container whose node dies is *lost*: its event stream ends without an exit event (or, when the
 machine vanished without a word, Ray reports the actor dead), the pool forgets it and starts a
@@ -28,6 +29,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -46,6 +48,8 @@ from cove._runtime.backend import (
 from cove._runtime.backends.local.backend import new_container_id
 from cove._runtime.backends.ray.node import ContainerActor
 from cove._runtime.backends.ray.options import plan
+from cove._runtime.backends.ray.spares import Fork, Spares, zygote_options
+from cove._runtime.backends.ray.zygote import ZygoteActor
 from cove._spec import AppSpec, FunctionSpec, ImageSpec, ImageStep, spec_to_dict
 from cove.exception import Error
 
@@ -55,6 +59,10 @@ log = logging.getLogger("cove.runtime")
 LOST = -1
 #: Longest wait for Ray to place an actor and set up its runtime_env (Ray's own setup timeout).
 _PLACEMENT_TIMEOUT_S = 600.0
+#: How long a fork beyond its spare's slot may wait for its resources on that node (else: an actor).
+_RESERVE_TIMEOUT_S = 2.0
+#: How old the list of live nodes may be when a launch decides between a fork and an actor.
+_NODES_REFRESH_S = 2.0
 #: After Ray reports the exit, how long the event stream may take to deliver the last lines.
 _EVENTS_GRACE_S = 2.0
 #: Keepalive on the event stream: a node that vanished without closing it is noticed in ~25 s.
@@ -81,6 +89,7 @@ class RayContainer:
         self._exited: asyncio.Future[int] = loop.create_future()
         self._tasks: set[asyncio.Task[None]] = set()
         self.node_id: str | None = None
+        self.version = 0  # id() of the ContainerRequest it was launched for
 
     @property
     def id(self) -> str:
@@ -161,7 +170,8 @@ class RayContainer:
         _, sources = await asyncio.shield(creating)
         info = await _await(self._actor.endpoints.remote())
         self.node_id = str(info["node_id"])
-        self._log(self._id, "system", f"placed on Ray node {self.node_id} ({info['host']})")
+        forked = f", forked by zygote {info['zygote']}" if info.get("zygote") else ""
+        self._log(self._id, "system", f"placed on Ray node {self.node_id} ({info['host']}){forked}")
         sock = socket.socket(_family(info["host"]), socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -276,10 +286,14 @@ class RayBackend:
         self._home = home
         self._address = address
         self._actor_class: Any = None
+        self._spares: Spares | None = None
         self._uv = True  # Ray's runtime_env has a `uv` field since 2.40
         self._containers: dict[str, RayContainer] = {}
         self._sources = _Sources()
         self._closed = False
+        self._nodes: tuple[str, ...] = ()  # the ids of the cluster's live nodes, refreshed as we go
+        self._nodes_at = 0.0
+        self._refreshing: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await asyncio.to_thread(self._connect)
@@ -305,7 +319,14 @@ class RayBackend:
                 "Start one with `ray start --head`, or pass --ray-address HOST:PORT."
             ) from exc
         self._actor_class = ray.remote(ContainerActor)
+        zygote_class = ray.remote(ZygoteActor)
+
+        def create_zygote(options: dict[str, Any], zygote_id: str) -> Any:
+            return zygote_class.options(**options, name=f"cove-{zygote_id}").remote(zygote_id)
+
+        self._spares = Spares(create_zygote, self._sources.get)
         self._uv = _version(ray.__version__) >= (2, 40)
+        self._nodes, self._nodes_at = _live_nodes(), time.monotonic()
         resources = ray.cluster_resources()
         log.info(
             "event=ray_connected address=%s nodes=%d cpus=%g gpus=%g",
@@ -316,10 +337,19 @@ class RayBackend:
         )
 
     def prepare(self, request: ContainerRequest) -> None:
-        """No warm spares on Ray (see the module docstring)."""
+        """A version is live: its functions' warm spares (`spares`)."""
+        if self._spares is None or self._closed:
+            return
+        try:
+            ray_plan = plan(request.function, uv=self._uv)
+        except (OSError, ValueError):  # its containers say why when they start
+            return
+        self._spares.prepare(request, zygote_options(dict(ray_plan.options)))
 
     def release(self, request: ContainerRequest) -> None:
-        """That version is gone: its sources may leave the object store."""
+        """That version is gone: its spares go, its sources may leave the object store."""
+        if self._spares is not None:
+            self._spares.release(request)
         self._sources.drop(request)
 
     def launch(self, request: ContainerRequest, log_sink: LogSink) -> RayContainer:
@@ -337,10 +367,6 @@ class RayBackend:
             log_sink(container_id, "system", note)
         options = dict(ray_plan.options, name=f"cove-{container_id}")
         actor_class, sources = self._actor_class, self._sources
-
-        def create() -> tuple[Any, Any]:  # in a thread: packing the sources reads files
-            return actor_class.options(**options).remote(container_id), sources.get(request)
-
         # The node fills in where it unpacked the sources (`source_dir`) and its `socket`.
         message = encode(
             Start(
@@ -353,17 +379,71 @@ class RayBackend:
                 env={**request.env, **app_env(request, None)},
             )
         )
+        taken = None
+        if self._spares is not None and self._may_fork(request):
+            taken = self._spares.take(request, container_id, message)
+        fork = taken[0] if taken is not None else None
+        container.version = id(request)
+        if taken is not None and self._spares is not None:
+            container.node_id = self._spares.node(request)
+
+        def create() -> tuple[Any, Any]:  # in a thread: packing the sources reads files
+            if fork is not None and fork.reserve(_RESERVE_TIMEOUT_S):  # its zygote has the sources
+                return fork, None
+            return actor_class.options(**options).remote(container_id), sources.get(request)
+
         self._containers[container_id] = container
         container._exited.add_done_callback(lambda _: self._containers.pop(container_id, None))
+        if taken is not None:
+            give_back = taken[1]
+            container._exited.add_done_callback(lambda _: give_back())
         timeout_s = request.function.startup_timeout_s or _PLACEMENT_TIMEOUT_S
         container._spawn(container._begin(create, message, timeout_s))
         return container
 
+    def _may_fork(self, request: ContainerRequest) -> bool:
+        """Fork on the spare's node unless it has more of this version's containers than another live
+        node (counting containers still being placed as elsewhere): replicas spread over nodes, as
+        actors do (`options.actor_options`), so one node takes few of them down."""
+        self._refresh_nodes()
+        node = self._spares.node(request) if self._spares is not None else None
+        if node is None:
+            return False
+        counts = dict.fromkeys(self._nodes, 0)
+        unplaced = 0
+        for container in self._containers.values():
+            if container.version != id(request):
+                continue
+            if container.node_id is None:
+                unplaced += 1
+            else:
+                counts[container.node_id] = counts.get(container.node_id, 0) + 1
+        mine = counts.pop(node, 0)
+        return not counts or mine <= min(counts.values()) + unplaced
+
+    def _refresh_nodes(self) -> None:
+        if time.monotonic() - self._nodes_at < _NODES_REFRESH_S or self._refreshing is not None:
+            return
+
+        async def refresh() -> None:
+            try:
+                self._nodes = await asyncio.to_thread(_live_nodes)
+            except Exception:  # Ray is shutting down: keep what we knew
+                pass
+            finally:
+                self._nodes_at, self._refreshing = time.monotonic(), None
+
+        self._refreshing = asyncio.ensure_future(refresh())
+
     async def close(self) -> None:
         self._closed = True
+        if self._refreshing is not None:
+            await asyncio.gather(self._refreshing, return_exceptions=True)
         await asyncio.gather(
             *(c.stop(grace_s=10) for c in list(self._containers.values())), return_exceptions=True
         )
+        if self._spares is not None:
+            await self._spares.close()
         if self._actor_class is not None:
             import ray
 
@@ -425,7 +505,16 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(numbers)
 
 
+def _live_nodes() -> tuple[str, ...]:
+    import ray
+
+    return tuple(str(node["NodeID"]) for node in ray.nodes() if node.get("Alive"))
+
+
 def _kill(actor: Any) -> None:
+    if isinstance(actor, Fork):  # a fork, not an actor: its zygote actor ends it
+        actor.kill()
+        return
     import ray
 
     with contextlib.suppress(Exception):  # dead already, or Ray is shut down

@@ -260,6 +260,10 @@ class Supervisor:
             asyncio.ensure_future(self._pump(self._process.stderr, "stderr")),
         ]
         code = await self._process.wait()
+        # What the worker started in its session (a web_server's `http.server`) goes with it: it
+        # would hold the node's resources, and the output pipes, after its container is gone.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._process.pid, signal.SIGKILL)
         await asyncio.wait(pumps, timeout=_PIPE_DRAIN_S)
         for pump in pumps:
             pump.cancel()
