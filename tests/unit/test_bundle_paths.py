@@ -91,3 +91,26 @@ def test_pip_options_naming_server_paths_are_refused_in_a_deployed_image(
     step = image._spec.steps[-1]
     with pytest.raises(InvalidError, match=r"server|http"):
         _localize(step, tmp_path)
+
+
+def test_the_bundle_store_says_which_bundle_a_version_runs_from(tmp_path: Path) -> None:
+    """A deployed version's sources are a bundle of the store (its mounts resolve in it); a
+    `cove serve` version's are the user's own directory, even one that looks like a bundle."""
+    from cove._control.bundles import BundleStore
+
+    user = tmp_path / "user" / "src"
+    user.mkdir(parents=True)
+    (user / "app.py").write_text("import cove\n")
+    store = BundleStore(tmp_path / "bundles")
+    app = cove.App("bundled")
+
+    @app.function(serialized=True)
+    def noop() -> None: ...
+
+    digest = store.save(make_bundle(app._manifest(), str(user / "app.py"), source_dir=str(user)))
+    source = store.source(digest, "app.py")
+    assert store.root_of(source.source_dir) == store.root(digest)
+    assert store.root_of(str(user)) is None
+    lookalike = tmp_path / "elsewhere" / "bundles" / "abc" / "src"
+    lookalike.mkdir(parents=True)
+    assert store.root_of(str(lookalike)) is None

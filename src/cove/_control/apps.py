@@ -141,11 +141,14 @@ class AppRegistry:
         api_forget: Callable[[AppKind, str], Awaitable[None]] | None = None,
         volume_path: Callable[[str, bool], Path] | None = None,
         pool_observer: PoolObserver | None = None,
+        bundle_of: Callable[[str], Path | None] = lambda source_dir: None,
     ) -> None:
         """`api_socket(kind, name)` gives the host path of an app's scoped control socket for its
         containers (`cove._control.container_api`); `api_forget` is called when the app stops;
-        `pool_observer` is registered with every function pool."""
+        `pool_observer` is registered with every function pool; `bundle_of(source_dir)` is the
+        bundle store's answer to which uploaded bundle a version runs from (`BundleStore.root_of`)."""
         self._pool_observer = pool_observer
+        self._bundle_of = bundle_of
         self._api_socket = api_socket
         self._api_forget = api_forget
         self._store = store
@@ -529,10 +532,7 @@ class AppRegistry:
     def bundle_root(self, source: Source) -> Path | None:
         """The unpacked bundle a version runs from (every local path of its manifest lies inside
         it), or None for `cove serve`, whose paths are the user's own on this machine."""
-        src = Path(source.source_dir)
-        if src.name == "src" and src.parent.parent == self._settings.home / "bundles":
-            return src.parent
-        return None
+        return self._bundle_of(source.source_dir)
 
     def _request(
         self, app_name: str, kind: AppKind, fn: FunctionSpec, source: Source, env: dict[str, str]

@@ -51,6 +51,14 @@ class BundleStore:
             raise NotFoundError(f"Bundle {digest} was not uploaded. Upload it first (POST /v1/bundles).")
         return root
 
+    def root_of(self, source_dir: str) -> Path | None:
+        """The bundle whose `src/` is `source_dir`, or None: a `cove serve` version runs from the
+        user's own files, and a deployed one from a bundle of this store (`source`)."""
+        src = Path(source_dir)
+        if src.name == "src" and src.parent.parent == self._dir and src.parent.name.isalnum():
+            return src.parent
+        return None
+
     def source(self, digest: str, module_path: str) -> Source:
         """Where a version built from bundle `digest` runs: its `src/` dir and the app file in it."""
         src = self.root(digest) / "src"

@@ -180,6 +180,7 @@ async def serve(
         api_forget=container_apis.forget,
         volume_path=objects.volume_path,
         pool_observer=dashboard.cold_starts,
+        bundle_of=bundles.root_of,
     )
     await registry.restore()
     await dashboard.start(registry, logs, store)
