@@ -31,8 +31,9 @@ from cove._runtime.backend import (
     ImageLayout,
     Stream,
 )
+from cove._runtime.lease import ContainerInfo
 from cove._runtime.observer import PoolObserver
-from cove._runtime.pool import ContainerInfo, FunctionPool
+from cove._runtime.pool import FunctionPool
 from cove._spec import AppSpec, FunctionSpec, ImageSpec
 from cove.config import Settings
 from cove.exception import ExecutionError, InvalidError, NotFoundError

@@ -10,12 +10,12 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from cove._gateway.upstream import UpstreamError
 from cove._runtime.affinity import SessionTable, StickySessions
 from cove._runtime.autoscaler import ContainerView, ScalingPolicy, decide
 from cove._runtime.backend import ContainerHandle, ContainerState, StartupError
+from cove._runtime.lease import ContainerInfo, PoolLease, Slot
 from cove._runtime.observer import PoolObserver
 from cove._spec import FunctionSpec
 from cove.config import Settings
@@ -37,91 +37,8 @@ _REFUSED_DEMAND_S = 5.0
 #: How long connections asked to end get to do so (a WebSocket's closing handshake, a stream's
 #: current chunk) before their container is stopped under them.
 _ENDING_WAIT_S = 10.0
-#: How long a failed request's 502 waits to name the container's exit code (only that request waits).
-_EXIT_WAIT_S = 0.2
 
 Launcher = Callable[[], ContainerHandle]
-
-
-@dataclass(eq=False)
-class _Slot:
-    """A container and the requests it is serving."""
-
-    handle: ContainerHandle
-    state: ContainerState = ContainerState.STARTING
-    in_flight: int = 0
-    idle_since: float = field(default_factory=time.monotonic)
-    started_at: float = field(default_factory=time.monotonic)
-    served: int = 0
-    # Leases whose holder asked to hear when its connection must end (`_Lease.on_drain`).
-    long_lived: set[_Lease] = field(default_factory=set)
-
-
-class _Lease:
-    """One request slot on one container; released exactly once."""
-
-    __slots__ = ("_drain", "_pool", "_released", "_slot", "_token")
-
-    def __init__(self, pool: FunctionPool, slot: _Slot, token: str | None = None) -> None:
-        self._pool = pool
-        self._slot = slot
-        self._released = False
-        self._token = token  # the sticky session the request belongs to
-        self._drain: Callable[[], None] | None = None
-
-    @property
-    def address(self) -> str:
-        return self._slot.handle.address
-
-    @property
-    def container_id(self) -> str:
-        return self._slot.handle.id
-
-    def on_drain(self, callback: Callable[[], None]) -> None:
-        """Call `callback` (once) when this connection must end: its version's drain grace ran out,
-        or its app is stopping. See `cove._gateway.upstream.Lease`."""
-        if self._released:
-            return
-        self._drain = callback
-        self._slot.long_lived.add(self)
-        if self._pool._ending:  # asked while the pool is ending already: end at once
-            self.drain_now()
-
-    def drain_now(self) -> None:
-        callback, self._drain = self._drain, None
-        if callback is None or self._released:
-            return
-        try:
-            callback()
-        except Exception:
-            log.exception("function=%s event=drain_callback_failed", self._pool.spec.tag)
-
-    def release(self, *, broken: bool = False, timed_out: bool = False) -> None:
-        if self._released:
-            return
-        self._released = True
-        self._drain = None
-        if self._slot.long_lived:
-            self._slot.long_lived.discard(self)
-        self._pool._release(self._slot, broken=broken, timed_out=timed_out, token=self._token)
-
-    async def failure_message(self) -> str:
-        code = await self._slot.handle.exit_code(_EXIT_WAIT_S)
-        if code is not None:
-            return f"cove: container exited (code {code})\n"
-        return f"cove: container {self._slot.handle.id} closed the connection\n"
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    """A container as `cove container list` shows it."""
-
-    id: str
-    function: str
-    state: str
-    in_flight: int
-    served: int
-    started_at: float
 
 
 class FunctionPool:
@@ -154,8 +71,8 @@ class FunctionPool:
         self._launch = launch
         self._clock = clock
         self._max_queue = max_queue
-        self._slots: list[_Slot] = []
-        self._waiters: collections.deque[asyncio.Future[_Slot]] = collections.deque()
+        self._slots: list[Slot] = []
+        self._waiters: collections.deque[asyncio.Future[Slot]] = collections.deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
         self._closed = False
@@ -186,19 +103,19 @@ class FunctionPool:
 
     # -- the gateway's side ------------------------------------------------------------------
 
-    async def acquire(self, session: bytes | None = None) -> _Lease:
+    async def acquire(self, session: bytes | None = None) -> PoolLease:
         if self._no_queue:
             return self._acquire_now(session)
         slot = self._free_slot()
         if slot is not None:
             self._take(slot)
-            return _Lease(self, slot)
+            return PoolLease(self, slot)
         if self._closed:
             raise UpstreamError(503, f"cove: {self.spec.tag} is shutting down")
         if len(self._waiters) >= self._max_queue:
             message = f"cove: queue full for {self.spec.tag} ({len(self._waiters)} waiting)"
             raise UpstreamError(503, message, kind="queue_full")
-        waiter: asyncio.Future[_Slot] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._quiet.clear()
         self._rescale()
@@ -207,15 +124,15 @@ class FunctionPool:
         except asyncio.CancelledError:
             # The client went away while queued: leave the queue, or hand on a slot we were given.
             if waiter.done() and not waiter.cancelled():
-                self._release(waiter.result(), broken=False)
+                self.release_slot(waiter.result(), broken=False)
             else:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
                 self._check_quiet()
             raise
-        return _Lease(self, slot)
+        return PoolLease(self, slot)
 
-    def _acquire_now(self, session: bytes | None) -> _Lease:
+    def _acquire_now(self, session: bytes | None) -> PoolLease:
         """An HTTP server's request: a slot now, or a refusal now (it never waits)."""
         tag = self.spec.tag
         if self._closed or self._draining:
@@ -238,7 +155,7 @@ class FunctionPool:
                 _RETRY_AFTER,
             )
         limit = self.spec.max_inputs
-        slot: _Slot | None
+        slot: Slot | None
         if session is not None:
             chosen = self._sessions.choose(session, ready, lambda cid: ready[cid].in_flight < limit)
             slot = ready[chosen] if chosen is not None else None
@@ -254,9 +171,9 @@ class FunctionPool:
             )
         self._take(slot)
         self._rescale()
-        return _Lease(self, slot)
+        return PoolLease(self, slot)
 
-    def _acquire_sticky(self, sticky: StickySessions, token_bytes: bytes | None) -> _Lease:
+    def _acquire_sticky(self, sticky: StickySessions, token_bytes: bytes | None) -> PoolLease:
         """A request to a `@sessioned` server: served by its session's container, or refused."""
         tag = self.spec.tag
         if token_bytes is None:
@@ -292,7 +209,7 @@ class FunctionPool:
         self._take(slot)
         sticky.begin(token)
         self._rescale()
-        return _Lease(self, slot, token)
+        return PoolLease(self, slot, token)
 
     async def start_session(self, idle_timeout_s: float, wait_s: float) -> tuple[str, str]:
         """Start a sticky session on the ready container with the fewest sessions (starting one if
@@ -362,7 +279,7 @@ class FunctionPool:
         soon as it has nothing left to serve, then close.
 
         Long-lived connections (WebSockets, streaming responses) keep their container for up to
-        `grace_s` seconds (`COVE_DRAIN_S`); then they are asked to end (`_Lease.on_drain`: a
+        `grace_s` seconds (`COVE_DRAIN_S`); then they are asked to end (`PoolLease.on_drain`: a
         WebSocket closes with 1001, a stream ends after its current chunk). Other requests in
         flight are bounded by the function's `timeout` as ever.
         """
@@ -465,8 +382,8 @@ class FunctionPool:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _free_slot(self) -> _Slot | None:
-        best: _Slot | None = None
+    def _free_slot(self) -> Slot | None:
+        best: Slot | None = None
         limit = self.spec.max_inputs
         for slot in self._slots:
             if (
@@ -477,14 +394,24 @@ class FunctionPool:
                 best = slot
         return best
 
-    def _take(self, slot: _Slot) -> None:
+    def _take(self, slot: Slot) -> None:
         slot.in_flight += 1
         slot.served += 1
         self._quiet.clear()
 
-    def _release(
-        self, slot: _Slot, *, broken: bool, timed_out: bool = False, token: str | None = None
+    @property
+    def ending(self) -> bool:
+        """Long-lived connections were asked to end (drain grace over, or stopping)."""
+        return self._ending
+
+    @property
+    def tag(self) -> str:
+        return self.spec.tag
+
+    def release_slot(
+        self, slot: Slot, *, broken: bool, timed_out: bool = False, token: str | None = None
     ) -> None:
+        """`PoolLease.release`: one request on `slot` is over."""
         if token is not None and self._sticky is not None:
             self._sticky.end(token, self._clock())
         slot.in_flight -= 1
@@ -564,7 +491,7 @@ class FunctionPool:
             slot = next(s for s in live if s.handle.id == container_id)
             self._retire(slot, reason=f"idle for {now - slot.idle_since:.1f}s")
 
-    def _retire(self, slot: _Slot, *, reason: str) -> None:
+    def _retire(self, slot: Slot, *, reason: str) -> None:
         """Take a container out of rotation; it stops once its in-flight requests are done."""
         if slot.state is ContainerState.DRAINING:
             return
@@ -573,7 +500,7 @@ class FunctionPool:
         if slot.in_flight == 0:
             self._spawn(slot.handle.stop())
 
-    def _kill(self, slot: _Slot) -> None:
+    def _kill(self, slot: Slot) -> None:
         """An input ran past the function's timeout: end its container now and let it be replaced.
 
         The input may still be running (a loop that never yields, a blocked thread) and cannot be
@@ -599,7 +526,7 @@ class FunctionPool:
         self._start_container()
 
     def _start_container(self) -> None:
-        slot = _Slot(self._launch(), started_at=self._clock(), idle_since=self._clock())
+        slot = Slot(self._launch(), started_at=self._clock(), idle_since=self._clock())
         self._slots.append(slot)
         self._spawn(self._run(slot))
 
@@ -608,7 +535,7 @@ class FunctionPool:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, slot: _Slot) -> None:
+    async def _run(self, slot: Slot) -> None:
         try:
             await slot.handle.wait_ready()
         except StartupError as exc:
@@ -654,7 +581,7 @@ class FunctionPool:
             self._dispatch()
             self._check_quiet()
 
-    def _forget(self, slot: _Slot) -> None:
+    def _forget(self, slot: Slot) -> None:
         with contextlib.suppress(ValueError):
             self._slots.remove(slot)
         if self._ended_waiters:
