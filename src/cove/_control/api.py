@@ -22,10 +22,11 @@ from starlette.routing import Route
 
 from cove import exception
 from cove._control.api_errors import bind
-from cove._control.apps import AppKind, AppRecord, AppRegistry, AppState, Source
+from cove._control.apps import AppRegistry
 from cove._control.bundles import BundleStore
 from cove._control.images import ImageBuilder
 from cove._control.logs import LogHub
+from cove._control.records import AppKind, AppRecord, AppState, Source
 from cove._control.secrets import SecretStore
 from cove._control.store import Store
 from cove._error_body import error_body

@@ -27,8 +27,9 @@ from starlette.routing import Route
 
 from cove import exception
 from cove._control.api_errors import bind
-from cove._control.apps import AppKind, AppRegistry, AppState
+from cove._control.apps import AppRegistry
 from cove._control.calls import CallRegistry
+from cove._control.records import AppKind, AppState
 from cove._payload import CALL_ID_HEADER, CONTENT_TYPE, FRAMES_CONTENT_TYPE
 
 #: Longest a single request waits for a result; clients poll again after it.

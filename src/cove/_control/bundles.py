@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from cove._bundle import bundle_id, extract_bundle
-from cove._control.apps import Source
+from cove._control.records import Source
 from cove._control.storage import StorageError, writing
 from cove.exception import InvalidError, NotFoundError
 

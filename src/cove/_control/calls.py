@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from cove._control.apps import AppKind, AppRegistry
+from cove._control.apps import AppRegistry
+from cove._control.records import AppKind
 from cove._gateway.connpool import TCP_SCHEME
 from cove._gateway.upstream import UpstreamError
 from cove._payload import (

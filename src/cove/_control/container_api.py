@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cove._control.apps import AppKind
+from cove._control.records import AppKind
 from cove._error_body import error_body
 from cove.exception import AuthError
 

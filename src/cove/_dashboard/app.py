@@ -26,8 +26,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cove import exception
 from cove._control.api_errors import Handler, ServiceHandler, bind, status_of
-from cove._control.apps import AppKind, AppRecord, AppRegistry, AppState
+from cove._control.apps import AppRegistry
 from cove._control.logs import LogHub
+from cove._control.records import AppKind, AppRecord, AppState
 from cove._control.store import Store
 from cove._dashboard import exposition
 from cove._dashboard.access import CSRF_FIELD, Access

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import uvicorn
 
-from cove._control.apps import AppRegistry, AppState
+from cove._control.apps import AppRegistry
 from cove._control.logs import LogHub
+from cove._control.records import AppState
 from cove._control.store import Store
 from cove._dashboard.access import Access
 from cove._dashboard.app import build_app
