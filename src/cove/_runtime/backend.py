@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import enum
+import os
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol
 
 from cove._spec import FunctionSpec
@@ -12,6 +15,20 @@ from cove._spec import FunctionSpec
 Stream = Literal["stdout", "stderr", "system"]
 #: (container_id, stream, line) -> None; lines come without their trailing newline.
 LogSink = Callable[[str, Stream, str], None]
+
+
+#: Unix socket paths are limited to 107 bytes (sun_path); keep ours well below.
+_MAX_SOCKET_DIR = 80
+
+
+def socket_dir(home: Path) -> Path:
+    """The directory of the sockets the server makes for containers and their apps (any backend):
+    under COVE_HOME when the path is short enough, else a private one in the temp dir."""
+    candidate = home / "run"
+    if len(str(candidate)) > _MAX_SOCKET_DIR:
+        candidate = Path(tempfile.gettempdir()) / f"cove-{os.getuid()}-{abs(hash(str(home))) % 10**8}"
+    candidate.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return candidate
 
 
 class ContainerState(enum.Enum):

@@ -34,8 +34,8 @@ from cove._control.store import Store
 from cove._dashboard import Dashboard
 from cove._gateway import Gateway, Limits
 from cove._gateway.fleet import gateway_for
+from cove._runtime.backend import socket_dir
 from cove._runtime.backends import make_backend
-from cove._runtime.backends.local.spawner import socket_dir
 from cove._server.control import ControlListeners
 from cove._server.routes import RoutePublisher
 from cove.config import Settings

@@ -28,11 +28,12 @@ from cove._runtime.backend import (
     StartupError,
     Stream,
     app_env,
+    socket_dir,
 )
 from cove._runtime.backends.local import sandbox
 from cove._runtime.backends.local.isolation import Host, Placement, place
 from cove._runtime.backends.local.limits import Applied, Limiter, owner_of, pids_refused
-from cove._runtime.backends.local.spawner import Spawner, socket_dir
+from cove._runtime.backends.local.spawner import Spawner
 from cove._runtime.backends.local.zygote import Zygotes, probe_forks, startup_breakdown
 from cove._spec import spec_to_dict
 from cove.config import SandboxSetting, Settings

@@ -21,7 +21,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +31,6 @@ from cove._runtime.backends.local.isolation import Host, Network, Placement, att
 from cove._runtime.backends.local.limits import Applied, Limiter
 
 log = logging.getLogger("cove.runtime")
-
-#: Unix socket paths are limited to 107 bytes (sun_path); keep ours well below.
-_MAX_SOCKET_DIR = 80
-
-
-def socket_dir(home: Path) -> Path:
-    """A directory for container sockets: under COVE_HOME when the path is short enough."""
-    candidate = home / "run"
-    if len(str(candidate)) > _MAX_SOCKET_DIR:
-        candidate = Path(tempfile.gettempdir()) / f"cove-{os.getuid()}-{abs(hash(str(home))) % 10**8}"
-    candidate.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return candidate
 
 
 def listen(address: str) -> socket.socket:
