@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from cove._messages import Start, encode
 from cove._runtime.backend import ContainerRequest, app_env
 from cove._runtime.backends.ray.options import ACTOR_CONCURRENCY
 from cove._spec import spec_to_dict
@@ -193,12 +194,15 @@ class Spares:
     async def _start(self, spare: _Spare) -> None:
         request = spare.request
         zygote_id = "zy-" + secrets.token_hex(6)
-        message = {
-            "container_id": zygote_id,
-            "function": spec_to_dict(request.function),
-            "module_file": os.path.relpath(request.module_file, request.source_dir),
-            "env": {**request.env, **app_env(request, None)},
-        }
+        message = encode(  # the actor fills in where it unpacked the sources
+            Start(
+                container_id=zygote_id,
+                function=spec_to_dict(request.function),
+                module_file=os.path.relpath(request.module_file, request.source_dir),
+                source_dir="",
+                env={**request.env, **app_env(request, None)},
+            )
+        )
         try:
             actor = await asyncio.to_thread(self._create, zygote_options(spare.options), zygote_id)
             spare.actor, spare.zygote_id = actor, zygote_id
