@@ -2,6 +2,11 @@
 
 Every process a test starts is stopped by the fixture that started it; as a last resort the
 `cove_env` fixture kills any process whose environment names the test's private COVE_HOME.
+
+Which server a test gets: `shared_cove` / `shared_serve` (one server per module) unless the test
+needs its own, then `cove_env` / `serve`. A server start and stop is the largest fixed cost of an
+integration test. Under pytest-xdist use `--dist loadfile` (one file per worker at a time), so a
+module's shared server is started once.
 """
 
 from __future__ import annotations
