@@ -2,11 +2,17 @@
 
 Every process a test starts is stopped by the fixture that started it; as a last resort the
 `cove_env` fixture kills any process whose environment names the test's private COVE_HOME.
+
+Which server a test gets: `shared_cove` / `shared_serve` (one server per module) unless the test
+needs its own, then `cove_env` / `serve`. A server start and stop is the largest fixed cost of an
+integration test. Under pytest-xdist use `--dist loadfile` (one file per worker at a time), so a
+module's shared server is started once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import re
@@ -23,6 +29,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+
+from cove._probe import control_socket_alive
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -174,8 +182,44 @@ def host_request(method: str, url: str, **kwargs: object) -> httpx.Response:
     return httpx.request(method, target, headers=headers, timeout=timeout, **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def cove_env() -> Iterator[CoveEnv]:
+def _wait_gone(pid: int, timeout_s: float) -> None:
+    """Until `pid` has exited (or is a zombie nobody reaped yet), at most `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as file:
+                if file.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    return
+        except (OSError, IndexError):
+            return
+        time.sleep(0.02)
+
+
+def _stop_server(home: Path) -> None:
+    """What `cove server stop` does, from this process: ask the server to stop, wait for it to exit.
+
+    Done here rather than through the CLI because every test's teardown pays for it: a CLI process
+    costs a Python start and the CLI's imports, and nothing is asked at all when no server runs.
+    """
+    socket_path = home / "server.sock"
+    if not control_socket_alive(socket_path):
+        return
+    try:
+        pid: int | None = int(json.loads((home / "server.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        pid = None
+    transport = httpx.HTTPTransport(uds=str(socket_path))
+    with (
+        contextlib.suppress(httpx.TransportError),
+        httpx.Client(transport=transport, base_url="http://cove", timeout=60) as client,
+    ):
+        client.post("/v1/server/stop")
+    if pid is not None:
+        _wait_gone(pid, 60)
+
+
+@contextlib.contextmanager
+def private_cove() -> Iterator[CoveEnv]:
     """A fresh COVE_HOME (short path: unix sockets live under it) and, at the end, no process left."""
     home = Path(tempfile.mkdtemp(prefix="cove-"))
     env = CoveEnv(home)
@@ -183,7 +227,7 @@ def cove_env() -> Iterator[CoveEnv]:
         yield env
     finally:
         with contextlib.suppress(Exception):
-            env.run("server", "stop", check=False, timeout=60)
+            _stop_server(home)
         for pid in _processes_with_env("COVE_HOME", str(home)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -191,19 +235,57 @@ def cove_env() -> Iterator[CoveEnv]:
 
 
 @pytest.fixture
-def serve(cove_env: CoveEnv) -> Iterator[object]:
-    """Start `cove serve ARGS...`; every process started is interrupted (then killed) at the end."""
-    started: list[ServeProcess] = []
+def cove_env() -> Iterator[CoveEnv]:
+    """A COVE_HOME and server of this test's own: for tests that change the server's environment or
+    settings, restart, kill or corrupt it, or read state (app lists, logs) that others would add to."""
+    with private_cove() as env:
+        yield env
 
-    def start(*args: str) -> ServeProcess:
-        process = cove_env.serve(*args)
-        started.append(process)
+
+@pytest.fixture(scope="module")
+def shared_cove() -> Iterator[CoveEnv]:
+    """One COVE_HOME and server for every test of a module that uses it (a server start and stop
+    per module, not per test). A test using it must leave it as it found it: its own app names,
+    every app it serves or deploys stopped, no change to `shared_cove.env` (copy it instead)."""
+    with private_cove() as env:
+        yield env
+
+
+class Serve:
+    """Start `cove serve ARGS...` against one COVE_HOME; `close()` interrupts (then kills) each."""
+
+    def __init__(self, cove: CoveEnv) -> None:
+        self.cove = cove
+        self.started: list[ServeProcess] = []
+
+    def __call__(self, *args: str) -> ServeProcess:
+        process = self.cove.serve(*args)
+        self.started.append(process)
         return process
 
-    try:
-        yield start
-    finally:
-        for process in started:
+    def close(self) -> None:
+        for process in self.started:
             with contextlib.suppress(Exception):
                 process.interrupt(timeout=30)
             process.kill()
+
+
+@pytest.fixture
+def serve(cove_env: CoveEnv) -> Iterator[Serve]:
+    """Start `cove serve ARGS...` on this test's own server; every process is stopped at the end."""
+    start = Serve(cove_env)
+    try:
+        yield start
+    finally:
+        start.close()
+
+
+@pytest.fixture
+def shared_serve(shared_cove: CoveEnv) -> Iterator[Serve]:
+    """Start `cove serve ARGS...` on the module's shared server; each is interrupted at the end of
+    the test, which stops its ephemeral app (so the next test finds the server as it was)."""
+    start = Serve(shared_cove)
+    try:
+        yield start
+    finally:
+        start.close()

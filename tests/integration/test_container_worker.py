@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import CoveEnv, host_request
+from tests.integration.conftest import CoveEnv, Serve, host_request
 
 pytestmark = pytest.mark.integration
 
@@ -100,12 +100,12 @@ def _urls_by_tag(proc, count: int) -> dict[str, str]:
     return {url.split("--", 1)[1].split(".localhost")[0]: url for url in urls}
 
 
-def test_endpoint_options_and_asgi_lifespan(tmp_path: Path, serve) -> None:
+def test_endpoint_options_and_asgi_lifespan(tmp_path: Path, shared_serve: Serve) -> None:
     """docs=True serves /docs and /openapi.json; CORS is open; custom domains and labels route;
     any HTTP method works; an asgi_app's lifespan runs; the code knows it runs in a container."""
     app_file = tmp_path / "kinds.py"
     app_file.write_text(MANY_KINDS)
-    proc = serve(str(app_file))
+    proc = shared_serve(str(app_file))
     urls = _urls_by_tag(proc, 5)
     assert set(urls) == {
         "kinds-greeter-hello-dev",
@@ -141,6 +141,7 @@ def test_exit_hooks_and_lifespan_shutdown_run_when_the_app_stops(
     tmp_path: Path, cove_env: CoveEnv, serve
 ) -> None:
     """Stopping the app runs an asgi_app's lifespan shutdown and a class's @exit in each container."""
+    # Its own server: the log file it reads must hold no line of another test's `kinds` app.
     app_file = tmp_path / "kinds.py"
     app_file.write_text(MANY_KINDS)
     proc = serve(str(app_file))
@@ -161,12 +162,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_startup_failures_answer_503_with_the_reason(tmp_path: Path, serve) -> None:
+def test_startup_failures_answer_503_with_the_reason(tmp_path: Path, shared_serve: Serve) -> None:
     """An @enter that raises, or a web_server that never opens its port, gives 503 naming why;
     the traceback goes to the logs, not to the client."""
     app_file = tmp_path / "broken.py"
     app_file.write_text(BROKEN.replace("PORT", str(_free_port())))
-    proc = serve(str(app_file))
+    proc = shared_serve(str(app_file))
     urls = _urls_by_tag(proc, 2)
     flaky = host_request("GET", urls["broken-flaky-predict-dev"])
     assert flaky.status_code == 503
@@ -181,14 +182,14 @@ def test_startup_failures_answer_503_with_the_reason(tmp_path: Path, serve) -> N
     assert "0.0.0.0" in server.text
 
 
-def test_serve_timeout_stops_the_app(cove_env: CoveEnv, tmp_path: Path) -> None:
+def test_serve_timeout_stops_the_app(shared_cove: CoveEnv, tmp_path: Path) -> None:
     """`cove serve --timeout` serves, then stops the app and exits 0 on its own."""
     app_file = tmp_path / "brief.py"
     app_file.write_text(
         "import cove\napp = cove.App()\n\n"
         "@app.function()\n@cove.fastapi_endpoint()\ndef hi():\n    return 'hi'\n"
     )
-    result = cove_env.run("serve", "--timeout", "3", str(app_file), timeout=60)
+    result = shared_cove.run("serve", "--timeout", "3", str(app_file), timeout=60)
     assert result.returncode == 0
     assert "App stopped." in result.stdout
     url = next(line.split()[-1] for line in result.stdout.splitlines() if "--brief-hi-dev" in line)

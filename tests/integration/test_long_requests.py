@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.integration.conftest import URL_RE, CoveEnv, host_request
+from tests.integration.conftest import URL_RE, host_request, private_cove
 
 pytestmark = pytest.mark.integration
 
@@ -27,13 +27,21 @@ def report(seconds: float = 5.0, name: str = "q3"):
 """
 
 
-def test_303_chain_until_the_result_is_ready(tmp_path: Path, cove_env: CoveEnv) -> None:
+@pytest.fixture(scope="module")
+def slow_url() -> Iterator[str]:
+    """The app above deployed once for the module, on a server whose HTTP limit is 2 s."""
+    with private_cove() as cove:
+        cove.env["COVE_HTTP_TIMEOUT"] = "2"
+        app_file = cove.home / "slow.py"
+        app_file.write_text(SLOW_APP)
+        (url,) = URL_RE.findall(cove.run("deploy", str(app_file)).stdout)
+        yield url
+
+
+def test_303_chain_until_the_result_is_ready(slow_url: str) -> None:
     """With COVE_HTTP_TIMEOUT=2 a 5-second call answers 303 to `?__cove_function_call_id=fc-…`; polling
     that Location gets 303 while it runs, then the result, which can be fetched again."""
-    cove_env.env["COVE_HTTP_TIMEOUT"] = "2"
-    app_file = tmp_path / "slow.py"
-    app_file.write_text(SLOW_APP)
-    (url,) = URL_RE.findall(cove_env.run("deploy", str(app_file)).stdout)
+    url = slow_url
 
     first = host_request("GET", url + "/?seconds=5&name=annual")
     assert first.status_code == 303
@@ -60,12 +68,8 @@ def test_303_chain_until_the_result_is_ready(tmp_path: Path, cove_env: CoveEnv) 
     assert host_request("POST", poll_url).status_code == 400
 
 
-def test_fast_requests_are_not_redirected(tmp_path: Path, cove_env: CoveEnv) -> None:
+def test_fast_requests_are_not_redirected(slow_url: str) -> None:
     """Under the limit a request is answered directly."""
-    cove_env.env["COVE_HTTP_TIMEOUT"] = "2"
-    app_file = tmp_path / "slow.py"
-    app_file.write_text(SLOW_APP)
-    (url,) = URL_RE.findall(cove_env.run("deploy", str(app_file)).stdout)
-    response = host_request("GET", url + "/?seconds=0.1")
+    response = host_request("GET", slow_url + "/?seconds=0.1")
     assert response.status_code == 200
     assert response.json()["took"] == 0.1

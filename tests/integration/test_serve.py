@@ -1,4 +1,8 @@
-"""`cove serve` as a user lives it: URLs, live reload, a bad edit, Ctrl-C, a second serve, bad input."""
+"""`cove serve` as a user lives it: URLs, live reload, a bad edit, Ctrl-C, a second serve, bad input.
+
+The tests share one server (each stops what it serves), but for those that check what happens
+before any server runs.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import EXAMPLES, CoveEnv, host_request
+from tests.integration.conftest import EXAMPLES, CoveEnv, Serve, host_request
 
 pytestmark = pytest.mark.integration
 
@@ -46,11 +50,11 @@ def _wait_for_body(url: str, expected: object, timeout: float = 20.0) -> float:
     raise AssertionError(f"{url} never answered {expected!r}; last answer {last!r}")
 
 
-def test_edit_is_served_and_bad_edit_keeps_last_good(tmp_path: Path, serve) -> None:
+def test_edit_is_served_and_bad_edit_keeps_last_good(tmp_path: Path, shared_serve: Serve) -> None:
     """Saving an edit reloads the app at the same URL; a syntax error is reported and v1 keeps serving."""
     app_file = tmp_path / "reload_demo.py"
     app_file.write_text(APP_V1)
-    proc = serve(str(app_file))
+    proc = shared_serve(str(app_file))
     (url,) = proc.urls(1)
     proc.wait_for("Serving")
     assert host_request("GET", url).json() == {"greeting": "hello world"}
@@ -69,9 +73,9 @@ def test_edit_is_served_and_bad_edit_keeps_last_good(tmp_path: Path, serve) -> N
     _wait_for_body(url, {"greeting": "hola world"})
 
 
-def test_ctrl_c_stops_the_app_and_exits_zero(serve) -> None:
+def test_ctrl_c_stops_the_app_and_exits_zero(shared_serve: Serve) -> None:
     """Ctrl-C stops the ephemeral app: its URL answers 404 naming the app; the exit code is 0."""
-    proc = serve(str(EXAMPLES / "square.py"))
+    proc = shared_serve(str(EXAMPLES / "square.py"))
     (url,) = proc.urls(1)
     assert host_request("GET", url + "/?x=3").json() == {"square": 9}
     assert proc.interrupt() == 0
@@ -80,30 +84,32 @@ def test_ctrl_c_stops_the_app_and_exits_zero(serve) -> None:
     assert response.text == "cove: app square is stopped\n"
 
 
-def test_container_logs_stream_to_serve(tmp_path: Path, serve) -> None:
+def test_container_logs_stream_to_serve(tmp_path: Path, shared_serve: Serve) -> None:
     """What the function prints shows up in `cove serve`'s output with the container id."""
     app_file = tmp_path / "printer.py"
     app_file.write_text(
         "import cove\napp = cove.App()\n\n@app.function()\n@cove.fastapi_endpoint()\n"
         "def shout(word: str):\n    print('heard', word)\n    return word\n"
     )
-    proc = serve(str(app_file))
+    proc = shared_serve(str(app_file))
     (url,) = proc.urls(1)
     assert host_request("GET", url + "/?word=marmalade").json() == "marmalade"
     proc.wait_for(r"ta-[0-9a-f]+ heard marmalade")
 
 
-def test_second_serve_takes_over_the_urls(tmp_path: Path, serve) -> None:
+def test_second_serve_takes_over_the_urls(tmp_path: Path, shared_serve: Serve) -> None:
     """A second `cove serve` of the same app gets the same URL; the first one steps aside and exits 0."""
     first_dir, second_dir = tmp_path / "one", tmp_path / "two"
     first_dir.mkdir()
     second_dir.mkdir()
-    (first_dir / "shared.py").write_text(APP_V1)
-    (second_dir / "shared.py").write_text(APP_V1.replace('"hello "', '"second "'))
-    first = serve(str(first_dir / "shared.py"))
+    # An app name of its own: the reload test's app counts versions on the same server.
+    app = APP_V1.replace('"reload-demo"', '"takeover-demo"')
+    (first_dir / "shared.py").write_text(app)
+    (second_dir / "shared.py").write_text(app.replace('"hello "', '"second "'))
+    first = shared_serve(str(first_dir / "shared.py"))
     (url_one,) = first.urls(1)
     assert host_request("GET", url_one).json() == {"greeting": "hello world"}
-    second = serve(str(second_dir / "shared.py"))
+    second = shared_serve(str(second_dir / "shared.py"))
     (url_two,) = second.urls(1)
     assert url_two == url_one
     assert host_request("GET", url_two).json() == {"greeting": "second world"}
@@ -112,9 +118,9 @@ def test_second_serve_takes_over_the_urls(tmp_path: Path, serve) -> None:
     assert host_request("GET", url_two).json() == {"greeting": "second world"}
 
 
-def test_unknown_host_is_404_naming_it(serve) -> None:
+def test_unknown_host_is_404_naming_it(shared_serve: Serve) -> None:
     """A Host that routes nowhere gets the platform's 404."""
-    proc = serve(str(EXAMPLES / "hello.py"))
+    proc = shared_serve(str(EXAMPLES / "hello.py"))
     (url,) = proc.urls(1)
     bad = url.replace("hello-f", "nothing-here")
     response = host_request("GET", bad)
@@ -141,10 +147,10 @@ def test_missing_file_is_a_usage_error(cove_env: CoveEnv) -> None:
     assert not (cove_env.home / "server.sock").exists()
 
 
-def test_missing_secret_fails_with_its_name(tmp_path: Path, cove_env: CoveEnv) -> None:
+def test_missing_secret_fails_with_its_name(tmp_path: Path, shared_cove: CoveEnv) -> None:
     """Serving a function whose secret does not exist fails with the secret's name and how to create it."""
     shutil.copy(EXAMPLES / "bearer_auth.py", tmp_path / "bearer_auth.py")
-    result = cove_env.run("serve", str(tmp_path / "bearer_auth.py"), check=False)
+    result = shared_cove.run("serve", str(tmp_path / "bearer_auth.py"), check=False)
     assert result.returncode == 1
     assert "Secret 'my-web-auth-token' not found" in result.stderr
     assert "cove secret create my-web-auth-token" in result.stderr
