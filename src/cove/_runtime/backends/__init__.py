@@ -28,7 +28,7 @@ def _local(settings: Settings) -> Backend:
 def _ray(settings: Settings) -> Backend:
     from cove._runtime.backends.ray.backend import RayBackend
 
-    return RayBackend(settings.home, address=settings.ray_address)
+    return RayBackend(settings.home, address=settings.ray_address, zygote_window_s=settings.zygote_window_s)
 
 
 #: Backend name -> factory. A new backend adds its line here and its name to `config.BackendName`.

@@ -7,10 +7,11 @@ its image as its `runtime_env`. The app's sources go to the cluster's object sto
 as the local backend and relays `tcp://NODE_IP:PORT` to it: the address the gateway proxies to. Its
 output, readiness and exit arrive on an event stream the server reads here.
 
-A container is a fork instead when its function version's warm spare has a free slot: a zygote
-actor on some node, holding one container's resources, forks it from a function zygote in tens of
-milliseconds (`spares`, `zygote`). Otherwise (the slot taken, the spare not ready yet, a GPU
-function) a cold start is an actor start.
+A container is a fork instead when its function version has a warm spare on the node it should go
+to: a zygote actor on each node the version's containers run on, holding one container's resources,
+forks it from a function zygote in tens of milliseconds (`spares`, `zygote`). Otherwise (no spare
+ready on a node it may go to, a GPU function) a cold start is an actor start, and the node it lands
+on gets a spare.
 
 A container whose node dies is *lost*: its event stream ends without an exit event (or, when the
 machine vanished without a word, Ray reports the actor dead), the pool forgets it and starts a
@@ -45,10 +46,10 @@ from cove._runtime.backend import (
     Stream,
     app_env,
 )
-from cove._runtime.backends.local.backend import new_container_id
+from cove._runtime.backends.local.backend import DEFAULT_ZYGOTE_WINDOW_S, new_container_id
 from cove._runtime.backends.ray.node import ContainerActor
 from cove._runtime.backends.ray.options import plan
-from cove._runtime.backends.ray.spares import Fork, Spares, zygote_options
+from cove._runtime.backends.ray.spares import Fork, Spares
 from cove._runtime.backends.ray.zygote import ZygoteActor
 from cove._spec import AppSpec, FunctionSpec, ImageSpec, ImageStep, spec_to_dict
 from cove.exception import Error
@@ -90,6 +91,8 @@ class RayContainer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.node_id: str | None = None
         self.version = 0  # id() of the ContainerRequest it was launched for
+        self.on_placed: Callable[[str], None] | None = None  # told the node once it is known
+        self.stopping = False  # asked to stop: no longer counted where it runs (`_fork_node`)
 
     @property
     def id(self) -> str:
@@ -126,6 +129,7 @@ class RayContainer:
         return await asyncio.shield(self._exited)
 
     async def stop(self, grace_s: float = 30.0) -> None:
+        self.stopping = True
         if self._exited.done():
             return
         actor = self._actor
@@ -170,6 +174,8 @@ class RayContainer:
         _, sources = await asyncio.shield(creating)
         info = await _await(self._actor.endpoints.remote())
         self.node_id = str(info["node_id"])
+        if self.on_placed is not None:
+            self.on_placed(self.node_id)
         forked = f", forked by zygote {info['zygote']}" if info.get("zygote") else ""
         self._log(self._id, "system", f"placed on Ray node {self.node_id} ({info['host']}){forked}")
         sock = socket.socket(_family(info["host"]), socket.SOCK_STREAM)
@@ -282,9 +288,12 @@ class RayBackend:
     #: Ray installs each recipe in a runtime_env on its node; no host paths there (docs/ray.md).
     capabilities = Capabilities(image_layouts=frozenset({"recipe"}), host_paths=False)
 
-    def __init__(self, home: Path, *, address: str | None = None) -> None:
+    def __init__(
+        self, home: Path, *, address: str | None = None, zygote_window_s: float = DEFAULT_ZYGOTE_WINDOW_S
+    ) -> None:
         self._home = home
         self._address = address
+        self._window_s = zygote_window_s
         self._actor_class: Any = None
         self._spares: Spares | None = None
         self._uv = True  # Ray's runtime_env has a `uv` field since 2.40
@@ -321,10 +330,14 @@ class RayBackend:
         self._actor_class = ray.remote(ContainerActor)
         zygote_class = ray.remote(ZygoteActor)
 
-        def create_zygote(options: dict[str, Any], zygote_id: str) -> Any:
-            return zygote_class.options(**options, name=f"cove-{zygote_id}").remote(zygote_id)
+        def create_zygote(options: dict[str, Any], zygote_id: str, node_id: str) -> Any:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        self._spares = Spares(create_zygote, self._sources.get)
+            pinned = NodeAffinitySchedulingStrategy(node_id, soft=False)
+            named = dict(options, scheduling_strategy=pinned, name=f"cove-{zygote_id}")
+            return zygote_class.options(**named).remote(zygote_id)
+
+        self._spares = Spares(create_zygote, self._sources.get, window_s=self._window_s)
         self._uv = _version(ray.__version__) >= (2, 40)
         self._nodes, self._nodes_at = _live_nodes(), time.monotonic()
         resources = ray.cluster_resources()
@@ -344,7 +357,7 @@ class RayBackend:
             ray_plan = plan(request.function, uv=self._uv)
         except (OSError, ValueError):  # its containers say why when they start
             return
-        self._spares.prepare(request, zygote_options(dict(ray_plan.options)))
+        self._spares.prepare(request, dict(ray_plan.options))
 
     def release(self, request: ContainerRequest) -> None:
         """That version is gone: its spares go, its sources may leave the object store."""
@@ -379,47 +392,77 @@ class RayBackend:
                 env={**request.env, **app_env(request, None)},
             )
         )
-        taken = None
-        if self._spares is not None and self._may_fork(request):
-            taken = self._spares.take(request, container_id, message)
-        fork = taken[0] if taken is not None else None
         container.version = id(request)
-        if taken is not None and self._spares is not None:
-            container.node_id = self._spares.node(request)
+        spares = self._spares
+        if spares is not None:
+            container.on_placed = lambda placed: spares.landed(request, placed)
+        self._containers[container_id] = container
+        container._exited.add_done_callback(lambda _: self._forget(request, container))
 
-        def create() -> tuple[Any, Any]:  # in a thread: packing the sources reads files
+        def create(fork: Fork | None) -> tuple[Any, Any]:  # in a thread: packing sources reads files
             if fork is not None and fork.reserve(_RESERVE_TIMEOUT_S):  # its zygote has the sources
                 return fork, None
             return actor_class.options(**options).remote(container_id), sources.get(request)
 
-        self._containers[container_id] = container
-        container._exited.add_done_callback(lambda _: self._containers.pop(container_id, None))
-        if taken is not None:
-            give_back = taken[1]
-            container._exited.add_done_callback(lambda _: give_back())
         timeout_s = request.function.startup_timeout_s or _PLACEMENT_TIMEOUT_S
-        container._spawn(container._begin(create, message, timeout_s))
+        container._spawn(self._start(container, request, message, create, timeout_s))
         return container
 
-    def _may_fork(self, request: ContainerRequest) -> bool:
-        """Fork on the spare's node unless it has more of this version's containers than another live
-        node (counting containers still being placed as elsewhere): replicas spread over nodes, as
-        actors do (`options.actor_options`), so one node takes few of them down."""
+    async def _start(
+        self,
+        container: RayContainer,
+        request: ContainerRequest,
+        message: dict[str, Any],
+        create: Callable[[Fork | None], tuple[Any, Any]],
+        timeout_s: float,
+    ) -> None:
+        """A fork or an actor, decided once the loop has run what launched it: a container stopped
+        to be replaced by this one is `stopping` by then, and not counted where it runs."""
+        fork = None
+        node = self._fork_node(request, container)
+        taken = None
+        if node is not None and self._spares is not None and not container._exited.done():
+            taken = self._spares.take(request, node, container.id, message)
+        if taken is not None:
+            fork, give_back = taken
+            container.node_id = node
+            container._exited.add_done_callback(lambda _: give_back())
+        await container._begin(lambda: create(fork), message, timeout_s)
+
+    def _fork_node(self, request: ContainerRequest, new: RayContainer) -> str | None:
+        """The node to fork the next container of `request` on: of the live nodes with a ready spare,
+        the one holding fewest of this version's containers, unless it holds more than another live
+        node (counting containers still being placed as elsewhere, and not those being stopped, whose
+        replacements these may be). None: start an actor, which Ray spreads. Replicas spread over
+        nodes, as actors do (`options.actor_options`), so one node takes few of them down."""
         self._refresh_nodes()
-        node = self._spares.node(request) if self._spares is not None else None
-        if node is None:
-            return False
+        spared = self._spares.nodes(request) if self._spares is not None else ()
+        live = set(self._nodes)
+        candidates = [node for node in spared if not live or node in live]
+        if not candidates:
+            return None
         counts = dict.fromkeys(self._nodes, 0)
         unplaced = 0
         for container in self._containers.values():
-            if container.version != id(request):
+            if container.version != id(request) or container.stopping or container is new:
                 continue
             if container.node_id is None:
                 unplaced += 1
             else:
                 counts[container.node_id] = counts.get(container.node_id, 0) + 1
+        node = min(candidates, key=lambda n: counts.get(n, 0))
         mine = counts.pop(node, 0)
-        return not counts or mine <= min(counts.values()) + unplaced
+        return node if not counts or mine <= min(counts.values()) + unplaced else None
+
+    def _forget(self, request: ContainerRequest, gone: RayContainer) -> None:
+        """A container exited: if its node holds no other container of its version, that node's
+        spare starts its zygote window."""
+        self._containers.pop(gone.id, None)
+        node = gone.node_id
+        if node is None or self._spares is None:
+            return
+        if not any(c.version == gone.version and c.node_id == node for c in self._containers.values()):
+            self._spares.vacated(request, node)
 
     def _refresh_nodes(self) -> None:
         if time.monotonic() - self._nodes_at < _NODES_REFRESH_S or self._refreshing is not None:

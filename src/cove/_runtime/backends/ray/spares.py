@@ -1,17 +1,19 @@
-"""Warm spares on Ray: one zygote actor per live function version, whose forks start in milliseconds.
+"""Warm spares on Ray: a zygote actor per node a function version runs on, whose forks start in milliseconds.
 
-When a version is published, `Spares.prepare` creates a `ZygoteActor` (`zygote`) for each of its
-functions, placed by Ray's default policy, with the function's runtime_env and the
-resources of *one* container: `SLOTS`. That reservation is what a spare holds while the version is
-live, whether or not it has a container, and it is bounded: one container's cpu/memory per
-function version, on one node. A container launched while the slot is free is a fork of that
-actor's function zygote (a *fork*, reached as `Fork`); one launched while it is taken, or before
-the zygote is ready, or for a GPU function, is an actor of its own as before (a cold start).
+When a container of a live function version lands on a node where the version has no spare (by
+actor start, the first time), `Spares.landed` creates a `ZygoteActor` (`zygote`) pinned to that node
+(hard node affinity), with the function's runtime_env and the resources of *one* container: `SLOTS`.
+That reservation is what a spare holds, whether or not it has a container, and it is bounded: one
+container's cpu/memory per function version per node holding (or having held, within the zygote
+window) its containers, and never two spares of a version on one node. A container launched on a
+node with a ready spare is a fork of that actor's function zygote (a *fork*, reached as `Fork`); one
+launched before any spare is ready, or for a GPU function, is an actor of its own (a cold start).
 
-A zygote actor that dies takes its forks with it: their event streams close and they are lost,
-like a container on a dead node. The next launch is a cold start, and a new zygote actor is made
-in the background (once per death, at most `_MAX_RESTARTS` in a row without one becoming ready).
-A version released while a fork runs keeps its zygote actor until that fork has exited.
+A spare goes with its version, or when its node has held none of the version's containers for the
+zygote window (`Spares.vacated`, then `_expire`). A zygote actor that dies takes its forks with it:
+their event streams close and they are lost, like a container on a dead node. The next container
+landing on that node makes a new one (not after `_MAX_RESTARTS` in a row that never became ready).
+A version released while a fork runs keeps that fork's zygote actor until the fork has exited.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import logging
 import os
 import secrets
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cove._messages import Start, encode
@@ -37,22 +39,19 @@ SLOTS = 1
 #: Zygote actors made in a row for one version without one becoming ready, before giving up.
 _MAX_RESTARTS = 3
 
-Create = Callable[[dict[str, Any], str], Any]  # (actor options, zygote id) -> actor handle
+Create = Callable[[dict[str, Any], str, str], Any]  # (actor options, zygote id, node id) -> actor
 Sources = Callable[[ContainerRequest], Any]  # the version's source bundle, as an ObjectRef
 
 
 @dataclass(eq=False)
-class _Spare:
+class _Version:
+    """A live function version: its containers' actor options and its spares, by node id."""
+
     request: ContainerRequest
     options: dict[str, Any]  # a container's actor options
-    actor: Any = None
-    host: str = ""
-    node_id: str | None = None
-    zygote_id: str = ""
-    ready: bool = False
-    busy: int = 0
+    spares: dict[str, _Spare] = field(default_factory=dict)
+    failures: int = 0  # spares in a row that never became ready
     released: bool = False
-    failures: int = 0
 
     @property
     def container(self) -> dict[str, float]:
@@ -61,6 +60,19 @@ class _Spare:
             "CPU": float(self.options.get("num_cpus") or 0),
             "memory": float(self.options.get("memory") or 0),
         }
+
+
+@dataclass(eq=False)
+class _Spare:
+    version: _Version
+    node_id: str  # the node it is pinned to
+    actor: Any = None
+    host: str = ""
+    zygote_id: str = ""
+    ready: bool = False
+    busy: int = 0
+    released: bool = False
+    expiry: asyncio.TimerHandle | None = None
 
 
 class Fork:
@@ -136,51 +148,97 @@ async def _nothing() -> None:
 
 
 class Spares:
-    """The zygote actors of the live function versions, and which of their slots are taken."""
+    """The zygote actors of the live function versions, one per node in use, and their taken slots."""
 
-    def __init__(self, create: Create, sources: Sources) -> None:
+    def __init__(self, create: Create, sources: Sources, *, window_s: float) -> None:
         self._create = create
         self._sources = sources
-        self._spares: dict[int, _Spare] = {}
+        self._window_s = window_s
+        self._versions: dict[int, _Version] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._shutdowns: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def prepare(self, request: ContainerRequest, options: dict[str, Any]) -> None:
-        """A version is live: make its zygote actor (not for GPU functions: a fork cannot be given
-        a GPU of its own)."""
+        """A version is live: its containers may get spares (not GPU functions': a fork cannot be
+        given a GPU of its own)."""
         if self._closed or request.function.gpu:
             return
-        spare = _Spare(request, options)
-        self._spares[id(request)] = spare
-        self._spawn(self._start(spare))
+        self._versions[id(request)] = _Version(request, options)
 
     def release(self, request: ContainerRequest) -> None:
-        spare = self._spares.pop(id(request), None)
-        if spare is not None:
-            spare.released = True
-            if spare.busy == 0:
-                self._retire(spare)
+        version = self._versions.pop(id(request), None)
+        if version is None:
+            return
+        version.released = True
+        for spare in list(version.spares.values()):
+            self._drop(spare)
 
-    def node(self, request: ContainerRequest) -> str | None:
-        """The node of `request`'s ready zygote actor, if it has one."""
-        spare = self._spares.get(id(request))
-        return spare.node_id if spare is not None and spare.ready and not self._closed else None
+    def landed(self, request: ContainerRequest, node_id: str) -> None:
+        """A container of `request` runs on `node_id`: keep that node's spare, or make one."""
+        version = self._versions.get(id(request))
+        if version is None or self._closed:
+            return
+        spare = version.spares.get(node_id)
+        if spare is not None:
+            if spare.expiry is not None:
+                spare.expiry.cancel()
+                spare.expiry = None
+            return
+        if version.failures >= _MAX_RESTARTS:
+            return
+        spare = _Spare(version, node_id)
+        version.spares[node_id] = spare
+        self._spawn(self._start(spare))
+
+    def vacated(self, request: ContainerRequest, node_id: str) -> None:
+        """`node_id` holds none of `request`'s containers now: its spare goes after the window,
+        unless a container lands there first."""
+        version = self._versions.get(id(request))
+        spare = version.spares.get(node_id) if version is not None else None
+        if spare is None or spare.expiry is not None or self._closed:
+            return
+        spare.expiry = asyncio.get_running_loop().call_later(self._window_s, self._expire, spare)
+
+    def _expire(self, spare: _Spare) -> None:
+        spare.expiry = None
+        version = spare.version
+        if spare.busy or version.spares.get(spare.node_id) is not spare:
+            return
+        log.info(
+            "function=%s zygote=%s event=ray_zygote_idle node=%s",
+            version.request.function.tag,
+            spare.zygote_id,
+            spare.node_id,
+        )
+        del version.spares[spare.node_id]
+        self._drop(spare)
+
+    def nodes(self, request: ContainerRequest) -> tuple[str, ...]:
+        """The nodes where `request` has a ready spare."""
+        version = self._versions.get(id(request))
+        if version is None or self._closed:
+            return ()
+        return tuple(node for node, spare in version.spares.items() if spare.ready)
 
     def take(
-        self, request: ContainerRequest, container_id: str, message: dict[str, Any]
+        self, request: ContainerRequest, node_id: str, container_id: str, message: dict[str, Any]
     ) -> tuple[Fork, Callable[[], None]] | None:
-        """A fork for a new container of `request` and the callback to call once it has exited;
-        None when there is no ready zygote (start an actor instead). A fork beyond the spare's
-        slot must `reserve` its resources before it starts."""
-        spare = self._spares.get(id(request))
-        if spare is None or not spare.ready or self._closed:
+        """A fork on `node_id` for a new container of `request` and the callback to call once it has
+        exited; None when that node has no ready spare (start an actor instead). A fork beyond the
+        spare's slot must `reserve` its resources before it starts."""
+        version = self._versions.get(id(request))
+        spare = version.spares.get(node_id) if version is not None else None
+        if version is None or spare is None or not spare.ready or self._closed:
             return None
         bundle = None
         if spare.busy >= SLOTS:
             bundle = {f"node:{spare.host}": 0.001}
-            bundle.update({k: v for k, v in spare.container.items() if v})
+            bundle.update({k: v for k, v in version.container.items() if v})
         spare.busy += 1
+        if spare.expiry is not None:
+            spare.expiry.cancel()
+            spare.expiry = None
         fork = Fork(spare.actor, container_id, message, bundle)
 
         def give_back() -> None:
@@ -192,42 +250,46 @@ class Spares:
         return fork, give_back
 
     async def _start(self, spare: _Spare) -> None:
-        request = spare.request
+        version = spare.version
+        request = version.request
         zygote_id = "zy-" + secrets.token_hex(6)
-        message = encode(  # the actor fills in where it unpacked the sources
+        spare.zygote_id = zygote_id
+        message = encode(
             Start(
                 container_id=zygote_id,
                 function=spec_to_dict(request.function),
                 module_file=os.path.relpath(request.module_file, request.source_dir),
-                source_dir="",
+                source_dir="",  # the actor fills in where it unpacked the sources
                 env={**request.env, **app_env(request, None)},
             )
         )
         try:
-            actor = await asyncio.to_thread(self._create, zygote_options(spare.options), zygote_id)
-            spare.actor, spare.zygote_id = actor, zygote_id
+            options = zygote_options(version.options)
+            actor = await asyncio.to_thread(self._create, options, zygote_id, spare.node_id)
+            spare.actor = actor
             if spare.released or self._closed:
                 self._retire(spare)
                 return
             sources = await asyncio.to_thread(self._sources, request)
             info = await _await(actor.prepare.remote(message, sources))
         except Exception as exc:
-            spare.failures += 1
+            version.failures += 1
             text = str(exc).strip().splitlines()
             log.warning(
-                "function=%s zygote=%s event=ray_zygote_failed error=%r",
+                "function=%s zygote=%s event=ray_zygote_failed node=%s error=%r",
                 request.function.tag,
                 zygote_id,
+                spare.node_id,
                 text[-1] if text else type(exc).__name__,
             )
+            self._forget(spare)
             self._kill(spare.actor)
             spare.actor = None
             return
         if spare.released or self._closed:
             self._retire(spare)
             return
-        spare.ready, spare.failures, spare.host = True, 0, str(info.get("host"))
-        spare.node_id = str(info.get("node_id"))
+        spare.ready, version.failures, spare.host = True, 0, str(info.get("host"))
         log.info(
             "function=%s zygote=%s event=ray_zygote_ready node=%s host=%s pid=%s",
             request.function.tag,
@@ -239,19 +301,34 @@ class Spares:
         self._spawn(self._watch(spare, actor))
 
     async def _watch(self, spare: _Spare, actor: Any) -> None:
-        """A zygote actor that dies (killed, its node lost) is replaced in the background."""
+        """A zygote actor that dies (killed, its node lost) is forgotten: the next container landing
+        on its node makes a new one."""
         with contextlib.suppress(Exception):
             await _await(actor.wait_closed.remote())
         if spare.actor is not actor:
             return
         spare.ready, spare.actor = False, None
+        self._forget(spare)
         if spare.released or self._closed:
             return
-        tag = spare.request.function.tag
+        tag = spare.version.request.function.tag
         log.warning("function=%s zygote=%s event=ray_zygote_lost", tag, spare.zygote_id)
-        spare.failures += 1
-        if spare.failures <= _MAX_RESTARTS:
-            self._spawn(self._start(spare))
+
+    def _forget(self, spare: _Spare) -> None:
+        if spare.expiry is not None:
+            spare.expiry.cancel()
+            spare.expiry = None
+        if spare.version.spares.get(spare.node_id) is spare:
+            del spare.version.spares[spare.node_id]
+
+    def _drop(self, spare: _Spare) -> None:
+        """The spare is no longer wanted: retired now, or once its last fork has exited."""
+        spare.released = True
+        if spare.expiry is not None:
+            spare.expiry.cancel()
+            spare.expiry = None
+        if spare.busy == 0:
+            self._retire(spare)
 
     def _retire(self, spare: _Spare) -> None:
         actor, spare.actor, spare.ready = spare.actor, None, False
@@ -278,9 +355,14 @@ class Spares:
     async def close(self) -> None:
         """Retire every zygote actor (the backend has stopped the containers first)."""
         self._closed = True
-        for spare in list(self._spares.values()):
-            self._retire(spare)
-        self._spares.clear()
+        for version in list(self._versions.values()):
+            version.released = True
+            for spare in list(version.spares.values()):
+                spare.released = True
+                if spare.expiry is not None:
+                    spare.expiry.cancel()
+                self._retire(spare)
+        self._versions.clear()
         await asyncio.gather(*self._shutdowns, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
@@ -296,9 +378,9 @@ def zygote_options(options: dict[str, Any]) -> dict[str, Any]:
     """A zygote actor's options: a container's, with the resources of `SLOTS` containers (the slots
     its forks run in) and room for the methods of that many forks waiting at once."""
     reserved = dict(options, max_concurrency=ACTOR_CONCURRENCY * (SLOTS + 1))
-    # Not SPREAD: Ray spreads by taking nodes in turn, and a spare taking a turn would put the next
-    # two containers (actors) on one node.
-    reserved["scheduling_strategy"] = "DEFAULT"
+    # Pinned to its node by the caller (`Create`), never SPREAD: Ray spreads by taking nodes in
+    # turn, and a spare taking a turn would put the next two containers (actors) on one node.
+    reserved.pop("scheduling_strategy", None)
     for resource in ("num_cpus", "memory"):
         if resource in reserved:
             reserved[resource] = reserved[resource] * SLOTS
