@@ -253,9 +253,33 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def tree_memory_kib(pid: int) -> tuple[int, int]:
+def gateway_pids(server: int) -> list[int]:
+    """The server and its gateway worker processes (COVE_GATEWAY_WORKERS): the gateway's memory."""
+    workers = []
+    for pid in descendants(server):
+        try:
+            if b"cove._gateway.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                workers.append(pid)
+        except OSError:
+            continue
+    return [server, *workers]
+
+
+def gateway_memory_kib(server: int) -> tuple[int, int]:
     rss = pss = 0
+    for pid in gateway_pids(server):
+        r, p = memory_kib(pid)
+        rss, pss = rss + r, pss + p
+    return rss, pss
+
+
+def tree_memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of the containers: every process under the server but its gateway workers."""
+    rss = pss = 0
+    gateway = set(gateway_pids(pid))
     for child in descendants(pid):
+        if child in gateway:
+            continue
         try:
             r, p = memory_kib(child)
         except (OSError, KeyError):
@@ -284,7 +308,8 @@ def main() -> int:
         cove.wait_containers(args.containers, "ws10k", timeout=120)
         server = cove.server_pid()
         time.sleep(1.0)
-        before, before_tree = memory_kib(server), tree_memory_kib(server)
+        gateway_processes = gateway_pids(server)
+        before, before_tree = gateway_memory_kib(server), tree_memory_kib(server)
         context = multiprocessing.get_context("fork")
         share = [
             args.connections // args.processes + (i < args.connections % args.processes)
@@ -308,7 +333,7 @@ def main() -> int:
             opened, refused, open_s = opened + ok, refused + failed, max(open_s, seconds)
             samples += examples
         time.sleep(1.0)
-        during, during_tree = memory_kib(server), tree_memory_kib(server)
+        during, during_tree = gateway_memory_kib(server), tree_memory_kib(server)
         for _, pipe in clients:
             pipe.send("talk")
         latencies: list[float] = []
@@ -338,14 +363,14 @@ def main() -> int:
     per = max(opened, 1)
     rows = [
         [
-            "server (gateway)",
+            f"gateway ({len(gateway_processes)} processes)",
             "RSS",
             before[0] // 1024,
             during[0] // 1024,
             f"{(during[0] - before[0]) / per:.1f}",
         ],
         [
-            "server (gateway)",
+            f"gateway ({len(gateway_processes)} processes)",
             "PSS",
             before[1] // 1024,
             during[1] // 1024,
