@@ -198,12 +198,14 @@ class Load:
 def load(port: int, path: str, host: str, connections: int, duration_s: float, python: bool = False) -> Load:
     """Keep `connections` keep-alive connections busy for `duration_s`: wrk if installed, else Python."""
     if shutil.which("wrk") and not python:
-        return _wrk(port, path, host, connections, duration_s)
+        return wrk(port, path, host, connections, duration_s)
     return asyncio.run(_python_load(port, path, host, connections, duration_s))
 
 
-def _wrk(port: int, path: str, host: str, connections: int, duration_s: float) -> Load:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency", "-H", f"Host: {host}"]
+def wrk(port: int, path: str, host: str, connections: int, duration_s: float, threads: int = 1) -> Load:
+    """`wrk -t<threads> --latency` against the gateway (or any server) for `duration_s` seconds."""
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s:g}s", "--latency"]
+    argv += ["-H", f"Host: {host}"]
     out = subprocess.run(
         [*argv, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=duration_s + 60
     ).stdout

@@ -24,7 +24,6 @@ machine's cores; nothing is pinned; the load average is printed at the end.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -33,7 +32,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import Cove, Load, Uvicorn, arguments, bare_square, cove_square, free_port, get, machine, table
+from _harness import (
+    Cove,
+    Load,
+    Uvicorn,
+    arguments,
+    bare_square,
+    cove_square,
+    free_port,
+    get,
+    machine,
+    table,
+    wrk,
+)
 
 PATH = "/?x=42"
 CONNECTIONS = (64, 256)
@@ -156,24 +167,8 @@ def cpu_s(root: int) -> float:
     return total
 
 
-def wrk(port: int, host: str, connections: int, duration_s: float) -> Load:
-    argv = ["wrk", "-t2", f"-c{connections}", f"-d{duration_s:g}s", "--latency", "-H", f"Host: {host}"]
-    out = subprocess.run(
-        [*argv, f"http://127.0.0.1:{port}{PATH}"], capture_output=True, text=True, timeout=duration_s + 60
-    ).stdout
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-    def percentile(p: str) -> float:
-        match = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
-        if match is None:
-            raise RuntimeError(f"wrk printed no {p}% latency:\n{out}")
-        return float(match.group(1)) * scale[match.group(2)]
-
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if rps is None:
-        raise RuntimeError(f"wrk printed no Requests/sec:\n{out}")
-    counts = re.findall(r"(?:Non-2xx or 3xx responses:|connect|read|write|timeout) (\d+)", out)
-    return Load(float(rps.group(1)), percentile("50"), percentile("99"), sum(int(n) for n in counts), "wrk")
+def wrk2(port: int, host: str, connections: int, duration_s: float) -> Load:
+    return wrk(port, PATH, host, connections, duration_s, threads=2)
 
 
 def main() -> int:
@@ -220,12 +215,12 @@ def main() -> int:
             status, body = get(port, PATH, host_header)
             if status != 200 or body != b'{"square":1764}':
                 raise RuntimeError(f"{setup}: GET {PATH} answered {status} {body!r}")
-            wrk(port, host_header, 64, WARMUP_S)
+            wrk2(port, host_header, 64, WARMUP_S)
         for connections in CONNECTIONS:
             for setup, (port, host_header, roots) in targets.items():
                 time.sleep(0.5)
                 before = sum(cpu_s(root) for root in roots)
-                result = results[setup][connections] = wrk(port, host_header, connections, args.duration)
+                result = results[setup][connections] = wrk2(port, host_header, connections, args.duration)
                 used = sum(cpu_s(root) for root in roots) - before
                 cpu_ms[setup][connections] = used * 1000 / max(1.0, result.requests_per_s * args.duration)
         containers = cove.containers("app")
